@@ -1,0 +1,38 @@
+"""The answer to a check, shared by the in-process limiter and the cluster."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+NS_PER_S = 1_000_000_000
+
+#: Which part of the system made a decision.
+PATHS = ("owner", "forwarded", "local", "degraded")
+
+
+class Decision(NamedTuple):
+    """Whether a request may proceed, and what the client should know.
+
+    ``remaining`` is what the client may still spend now; ``reset_after`` the
+    seconds until the current window ends (token bucket: until the bucket is
+    full); ``retry_after`` the seconds until a refused request of the same
+    cost would fit (0 when allowed, ``inf`` when the cost exceeds the rule's
+    capacity). ``path`` says who decided: ``owner``, ``forwarded``, ``local``
+    or ``degraded``.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+    path: str = "local"
+
+
+def make_decision(
+    allowed: bool, limit: int, remaining: int, reset_ns: int, retry_ns: int, path: str = "local"
+) -> Decision:
+    """Build a decision from an algorithm's nanosecond outcome."""
+    retry = math.inf if retry_ns < 0 else retry_ns / NS_PER_S
+    return Decision(allowed, limit, remaining, reset_ns / NS_PER_S, retry, path)

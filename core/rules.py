@@ -1,0 +1,205 @@
+"""Rules: how many requests a client may make per window, and the notation for them.
+
+A rule is ``LIMIT/WINDOW[ burst N][ algo NAME]`` (``100/minute``, ``10/s``,
+``20/250ms``, ``5000/hour burst 500``, ``300/90s algo fixed_window``), or the
+``limits`` library's ``10 per minute`` form. Parsing is strict: anything not
+understood raises :class:`ValueError` naming the offending part, because a
+typo in a limit must never silently become a different limit.
+
+``str(rule)`` gives the canonical notation and always parses back to an
+equal rule.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+NS_PER_MS = 1_000_000
+
+#: Window units and their length in nanoseconds.
+UNITS_NS: dict[str, int] = {
+    "ms": NS_PER_MS,
+    "millisecond": NS_PER_MS,
+    "milliseconds": NS_PER_MS,
+    "s": 1000 * NS_PER_MS,
+    "sec": 1000 * NS_PER_MS,
+    "second": 1000 * NS_PER_MS,
+    "seconds": 1000 * NS_PER_MS,
+    "m": 60_000 * NS_PER_MS,
+    "min": 60_000 * NS_PER_MS,
+    "minute": 60_000 * NS_PER_MS,
+    "minutes": 60_000 * NS_PER_MS,
+    "h": 3_600_000 * NS_PER_MS,
+    "hour": 3_600_000 * NS_PER_MS,
+    "hours": 3_600_000 * NS_PER_MS,
+    "d": 86_400_000 * NS_PER_MS,
+    "day": 86_400_000 * NS_PER_MS,
+    "days": 86_400_000 * NS_PER_MS,
+}
+
+#: Canonical spelling of a one-unit window, longest unit first.
+_NAMED_WINDOWS: tuple[tuple[int, str], ...] = (
+    (86_400_000 * NS_PER_MS, "day"),
+    (3_600_000 * NS_PER_MS, "hour"),
+    (60_000 * NS_PER_MS, "minute"),
+    (1000 * NS_PER_MS, "second"),
+)
+_SHORT_UNITS: tuple[tuple[int, str], ...] = (
+    (86_400_000 * NS_PER_MS, "d"),
+    (3_600_000 * NS_PER_MS, "h"),
+    (60_000 * NS_PER_MS, "m"),
+    (1000 * NS_PER_MS, "s"),
+    (NS_PER_MS, "ms"),
+)
+
+ALGORITHMS: tuple[str, ...] = ("sliding_window", "fixed_window", "token_bucket")
+DEFAULT_ALGORITHM = "sliding_window"
+
+#: Counts are stored in 32-bit fields; limit plus burst must fit.
+MAX_COUNT = 2**32 - 1
+#: The longest window accepted: one year. Longer windows are almost always a unit typo.
+MAX_WINDOW_NS = 366 * 86_400_000 * NS_PER_MS
+MAX_RULE_CHARS = 200
+
+_RATE = re.compile(r"^\s*(?P<limit>\S+?)\s*(?:/|\s+per\s+)\s*(?P<window>.*?)\s*\Z", re.IGNORECASE)
+_WINDOW = re.compile(
+    r"^(?P<count>[0-9]{1,12}(?:\.[0-9]{1,9})?)?\s*(?P<unit>[a-z]+)\Z", re.IGNORECASE
+)
+_DIGITS = re.compile(r"^[0-9]{1,12}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A rate limit: ``limit`` requests per ``window_ns``, plus ``burst`` extra after idling.
+
+    ``algo`` chooses how the window is enforced (see ``docs/design.md``):
+    ``sliding_window`` (default), ``fixed_window`` or ``token_bucket``.
+    """
+
+    limit: int
+    window_ns: int
+    burst: int = 0
+    algo: str = DEFAULT_ALGORITHM
+    #: Counting series: rules that share it share counts (limit and burst may differ).
+    series: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _validate(self.limit, self.window_ns, self.burst, self.algo, repr(self))
+        object.__setattr__(self, "series", f"{self.algo}:{self.window_ns}")
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """Parse rule notation; raise ``ValueError`` naming the offending part."""
+        return parse_rule(text)
+
+    @property
+    def capacity(self) -> int:
+        """Most a client can spend at once after idling: the limit plus the burst."""
+        return self.limit + self.burst
+
+    def __str__(self) -> str:
+        text = f"{self.limit}/{format_window(self.window_ns)}"
+        if self.burst:
+            text += f" burst {self.burst}"
+        if self.algo != DEFAULT_ALGORITHM:
+            text += f" algo {self.algo}"
+        return text
+
+
+def _validate(limit: int, window_ns: int, burst: int, algo: str, text: str) -> None:
+    if type(limit) is not int or not 1 <= limit <= MAX_COUNT:
+        raise ValueError(
+            f"bad rule {text}: limit {limit!r} must be an integer from 1 to {MAX_COUNT}"
+        )
+    if type(window_ns) is not int or not NS_PER_MS <= window_ns <= MAX_WINDOW_NS:
+        raise ValueError(f"bad rule {text}: window must be from 1ms to 366 days")
+    if window_ns % NS_PER_MS:
+        raise ValueError(f"bad rule {text}: window must be a whole number of milliseconds")
+    if type(burst) is not int or burst < 0 or limit + burst > MAX_COUNT:
+        raise ValueError(
+            f"bad rule {text}: burst {burst!r} must be >= 0 with limit+burst <= {MAX_COUNT}"
+        )
+    if algo not in ALGORITHMS:
+        raise ValueError(f"bad rule {text}: algo {algo!r} is not one of {', '.join(ALGORITHMS)}")
+
+
+def format_window(window_ns: int) -> str:
+    """Canonical window text: ``minute`` for one minute, ``90s``, ``250ms``."""
+    for length, name in _NAMED_WINDOWS:
+        if window_ns == length:
+            return name
+    for length, unit in _SHORT_UNITS:
+        if window_ns % length == 0:
+            return f"{window_ns // length}{unit}"
+    raise AssertionError(f"window {window_ns} ns is not a whole number of ms")
+
+
+def parse_window(text: str, *, rule_text: str = "") -> int:
+    """Parse ``minute``, ``90s``, ``250 ms``, ``2 hours``, ``1.5s`` into nanoseconds."""
+    where = f"bad rule {rule_text!r}: " if rule_text else ""
+    match = _WINDOW.match(text.strip())
+    if not match:
+        raise ValueError(
+            f"{where}window {text!r} is not COUNT UNIT (e.g. 'minute', '90s', '250ms')"
+        )
+    unit = match["unit"].lower()
+    if unit not in UNITS_NS:
+        raise ValueError(f"{where}window unit {match['unit']!r} is not one of ms, s, m, h, d")
+    count_text = match["count"] or "1"
+    if "." in count_text:
+        # Fractions are accepted only when they land on a whole millisecond.
+        whole, frac = count_text.split(".")
+        scale = 10 ** len(frac)
+        numerator = (int(whole) * scale + int(frac)) * UNITS_NS[unit]
+        if numerator % (scale * NS_PER_MS):
+            raise ValueError(f"{where}window {text!r} is not a whole number of milliseconds")
+        window_ns = numerator // scale
+    else:
+        window_ns = int(count_text) * UNITS_NS[unit]
+    if not NS_PER_MS <= window_ns <= MAX_WINDOW_NS:
+        raise ValueError(f"{where}window {text!r} must be from 1ms to 366 days")
+    return window_ns
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse rule notation into a :class:`Rule`; see the module docstring for the grammar."""
+    if not isinstance(text, str):
+        raise ValueError(f"bad rule {text!r}: expected a string like '100/minute'")
+    if len(text) > MAX_RULE_CHARS:
+        raise ValueError(f"bad rule: longer than {MAX_RULE_CHARS} characters")
+    words = text.split()
+    options: dict[str, str] = {}
+    # Trailing "burst N" / "algo NAME" pairs, in any order, each at most once.
+    while len(words) >= 3 and words[-2].lower() in ("burst", "algo"):
+        key = words[-2].lower()
+        if key in options:
+            raise ValueError(f"bad rule {text!r}: {key!r} given twice")
+        options[key] = words[-1]
+        words = words[:-2]
+    if words and words[-1].lower() in ("burst", "algo"):
+        raise ValueError(f"bad rule {text!r}: {words[-1]!r} needs a value")
+    match = _RATE.match(" ".join(words))
+    if not match or not match["window"]:
+        raise ValueError(f"bad rule {text!r}: expected LIMIT/WINDOW, e.g. '100/minute'")
+    limit_text = match["limit"]
+    if not _DIGITS.match(limit_text):
+        raise ValueError(f"bad rule {text!r}: limit {limit_text!r} is not a positive integer")
+    window_ns = parse_window(match["window"], rule_text=text)
+    burst_text = options.get("burst", "0")
+    if not _DIGITS.match(burst_text):
+        raise ValueError(f"bad rule {text!r}: burst {burst_text!r} is not a non-negative integer")
+    algo = options.get("algo", DEFAULT_ALGORITHM).lower()
+    if algo not in ALGORITHMS:
+        raise ValueError(f"bad rule {text!r}: algo {algo!r} is not one of {', '.join(ALGORITHMS)}")
+    limit, burst = int(limit_text), int(burst_text)
+    if not 1 <= limit <= MAX_COUNT:
+        raise ValueError(f"bad rule {text!r}: limit {limit} must be from 1 to {MAX_COUNT}")
+    if limit + burst > MAX_COUNT:
+        raise ValueError(f"bad rule {text!r}: burst {burst} makes limit+burst exceed {MAX_COUNT}")
+    return Rule(limit, window_ns, burst, algo)
+
+
+def as_rule(value: Rule | str) -> Rule:
+    """Accept a :class:`Rule` or its notation."""
+    return value if isinstance(value, Rule) else parse_rule(value)

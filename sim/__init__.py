@@ -1,0 +1,1 @@
+"""The deterministic simulator: virtual time, simulated network, faults, workloads, checkers."""
