@@ -8,6 +8,7 @@ and ``Decision`` the answer to a check.
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 from meshlimit.limiter import Limiter
+from meshlimit.node import Node
 
-__all__ = ["Decision", "Limiter", "Rule"]
+__all__ = ["Decision", "Limiter", "Node", "Rule"]
 __version__ = "0.1.0"

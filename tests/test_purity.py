@@ -41,6 +41,7 @@ SANS_IO = (
     "replication",
     "degraded",
     "antientropy",
+    "config",
     "anti_entropy",
     "suspicion",
     "swim",

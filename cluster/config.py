@@ -1,0 +1,97 @@
+"""The node's configuration: one frozen dataclass, with presets.
+
+Only the daemon reads files and environment variables; everything below it
+takes a :class:`NodeConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .membership import MembershipConfig
+from .messages import Address
+
+_MS = 1_000_000
+_US = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs to know besides time, randomness and packets."""
+
+    node_id: str
+    """This node's unique id in the cluster."""
+    addr: Address
+    """The UDP address peers reach this node at."""
+    mode: str = "strict"
+    """``strict``: the owner decides every check. ``local``: every node decides on its merged
+    view. Why strict: it never over-admits while the cluster is healthy."""
+    default_rule: str = "100/minute"
+    """The rule for clients without one; changes later spread as rule entries."""
+    replicas: int = 1
+    """Ring successors that receive the owner's counts. Why 1: a single crash then loses
+    nothing; every extra replica costs one more datagram per gossip round per owner."""
+    degraded_fraction: float = 0.5
+    """Share of a client's capacity that the nodes cut off from its owner may admit between
+    them, per window. 0 fails closed. Why 0.5: during a failure a client keeps half its rate
+    and the cluster admits at most 1.5x the capacity (``docs/design.md``)."""
+    forward_timeout_ns: int = 200 * _MS
+    """A forwarded check unanswered this long is decided in degraded mode. Why 200 ms: far
+    above a LAN round trip, short enough that callers are not held up for long."""
+    batch_window_ns: int = 300 * _US
+    """Forwarded checks wait at most this long to share a datagram (gubernator uses 500 us).
+    Why 300 us: batching pays for itself at a few thousand checks/s and adds little latency."""
+    gossip_interval_ns: int = 100 * _MS
+    """Counter deltas (replication, local mode, degraded reports) are sent this often. Why
+    100 ms: it bounds local mode's over-admission to what peers admit in 100 ms."""
+    anti_entropy_interval_ns: int = 2_000 * _MS
+    """Rule digests are compared with one random member this often. Why 2 s: rules change
+    rarely; a lost rule message is repaired within seconds."""
+    datagram_budget: int = 1400
+    """Largest datagram sent. Why 1,400: fits an Ethernet MTU with IP/UDP headers."""
+    max_pending: int = 100_000
+    """Most forwarded checks awaiting an answer; beyond it checks are decided degraded."""
+    max_clients: int = 1_000_000
+    """Most (client, series) counters held; beyond it new clients are refused and counted."""
+    max_dirty: int = 200_000
+    """Most counters awaiting replication; beyond it the oldest are dropped and counted."""
+    dedup_per_peer: int = 4096
+    """Forwarded request ids remembered per peer, so a duplicated datagram never counts twice."""
+    membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
+    """SWIM timings (``lan``, ``local``, ``wan`` or ``sim`` presets)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("strict", "local"):
+            raise ValueError(f"mode must be 'strict' or 'local', not {self.mode!r}")
+        if not 0.0 <= self.degraded_fraction <= 1.0:
+            raise ValueError("degraded_fraction must be between 0 and 1")
+        if self.replicas < 0:
+            raise ValueError("replicas must be >= 0")
+
+    @classmethod
+    def preset(cls, name: str, node_id: str, addr: Address, **overrides: object) -> NodeConfig:
+        """``lan`` (default timings), ``local`` (loopback: faster), ``wan`` or ``sim``."""
+        membership = {
+            "lan": MembershipConfig.lan,
+            "local": MembershipConfig.local,
+            "wan": MembershipConfig.wan,
+            "sim": MembershipConfig.sim,
+        }[name]()
+        base = cls(node_id=node_id, addr=addr, membership=membership)
+        if name == "local":
+            base = replace(base, forward_timeout_ns=100 * _MS, gossip_interval_ns=50 * _MS)
+        if name == "wan":
+            base = replace(base, forward_timeout_ns=1_000 * _MS, batch_window_ns=1 * _MS)
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def local_quota(capacity: int, members: int, fraction: float) -> int:
+    """What one node cut off from a client's owner may admit per window.
+
+    The nodes other than the owner share ``fraction`` of the capacity, so in
+    any partition the cluster admits at most ``capacity + (members - 1) *
+    local_quota(...)`` <= ``capacity * (1 + fraction)`` per window.
+    """
+    if fraction <= 0 or members <= 1:
+        return 0 if fraction <= 0 else int(capacity * fraction)
+    return int(capacity * fraction) // (members - 1)

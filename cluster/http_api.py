@@ -1,0 +1,327 @@
+"""The HTTP front-end of a node: JSON over aiohttp, for callers not written in Python.
+
+Handlers dispatch; the helpers below them compute (body validation, header
+values, status snapshots). Every body is bounded (``max_body_bytes``, else
+413), validated field by field, and refused with a 400 and
+``{"error": "..."}`` naming what is wrong. Errors of routing (404, 405) and
+anything unexpected (500) are JSON too; nothing a caller sends escapes a
+handler as an exception, so no request can take the node down.
+
+A check answers 200 whether it was allowed or refused: the decision is the
+payload and the caller decides what to do with it (a 429 is the caller's to
+send to its own clients).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from meshlimit.core.decision import Decision
+from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, check_tier_name
+from meshlimit.core.rules import MAX_COUNT, NS_PER_MS, Rule, parse_rule
+
+from .runtime import Runtime
+
+log = logging.getLogger("meshlimit.http")
+
+#: Fields a check body may carry; anything else is refused (a typo must not pass silently).
+CHECK_FIELDS = frozenset({"client", "cost"})
+RULE_FIELDS = frozenset({"rule"})
+#: The policy name in the RateLimit headers: a node applies one rule per client.
+POLICY = "default"
+
+_RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+_MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(ValueError):
+    """A caller's mistake: answered with 400 and the message."""
+
+
+def make_app(runtime: Runtime, *, max_body_bytes: int = 64 * 1024) -> web.Application:
+    """The node's HTTP API over a started :class:`Runtime`."""
+    assert max_body_bytes > 0
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
+    app[_RUNTIME] = runtime
+    app[_MAX_BODY] = max_body_bytes
+    app.router.add_post("/v1/check", _check)
+    # ``.+``: client ids may hold ``/`` (tenant paths), sent raw or as %2F.
+    app.router.add_get("/v1/rules/{client:.+}", _get_rule)
+    app.router.add_put("/v1/rules/{client:.+}", _put_rule)
+    app.router.add_delete("/v1/rules/{client:.+}", _delete_rule)
+    app.router.add_get("/v1/owner/{client:.+}", _owner)
+    app.router.add_get("/v1/cluster", _cluster)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+# --- handlers -------------------------------------------------------------------------
+
+
+async def _check(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    _refuse_unknown(body, CHECK_FIELDS)
+    client = _client(body.get("client"), "'client'")
+    cost = _cost(body.get("cost", 1))
+    runtime = request.app[_RUNTIME]
+    try:
+        decision = await runtime.check(client, cost)
+    except ValueError as error:  # validated above; the node has the last word
+        raise BadRequest(str(error)) from None
+    rule = runtime.node.rule_for(client)
+    return web.json_response(decision_json(decision), headers=ratelimit_headers(decision, rule))
+
+
+async def _get_rule(request: web.Request) -> web.Response:
+    client = _path_client(request)
+    return web.json_response(rule_json(request.app[_RUNTIME], client))
+
+
+async def _put_rule(request: web.Request) -> web.Response:
+    client = _path_client(request)
+    body = await _json_object(request)
+    _refuse_unknown(body, RULE_FIELDS)
+    value = _rule_value(body.get("rule"))
+    runtime = request.app[_RUNTIME]
+    try:
+        runtime.set_rule(CLIENT_PREFIX + client, value)
+    except ValueError as error:  # e.g. the registry is full
+        raise BadRequest(str(error)) from None
+    return web.json_response(rule_json(runtime, client))
+
+
+async def _delete_rule(request: web.Request) -> web.Response:
+    client = _path_client(request)
+    runtime = request.app[_RUNTIME]
+    runtime.set_rule(CLIENT_PREFIX + client, None)
+    return web.json_response(rule_json(runtime, client))
+
+
+async def _owner(request: web.Request) -> web.Response:
+    client = _path_client(request)
+    return web.json_response({"client": client, "owner": request.app[_RUNTIME].node.owner(client)})
+
+
+async def _cluster(request: web.Request) -> web.Response:
+    return web.json_response(cluster_json(request.app[_RUNTIME]))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    node = request.app[_RUNTIME].node
+    return web.json_response(
+        {"status": "ok", "node": node.node_id, "members": len(node.membership.alive_nodes())}
+    )
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal is JSON: ours (400), aiohttp's (404, 405, 413) and the unexpected (500)."""
+    try:
+        return await handler(request)
+    except BadRequest as error:
+        return _error(400, str(error))
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body larger than {request.app[_MAX_BODY]} bytes")
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return _error(error.status, error.reason, headers)
+    except Exception:
+        log.exception("unexpected error method=%s path=%s", request.method, request.path)
+        return _error(500, "internal error (logged by the node)")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+# --- validating input -----------------------------------------------------------------
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; 413 past the size bound, 400 for anything else."""
+    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise BadRequest(f"request body is not JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def _refuse_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        names = ", ".join(repr(u) for u in unknown)
+        raise BadRequest(f"unknown field {names}; expected {', '.join(sorted(allowed))}")
+
+
+def _client(value: Any, what: str) -> str:
+    """A client id: a non-empty string of at most 256 UTF-8 bytes."""
+    if value is None:
+        raise BadRequest(f"missing {what}: the client id to check")
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string, not {_json_type(value)}")
+    if not value:
+        raise BadRequest(f"{what} must not be empty")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        raise BadRequest(f"{what} is not valid Unicode text") from None
+    if size > MAX_CLIENT_BYTES:
+        raise BadRequest(f"{what} is {size} bytes long; the limit is {MAX_CLIENT_BYTES}")
+    return value
+
+
+def _path_client(request: web.Request) -> str:
+    return _client(request.match_info["client"], "client id in the path")
+
+
+def _cost(value: Any) -> int:
+    # bool is an int subclass in Python: ``true`` must not pass as cost 1.
+    if type(value) is not int:
+        raise BadRequest(f"'cost' must be a non-negative integer, not {_json_type(value)}")
+    if value < 0:
+        raise BadRequest(f"'cost' must be a non-negative integer, got {value}")
+    if value > MAX_COUNT:
+        raise BadRequest(f"'cost' must be at most {MAX_COUNT}, got {value}")
+    return value
+
+
+def _rule_value(value: Any) -> Rule | str:
+    """A rule in notation (``100/minute``) or a tier mapping (``@gold``)."""
+    if value is None:
+        raise BadRequest('missing \'rule\': a rule such as "100/minute" or a tier as "@gold"')
+    if not isinstance(value, str):
+        raise BadRequest(f"'rule' must be a string, not {_json_type(value)}")
+    try:
+        if value.startswith("@"):
+            check_tier_name(value[1:])
+            return value
+        return parse_rule(value)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --- computing answers ----------------------------------------------------------------
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """A decision as the API's JSON object; ``retry_after`` is -1 when the cost never fits."""
+    retry = -1 if math.isinf(decision.retry_after) else round(decision.retry_after, 3)
+    return {
+        "allowed": decision.allowed,
+        "limit": decision.limit,
+        "remaining": decision.remaining,
+        "reset_after": round(decision.reset_after, 3),
+        "retry_after": retry,
+        "path": decision.path,
+    }
+
+
+def ratelimit_headers(decision: Decision, rule: Rule) -> dict[str, str]:
+    """``RateLimit-Policy``, ``RateLimit`` and, when refused, ``Retry-After``.
+
+    Follows draft-ietf-httpapi-ratelimit-headers-11 (May 2026), sections 3 and 4:
+    ``RateLimit-Policy: "default";q=LIMIT;w=WINDOW_S`` and
+    ``RateLimit: "default";r=REMAINING;t=SECONDS``. Values are Structured-Field
+    integers, so ``w`` is left out for a window that is not whole seconds (the draft
+    allows no sub-second precision and ``w`` is optional), and the burst, which the
+    draft has no parameter for, goes in a vendor-prefixed one (section 3.1).
+
+    ``t`` is the seconds until the window resets. When a request is refused and can
+    fit later, ``t`` is the wait instead, equal to ``Retry-After``: until then the
+    available quota is 0, and section 6 says Retry-After SHOULD NOT point earlier than
+    the end of the effective window (a sliding window frees room before it resets).
+    """
+    policy = f'"{POLICY}";q={decision.limit}'
+    if rule.window_ns % (1000 * NS_PER_MS) == 0:
+        policy += f";w={rule.window_ns // (1000 * NS_PER_MS)}"
+    if rule.burst:
+        policy += f";meshlimit-burst={rule.burst}"
+    seconds = math.ceil(decision.reset_after)
+    headers = {"RateLimit-Policy": policy}
+    if not decision.allowed and not math.isinf(decision.retry_after):
+        seconds = math.ceil(decision.retry_after)
+        headers["Retry-After"] = str(seconds)
+    headers["RateLimit"] = f'"{POLICY}";r={max(0, decision.remaining)};t={seconds}'
+    return headers
+
+
+def rule_json(runtime: Runtime, client: str) -> dict[str, Any]:
+    """The rule in force for ``client`` and where it comes from."""
+    node = runtime.node
+    registry = node.engine.registry
+    value = registry.client_value(client)
+    if isinstance(value, Rule):
+        source = "client"
+    elif isinstance(value, str) and value[1:] in registry.tiers():
+        source = f"tier:{value[1:]}"
+    else:  # no override, or a tier that is not (or no longer) defined
+        source = "default"
+    return {"client": client, "rule": str(node.rule_for(client)), "source": source}
+
+
+def cluster_json(runtime: Runtime) -> dict[str, Any]:
+    """This node's view of the cluster: members, ring shares, clock offsets, counters."""
+    node = runtime.node
+    membership = node.membership
+    registry = node.engine.registry
+    rtts = membership.rtts()
+    members = [
+        {
+            "node": name,
+            "addr": f"{addr[0]}:{addr[1]}",
+            "state": state,
+            "incarnation": incarnation,
+            "rtt_ms": round(rtts[name] / 1e6, 3) if name in rtts else None,
+        }
+        for name, addr, state, incarnation in sorted(node.members())
+    ]
+    host, port = node.config.addr
+    return {
+        "node": node.node_id,
+        "addr": f"{host}:{port}",
+        "mode": node.config.mode,
+        "members": members,
+        "ring": {name: round(share, 6) for name, share in node.ring.shares().items()},
+        "clock_offsets_ms": {
+            name: round(ns / 1e6, 3) for name, ns in sorted(membership.clock_offsets().items())
+        },
+        "rules": {
+            "entries": registry.entry_count(),
+            "clients": len(registry.overrides()),
+            "tiers": len(registry.tiers()),
+            "default": str(registry.default),
+        },
+        "pending_forwards": node.pending_count(),
+        "stats": _counters(node.stats, membership.stats),
+        "dropped": _counters(node.dropped, membership.dropped),
+    }
+
+
+def _counters(node: dict[str, int], membership: dict[str, int]) -> dict[str, int]:
+    """The node's counters and the membership layer's, the latter prefixed ``swim_``."""
+    merged = dict(node)
+    merged.update((f"swim_{name}", count) for name, count in membership.items())
+    return dict(sorted(merged.items()))

@@ -1,0 +1,208 @@
+"""Cluster counters: per-client G-counters per window, merged from every node's slot.
+
+The in-process table (``series.py``) keeps one node's counts in 24 bytes a
+client and forgets the client's id. A cluster node cannot: it must name the
+client when it replicates counts to its successors, hands a client over to a
+new owner, or reports degraded admissions to the owner after a partition.
+So the cluster keeps, per ``(series, client)``, a :class:`ClientCounter`:
+the G-counters of the current and previous windows (one slot per node that
+admitted requests), the burst carry, and for the token bucket the
+theoretical arrival time as a max-register. Every field merges by max, so
+replicated and gossiped state may arrive late, twice or out of order.
+
+Decisions use the same pure algorithms as the in-process limiter, on the
+merged totals; an admission increments only this node's slot.
+
+Complexity: a check is O(1) dict work plus O(s) for a counter with ``s``
+slots (almost always 1). Memory is dominated by the dict entry, the id and
+the counter object; ``docs/design.md`` has the measured figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .algorithms import WINDOW_MASK, fixed_window, sliding_window, token_bucket
+from .gcounter import GCounter
+from .rules import Rule
+
+Outcome = tuple[bool, int, int, int]
+
+
+class ClientCounter:
+    """One client's counting state in one series, as seen by one node."""
+
+    __slots__ = ("window", "cur", "prev", "carry", "tat")
+
+    def __init__(self) -> None:
+        self.window = 0  # absolute index of the window ``cur`` counts
+        self.cur = GCounter()
+        self.prev = GCounter()
+        self.carry = 0
+        self.tat = 0
+
+    def roll(self, now_idx: int) -> None:
+        """Move to window ``now_idx``: the current counts become the previous ones."""
+        gap = now_idx - self.window
+        if gap <= 0:
+            return
+        self.prev = self.cur if gap == 1 else GCounter()
+        self.cur = GCounter()
+        self.window = now_idx
+
+    def merge_window(self, window: int, node: str, count: int, now_idx: int) -> bool:
+        """Merge one node's slot for ``window``; older windows are ignored. True if it grew."""
+        self.roll(now_idx)
+        if window == self.window:
+            return self.cur.merge_slot(node, count)
+        if window == self.window - 1:
+            return self.prev.merge_slot(node, count)
+        return False
+
+    def is_dead(self, now_idx: int, horizon: int, now_ns: int) -> bool:
+        """Nothing here can affect a decision any more."""
+        return now_idx - self.window >= horizon and self.tat <= now_ns
+
+
+class CounterStore:
+    """All clients' cluster counters on one node, keyed by ``(series, client)``."""
+
+    __slots__ = ("node_id", "max_clients", "_counters", "_sweep", "dropped", "expired")
+
+    def __init__(self, node_id: str, *, max_clients: int = 1_000_000) -> None:
+        self.node_id = node_id
+        self.max_clients = max_clients
+        self._counters: dict[tuple[str, str], ClientCounter] = {}
+        self._sweep: Iterator[tuple[str, str]] | None = None
+        self.dropped = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+    def get(self, series: str, client: str) -> ClientCounter | None:
+        """The counter of a client in a series, if any."""
+        return self._counters.get((series, client))
+
+    def _counter(self, series: str, client: str) -> ClientCounter | None:
+        key = (series, client)
+        counter = self._counters.get(key)
+        if counter is None:
+            if len(self._counters) >= self.max_clients:
+                self.dropped += 1
+                return None
+            counter = self._counters[key] = ClientCounter()
+        return counter
+
+    def check(
+        self, client: str, rule: Rule, cost: int, *, now_ns: int, capacity: int | None = None
+    ) -> Outcome:
+        """Decide a request on the merged counts and count it in this node's slot.
+
+        ``capacity`` replaces the rule's limit (a degraded node's local quota);
+        the burst then does not apply. Returns ``(allowed, remaining,
+        reset_after_ns, retry_after_ns)``.
+        """
+        limit, burst = (rule.limit, rule.burst) if capacity is None else (capacity, 0)
+        counter = self._counters.get((rule.series, client))
+        if counter is None:
+            if cost == 0:
+                counter = ClientCounter()
+            else:
+                counter = self._counter(rule.series, client)
+                if counter is None:  # table full: refuse rather than forget counts
+                    return False, 0, rule.window_ns, rule.window_ns
+        if limit == 0:
+            return False, 0, rule.window_ns, -1
+        if rule.algo == "token_bucket" and capacity is None:
+            allowed, tat, remaining, reset_ns, retry_ns = token_bucket(
+                counter.tat, limit, burst, rule.window_ns, cost, now_ns
+            )
+            if allowed:
+                counter.tat = tat
+            return allowed, remaining, reset_ns, retry_ns
+        now_idx = now_ns // rule.window_ns
+        quota = capacity is not None
+        if rule.algo == "sliding_window" and not quota:
+            decide = sliding_window
+        else:
+            decide = fixed_window
+        if quota:
+            # A local quota counts only this node's own admissions in this window.
+            cur = counter.cur.get(self.node_id) if counter.window == now_idx else 0
+            prev, carry = 0, 0
+        else:
+            cur, prev, carry = counter.cur.total, counter.prev.total, counter.carry
+        # The algorithm rolls the totals forward itself (and derives the carry).
+        allowed, _, _, _, carry, remaining, reset_ns, retry_ns = decide(
+            counter.window & WINDOW_MASK,
+            cur,
+            prev,
+            carry,
+            limit,
+            burst,
+            rule.window_ns,
+            cost,
+            now_ns,
+        )
+        if now_idx > counter.window:
+            counter.roll(now_idx)
+            if not quota:
+                counter.carry = carry
+        if allowed and cost:
+            counter.cur.increment(self.node_id, cost)
+        return allowed, remaining, reset_ns, retry_ns
+
+    def merge(
+        self,
+        client: str,
+        series: str,
+        window: int,
+        slots: tuple[tuple[str, int], ...],
+        now_idx: int,
+    ) -> bool:
+        """Merge gossiped or replicated window slots; True if anything grew."""
+        counter = self._counter(series, client)
+        if counter is None:
+            return False
+        grew = False
+        for node, count in slots:
+            grew |= counter.merge_window(window, node, count, now_idx)
+        return grew
+
+    def merge_tat(self, client: str, series: str, tat: int) -> bool:
+        """Merge a token-bucket arrival time (a max-register); True if it moved."""
+        counter = self._counter(series, client)
+        if counter is None or tat <= counter.tat:
+            return False
+        counter.tat = tat
+        return True
+
+    def items(self) -> Iterator[tuple[tuple[str, str], ClientCounter]]:
+        """Every ``((series, client), counter)`` (a snapshot, safe to mutate the store)."""
+        return iter(list(self._counters.items()))
+
+    def discard(self, series: str, client: str) -> None:
+        """Forget a client's counter (an operator reset, or hand-over of a dead entry)."""
+        self._counters.pop((series, client), None)
+
+    def sweep(self, window_ns_of: dict[str, int], *, now_ns: int, budget: int = 256) -> int:
+        """Drop up to ``budget`` counters' worth of dead state, resuming where the last
+        call stopped (amortized; never a full pass in one call). Returns how many went."""
+        if self._sweep is None:
+            self._sweep = iter(list(self._counters))
+        dropped = 0
+        for _ in range(budget):
+            key = next(self._sweep, None)
+            if key is None:
+                self._sweep = None
+                break
+            counter = self._counters.get(key)
+            window_ns = window_ns_of.get(key[0])
+            if counter is None or window_ns is None:
+                continue
+            if counter.is_dead(now_ns // window_ns, 2, now_ns):
+                del self._counters[key]
+                dropped += 1
+        self.expired += dropped
+        return dropped
