@@ -27,6 +27,14 @@ from __future__ import annotations
 
 #: Window indexes are stored in 32 bits; gaps are computed modulo 2**32.
 WINDOW_MASK = 0xFFFFFFFF
+#: A gap this close to 2**32 is the clock stepping back into an earlier window
+#: (up to 1,024 windows back): the request is then charged to the newer window.
+BACKWARDS_GAP = WINDOW_MASK - 1024
+
+
+def stepped_back(idx: int, now_idx: int) -> bool:
+    """True if ``now_idx`` lies before the stored window ``idx`` (a clock stepped back)."""
+    return (now_idx - idx) & WINDOW_MASK > BACKWARDS_GAP
 
 
 def roll_window(
@@ -70,7 +78,10 @@ def fixed_window(
     """
     now_idx, elapsed = divmod(now_ns, window_ns)
     if (now_idx - idx) & WINDOW_MASK:
-        cur, prev, carry = roll_window(idx, cur, prev, carry, limit, burst, now_idx)
+        if stepped_back(idx, now_idx):
+            now_idx, elapsed = idx, 0  # stay in the newer window, at its strictest point
+        else:
+            cur, prev, carry = roll_window(idx, cur, prev, carry, limit, burst, now_idx)
     room = limit + burst - carry - cur
     rest_ns = window_ns - elapsed
     if cost <= room:
@@ -103,7 +114,10 @@ def sliding_window(
     """
     now_idx, elapsed = divmod(now_ns, window_ns)
     if (now_idx - idx) & WINDOW_MASK:
-        cur, prev, carry = roll_window(idx, cur, prev, carry, limit, burst, now_idx)
+        if stepped_back(idx, now_idx):
+            now_idx, elapsed = idx, 0  # stay in the newer window, at its strictest point
+        else:
+            cur, prev, carry = roll_window(idx, cur, prev, carry, limit, burst, now_idx)
     rest_ns = window_ns - elapsed
     # Quantities are scaled by window_ns so the weighting stays exact in integers.
     held = prev * rest_ns

@@ -34,8 +34,8 @@ class ClientCounter:
 
     __slots__ = ("window", "cur", "prev", "carry", "tat")
 
-    def __init__(self) -> None:
-        self.window = 0  # absolute index of the window ``cur`` counts
+    def __init__(self, window: int = 0) -> None:
+        self.window = window  # absolute index of the window ``cur`` counts
         self.cur = GCounter()
         self.prev = GCounter()
         self.carry = 0
@@ -84,14 +84,14 @@ class CounterStore:
         """The counter of a client in a series, if any."""
         return self._counters.get((series, client))
 
-    def _counter(self, series: str, client: str) -> ClientCounter | None:
+    def _counter(self, series: str, client: str, window: int) -> ClientCounter | None:
         key = (series, client)
         counter = self._counters.get(key)
         if counter is None:
             if len(self._counters) >= self.max_clients:
                 self.dropped += 1
                 return None
-            counter = self._counters[key] = ClientCounter()
+            counter = self._counters[key] = ClientCounter(window)
         return counter
 
     def check(
@@ -107,9 +107,9 @@ class CounterStore:
         counter = self._counters.get((rule.series, client))
         if counter is None:
             if cost == 0:
-                counter = ClientCounter()
+                counter = ClientCounter(now_ns // rule.window_ns - 2)
             else:
-                counter = self._counter(rule.series, client)
+                counter = self._counter(rule.series, client, now_ns // rule.window_ns - 2)
                 if counter is None:  # table full: refuse rather than forget counts
                     return False, 0, rule.window_ns, rule.window_ns
         if limit == 0:
@@ -162,7 +162,7 @@ class CounterStore:
         now_idx: int,
     ) -> bool:
         """Merge gossiped or replicated window slots; True if anything grew."""
-        counter = self._counter(series, client)
+        counter = self._counter(series, client, now_idx - 2)
         if counter is None:
             return False
         grew = False
@@ -172,7 +172,7 @@ class CounterStore:
 
     def merge_tat(self, client: str, series: str, tat: int) -> bool:
         """Merge a token-bucket arrival time (a max-register); True if it moved."""
-        counter = self._counter(series, client)
+        counter = self._counter(series, client, 0)
         if counter is None or tat <= counter.tat:
             return False
         counter.tat = tat

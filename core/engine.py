@@ -37,6 +37,9 @@ class Engine:
         #: One series per (algo, window): ``Rule.series`` -> state.
         self.series: dict[str, Series] = {}
         self.max_clients = max_clients
+        # Note the default's burst now: a series another rule creates first would
+        # otherwise keep its records too briefly for the default's carry to drain.
+        self.series_for(self.registry.default)
 
     def check(self, client: str, cost: int, *, now_ns: int, path: str = "local") -> Decision:
         """Decide one request of ``cost`` for ``client`` at ``now_ns``."""

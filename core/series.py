@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 
-from .algorithms import WINDOW_MASK, fixed_window, sliding_window, token_bucket
+from .algorithms import BACKWARDS_GAP, WINDOW_MASK, fixed_window, sliding_window, token_bucket
 from .table import ClientTable
 
 WINDOW_RECORD = struct.Struct("<qIIII")
@@ -63,7 +63,8 @@ class WindowSeries:
         if pos >= 0:
             _, idx, cur, prev, carry = _unpack_window(bucket, pos)  # type: ignore[arg-type]
         else:
-            idx = cur = prev = carry = 0
+            # A new client: state as of long ago, so it rolls to a fresh window.
+            idx, cur, prev, carry = (now_ns // self.window_ns - 2) & WINDOW_MASK, 0, 0, 0
         allowed, idx, cur, prev, carry, remaining, reset_ns, retry_ns = self._decide(
             idx, cur, prev, carry, limit, burst, self.window_ns, cost, now_ns
         )
@@ -91,7 +92,7 @@ class WindowSeries:
 
     def _is_dead(self, bucket: bytearray, pos: int) -> bool:
         idx = _unpack_index(bucket, pos + 8)[0]
-        return (self._now_idx - idx) & WINDOW_MASK >= self.horizon
+        return self.horizon <= (self._now_idx - idx) & WINDOW_MASK <= BACKWARDS_GAP
 
     def _eviction_score(self, bucket: bytearray, pos: int) -> int:
         """Older windows first, then smaller counts: a flood of one-shot ids goes

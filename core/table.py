@@ -166,11 +166,19 @@ class ClientTable:
 
     def evict(self, is_dead: DeadPredicate, score: EvictionScore, *, samples: int = 4) -> None:
         """Make room for one record: drop dead records from a few sampled buckets,
-        or failing that the live record with the highest ``score`` among them."""
+        or failing that the live record with the highest ``score`` among them.
+
+        Empty buckets are skipped and do not count as samples: counting them let
+        an insert past the cap evict nothing (the cap was overrun) and let a lone
+        record in an otherwise empty sample be evicted whatever its score."""
         best: tuple[int, int, int] | None = None  # (score, address, offset)
-        for _ in range(samples):
+        seen = 0
+        count = len(self._buckets)
+        # A prime stride visits every bucket unless the bucket count is its multiple.
+        stride = 7919 if count % 7919 else 1
+        for _ in range(count):
             address = self._evict_at
-            self._evict_at = (address + 7919) % len(self._buckets)  # a prime stride
+            self._evict_at = (address + stride) % count
             dropped = self._drop_dead(address, is_dead)
             if dropped:
                 self.evicted_dead += dropped
@@ -182,6 +190,9 @@ class ClientTable:
                 rating = score(bucket, pos)
                 if best is None or rating > best[0]:
                     best = (rating, address, pos)
+            seen += 1
+            if seen >= samples:
+                break
         if best is not None:
             _, address, pos = best
             bucket = self._buckets[address]

@@ -50,6 +50,9 @@ CLOCK_FAULTS = {"skew", "drift", "jump"}
 #: After a fault ends, windows this long afterwards still count as faulty (detection,
 #: reaping of dead members, re-ownership): the lan preset's reap time plus slack.
 SETTLE_NS = 40 * NS_PER_S
+#: A membership change (a join at boot included) moves ownership; counts follow within
+#: a gossip round or two, so windows this close to one are checked against the fault bound.
+MEMBERSHIP_SETTLE_NS = 5 * NS_PER_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +177,11 @@ class Checkers:
             self._clock_fault_at = now
 
     def on_membership(self, observer: str, event: MemberEvent, now: int) -> None:
-        """Detection times and false suspicions."""
+        """Detection times and false suspicions; any change moves ownership."""
         subject = event.node
+        if not self._ownership_changes or self._ownership_changes[-1] != now:
+            self._ownership_changes.append(now)
+            self._fault_spans.append((now, now + MEMBERSHIP_SETTLE_NS))
         if event.new_state == MemberState.DEAD and subject in self._crashed_at:
             key = (observer, subject)
             if key not in self._dead_seen and self.world.nodes[subject].node is None:
@@ -219,8 +225,11 @@ class Checkers:
     def bound(self, series: str, window: int, tally: _WindowTally) -> int:
         """The most the design lets through in this window (see the module docstring)."""
         capacity = tally.capacity
+        # A clock stepped back charges admissions to the newer window the node had
+        # reached, which the checker (by the decider's clock) sees as the older one.
+        clock_factor = 2 if self._clock_fault_at is not None else 1
         if self.scenario.mode == "local":
-            return capacity * self.scenario.nodes
+            return capacity * self.scenario.nodes * clock_factor
         window_ns = self._window_ns[series]
         start = window * window_ns - _epoch_offset()
         end = start + window_ns
@@ -229,7 +238,7 @@ class Checkers:
         bound = math.floor(capacity * (1 + self.fraction))
         if any(start - SETTLE_NS <= t < end for t in self._ownership_changes):
             bound += capacity
-        return bound
+        return bound * clock_factor
 
     def _faulty(self, start: int, end: int) -> bool:
         return any(s < end and start < e for s, e in self._fault_spans)

@@ -82,6 +82,7 @@ class World:
         self._digest = hashlib.blake2b(digest_size=16)
         self._tickets: dict[tuple[str, int], tuple[int, str]] = {}
         self.errors: list[str] = []
+        self._request_generation = 0
         self.events_run = 0
 
     # --- running ----------------------------------------------------------------------
@@ -134,7 +135,7 @@ class World:
         elif kind == "tick":
             self._tick(event[1], event[2])
         elif kind == "request":
-            self._request(event[1])
+            self._next_request(event[1])
         elif kind == "action":
             self._act(event[1])
         elif kind == "resume":
@@ -253,12 +254,22 @@ class World:
     # --- requests ---------------------------------------------------------------------
 
     def _schedule_request(self) -> None:
-        request = self.workload.next_request()
-        if request is not None and request.at_ns <= self.scenario.duration_ns:
-            self.queue.push(request.at_ns, ("request", request))
+        # The queue holds a marker for the workload's next arrival; a rate change
+        # redraws that arrival, so markers carry a generation and stale ones are skipped.
+        self._request_generation += 1
+        at = self.workload.peek_ns()
+        if at <= self.scenario.duration_ns:
+            self.queue.push(at, ("request", self._request_generation))
+
+    def _next_request(self, generation: int) -> None:
+        if generation != self._request_generation:
+            return
+        request = self.workload.next_request(self.now)
+        self._schedule_request()
+        if request is not None:
+            self._request(request)
 
     def _request(self, request: Request) -> None:
-        self._schedule_request()
         sim = self.nodes[str(request.entry_node)]
         node = self._live(sim)
         if node is None:
@@ -352,9 +363,7 @@ class World:
             self._reschedule_requests()
 
     def _reschedule_requests(self) -> None:
-        # The workload redrew its next arrival; the one already queued is stale.
-        self.queue = _without_requests(self.queue)
-        self._schedule_request()
+        self._schedule_request()  # the marker already queued is now stale
 
     def _set_rule(self, sim: SimNode, key: str, value: str | None) -> None:
         node = self._live(sim)
@@ -364,15 +373,3 @@ class World:
         self._guard(sim, lambda: node.set_rule(key, value, now_ns=mono, wall_ns=wall))
         self.checkers.on_rule_change(key, value, self.now)
         self._drain(sim)
-
-
-def _without_requests(queue: EventQueue[tuple[Any, ...]]) -> EventQueue[tuple[Any, ...]]:
-    """A copy of the queue without its pending request (keeps everything else's order)."""
-    fresh: EventQueue[tuple[Any, ...]] = EventQueue()
-    items = []
-    while queue:
-        items.append(queue.pop())
-    for at, event in items:
-        if event[0] != "request":
-            fresh.push(at, event)
-    return fresh
