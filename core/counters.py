@@ -123,10 +123,7 @@ class CounterStore:
             return allowed, remaining, reset_ns, retry_ns
         now_idx = now_ns // rule.window_ns
         quota = capacity is not None
-        if rule.algo == "sliding_window" and not quota:
-            decide = sliding_window
-        else:
-            decide = fixed_window
+        decide = sliding_window if rule.algo == "sliding_window" and not quota else fixed_window
         if quota:
             # A local quota counts only this node's own admissions in this window.
             cur = counter.cur.get(self.node_id) if counter.window == now_idx else 0

@@ -38,12 +38,48 @@ def _demo_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_arguments(parser: argparse.ArgumentParser) -> None:
+    from meshlimit.cluster import daemon
+
+    daemon.add_arguments(parser)
+
+
+def _node_run(args: argparse.Namespace) -> int:
+    from meshlimit.cluster import daemon
+
+    return daemon.run_daemon(args)
+
+
+def _ctl_arguments(parser: argparse.ArgumentParser) -> None:
+    from meshlimit.cluster import ctl
+
+    ctl.add_arguments(parser)
+
+
+def _ctl_run(args: argparse.Namespace) -> int:
+    from meshlimit.cluster import ctl
+
+    return ctl.run_ctl(args)
+
+
 COMMANDS: list[Command] = [
     Command(
         "demo",
         "run an in-process demo on virtual time and print what the limiter decided",
         _demo_arguments,
         _demo_run,
+    ),
+    Command(
+        "node",
+        "run a cluster node until SIGTERM/SIGINT, then leave gracefully",
+        _node_arguments,
+        _node_run,
+    ),
+    Command(
+        "ctl",
+        "inspect and steer a running node over its HTTP API",
+        _ctl_arguments,
+        _ctl_run,
     ),
 ]
 
