@@ -74,6 +74,8 @@ async def _check(request: web.Request) -> web.Response:
         decision = await runtime.check(client, cost)
     except ValueError as error:  # validated above; the node has the last word
         raise BadRequest(str(error)) from None
+    # ``q`` comes from the decision (the owner's rule); the window from this node's view
+    # of the rule, which agrees with the owner's once a rule change has spread.
     rule = runtime.node.rule_for(client)
     return web.json_response(decision_json(decision), headers=ratelimit_headers(decision, rule))
 
@@ -194,7 +196,11 @@ def _path_client(request: web.Request) -> str:
 def _cost(value: Any) -> int:
     # bool is an int subclass in Python: ``true`` must not pass as cost 1.
     if type(value) is not int:
-        raise BadRequest(f"'cost' must be a non-negative integer, not {_json_type(value)}")
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise BadRequest(
+            f"'cost' must be a non-negative integer, not {_json_type(value)} ({shown})"
+        )
     if value < 0:
         raise BadRequest(f"'cost' must be a non-negative integer, got {value}")
     if value > MAX_COUNT:
@@ -218,7 +224,7 @@ def _rule_value(value: Any) -> Rule | str:
 
 
 def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names = {bool: "a boolean", int: "an integer", float: "a decimal number", str: "a string"}
     names |= {list: "an array", dict: "an object", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 

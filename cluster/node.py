@@ -157,8 +157,7 @@ class Node:
     ) -> Decision | int:
         """Decide a check now (a :class:`Decision`) or return a ticket whose
         :class:`Decided` event arrives later. Bad arguments raise ``ValueError``."""
-        if type(client) is not str or not client or len(client) > 64:
-            check_client_id(client)
+        check_client_id(client)  # also refuses text the ring cannot hash
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
             raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns

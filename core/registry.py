@@ -47,7 +47,11 @@ def check_client_id(client: str) -> None:
     """Refuse client ids that are empty, not text, or longer than 256 UTF-8 bytes."""
     if not isinstance(client, str) or not client:
         raise ValueError(f"client id must be a non-empty string, got {client!r}")
-    if len(client) > MAX_CLIENT_BYTES // 4 and len(client.encode()) > MAX_CLIENT_BYTES:
+    try:
+        size = len(client.encode())
+    except UnicodeEncodeError:
+        raise ValueError("client id is not valid Unicode text (lone surrogate)") from None
+    if size > MAX_CLIENT_BYTES:
         raise ValueError(f"client id longer than {MAX_CLIENT_BYTES} bytes")
 
 

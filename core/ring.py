@@ -70,7 +70,9 @@ def key_hash(client: str) -> int:
     """
     # `signed` must be a keyword: mmh3 5.3.1 ignores it when passed by position
     # and returns signed halves (tests pin a key whose unsigned hash is >= 2**63).
-    return mmh3.hash64(client, signed=False)[0]
+    # Hash the encoded bytes: mmh3 crashes the process on a str with a lone
+    # surrogate, while ``encode`` raises UnicodeEncodeError (a ValueError).
+    return mmh3.hash64(client.encode(), signed=False)[0]
 
 
 def vnode_token(node: str, i: int) -> int:
@@ -171,7 +173,7 @@ class HashRing:
         """Return the node owning ``client``. Raises ``LookupError`` on an empty ring."""
         # key_hash() inlined: the call costs ~40 ns of a ~250 ns lookup.
         try:
-            return self._owners[bisect_left(self._tokens, mmh3.hash64(client, signed=False)[0])]
+            return self._owners[bisect_left(self._tokens, mmh3.hash64(client.encode(), signed=False)[0])]
         except IndexError:
             raise LookupError(f"empty hash ring: no node can own client {client!r}") from None
 

@@ -62,6 +62,18 @@ def _ctl_run(args: argparse.Namespace) -> int:
     return ctl.run_ctl(args)
 
 
+def _sim_arguments(parser: argparse.ArgumentParser) -> None:
+    from meshlimit.sim import cli as sim_cli
+
+    sim_cli.add_arguments(parser)
+
+
+def _sim_run(args: argparse.Namespace) -> int:
+    from meshlimit.sim import cli as sim_cli
+
+    return sim_cli.run_sim(args)
+
+
 COMMANDS: list[Command] = [
     Command(
         "demo",
@@ -80,6 +92,12 @@ COMMANDS: list[Command] = [
         "inspect and steer a running node over its HTTP API",
         _ctl_arguments,
         _ctl_run,
+    ),
+    Command(
+        "sim",
+        "run the deterministic simulator: a scenario, or swarm fuzzing with --fuzz",
+        _sim_arguments,
+        _sim_run,
     ),
 ]
 
