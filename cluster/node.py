@@ -113,7 +113,10 @@ class Node:
         self._stamp: Stamp = next_stamp(ZERO, config.node_id, now_ns=wall)
         self._wall_offset = wall - now_ns
         # Forwarding state.
-        self._next_ticket = 1
+        # Tickets double as request ids on the wire, and owners de-duplicate by
+        # (sender, id): a restarted node must not reuse the ids of its previous
+        # life, or an owner would answer it from the cache without counting.
+        self._next_ticket = rng.getrandbits(52) + 1
         self._pending: dict[int, _Pending] = {}
         self._batches: dict[str, list[tuple[int, str, int]]] = {}
         self._batch_due_ns = _NEVER

@@ -28,14 +28,23 @@ class Command:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """``meshlimit demo`` takes no arguments yet."""
+    """``meshlimit demo [--local]``."""
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="the in-process limiter on virtual time instead of a three-node cluster",
+    )
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from meshlimit import demo_local
+    if args.local:
+        from meshlimit import demo_local
 
-    demo_local.run(out=sys.stdout)
-    return 0
+        demo_local.run(out=sys.stdout)
+        return 0
+    from meshlimit import demo_cluster
+
+    return demo_cluster.run(out=sys.stdout)
 
 
 def _node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +86,7 @@ def _sim_run(args: argparse.Namespace) -> int:
 COMMANDS: list[Command] = [
     Command(
         "demo",
-        "run an in-process demo on virtual time and print what the limiter decided",
+        "run a three-node cluster on loopback, crash a node, and print what happened",
         _demo_arguments,
         _demo_run,
     ),

@@ -19,6 +19,7 @@ promises (``docs/design.md``, "Failure scenarios"):
 - **liveness**: after the last heal, rules and membership converge;
 - **detection**: time from a crash to every live node declaring it dead, and
   false suspicions of nodes that were up and reachable;
+- **accounting**: every "allowed" a client hears was counted by some node;
 - **safety of the code**: no exception ever escapes a node.
 """
 
@@ -49,7 +50,7 @@ NODE_FAULTS = {"crash", "pause", "leave", "join", "restart", "resume"}
 CLOCK_FAULTS = {"skew", "drift", "jump"}
 #: After a fault ends, windows this long afterwards still count as faulty (detection,
 #: reaping of dead members, re-ownership): the lan preset's reap time plus slack.
-SETTLE_NS = 40 * NS_PER_S
+SETTLE_NS = 5 * NS_PER_S
 #: A membership change (a join at boot included) moves ownership; counts follow within
 #: a gossip round or two, so windows this close to one are checked against the fault bound.
 MEMBERSHIP_SETTLE_NS = 5 * NS_PER_S
@@ -95,6 +96,12 @@ class Checkers:
         self.unavailable = 0
         self.forward_latencies_ns: list[int] = []
         self._tally: dict[tuple[str, str, int], _WindowTally] = defaultdict(_WindowTally)
+        #: What clients were told, by the window each answer names: catches an owner
+        #: that answers without counting (say, from a stale cache).
+        self._answered: dict[tuple[str, str, int], _WindowTally] = defaultdict(_WindowTally)
+        #: Every "allowed" a client hears must have been counted by some node.
+        self._decided_allowed: Counter[str] = Counter()
+        self._answered_allowed: Counter[str] = Counter()
         self._window_ns: dict[str, int] = {}
         self._fault_spans: list[tuple[int, int]] = []  # [start, end) of faulty periods
         self._ownership_changes: list[int] = []
@@ -121,6 +128,7 @@ class Checkers:
             self.decisions[path] += 1
             if not allowed or not cost:
                 continue
+            self._decided_allowed[client] += cost
             window = wall // rule.window_ns
             tally = self._tally[(client, rule.series, window)]
             tally.admitted += cost
@@ -135,6 +143,9 @@ class Checkers:
     ) -> None:
         """The answer a client got (the check's own path; forwarded ones arrive late)."""
         (self.allowed if decision.allowed else self.refused)[decision.path] += 1
+        if decision.allowed:
+            self._answered_allowed[client] += 1
+            self._tally_answer(node, client, decision)
         second = now // NS_PER_S
         if decision.allowed:
             self.admitted_series[second] += 1
@@ -142,6 +153,26 @@ class Checkers:
             self.refused_series[second] += 1
         if decision.path == "forwarded":
             self.forward_latencies_ns.append(now - started)
+
+    def _tally_answer(self, node: str, client: str, decision: Decision) -> None:
+        """Count what the client was told, in the window the answer says it belongs to:
+        the decider's window ends ``reset_after`` from the decision, which a forwarded
+        answer reaches a little later; rounding to the nearest window end absorbs that."""
+        sim = self.world.nodes[node]
+        if sim.node is None:
+            return
+        rule = sim.node.rule_for(client)
+        if rule.algo == "token_bucket":
+            return  # no windows to place it in; its bound is the decided tally's
+        wall = sim.clock.wall_ns(self.world.now)
+        end = wall + int(decision.reset_after * NS_PER_S)
+        window = (end + rule.window_ns // 2) // rule.window_ns - 1
+        tally = self._answered[(client, rule.series, window)]
+        tally.admitted += 1  # the world's workload asks for cost 1 per request
+        tally.capacity = max(tally.capacity, rule.capacity)
+        tally.deciders.add(node)
+        tally.paths[decision.path] += 1
+        self._window_ns[rule.series] = rule.window_ns
 
     def on_unavailable(self, node: str, client: str, now: int) -> None:
         """A request reached a node that is down (the client would retry elsewhere)."""
@@ -208,12 +239,26 @@ class Checkers:
             self._fault_spans.append((self._clock_fault_at, end_ns + 1))
         for message in self.world.errors:
             self.violations.append(Violation("exception", message))
-        for (client, series, window), tally in self._tally.items():
+        for kind, tallies in (("over_admission", self._tally), ("over_answered", self._answered)):
+            self._check_tallies(kind, tallies)
+        for client, answered in self._answered_allowed.items():
+            counted = self._decided_allowed[client]
+            if answered > counted:
+                self.violations.append(
+                    Violation(
+                        "uncounted_admission",
+                        f"clients were told 'allowed' {answered} times but nodes counted {counted}",
+                        client,
+                    )
+                )
+
+    def _check_tallies(self, kind: str, tallies: dict[tuple[str, str, int], _WindowTally]) -> None:
+        for (client, series, window), tally in tallies.items():
             bound = self.bound(series, window, tally)
             if tally.admitted > bound:
                 self.violations.append(
                     Violation(
-                        "over_admission",
+                        kind,
                         f"admitted {tally.admitted} > bound {bound} (capacity {tally.capacity},"
                         f" paths {dict(tally.paths)})",
                         client,

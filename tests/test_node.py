@@ -1,0 +1,115 @@
+"""The sans-IO node in memory: several nodes driven by the simulator's world, no sleeps."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from meshlimit.cluster.config import NodeConfig
+from meshlimit.cluster.node import Decided, Node
+from meshlimit.core.decision import Decision
+from meshlimit.sim.events import NS_PER_S
+from meshlimit.sim.scenario import parse_scenario
+from meshlimit.sim.world import World
+
+
+def scenario(timeline: list[str], *, rule: str = "20/2s", nodes: int = 3, rate: int = 200) -> str:
+    return f"""
+name = "node test"
+duration = "30s"
+nodes = {nodes}
+timeline = {timeline!r}
+[limits]
+default = "{rule}"
+[workload]
+clients = 5
+rate = {rate}
+zipf = 0
+"""
+
+
+def admissions_by_window(world: World) -> tuple[Counter[tuple[str, int]], list[tuple]]:
+    """Wrap the checkers to keep every admission with the window it was charged to."""
+    tally: Counter[tuple[str, int]] = Counter()
+    seen: list[tuple] = []
+    original = world.checkers.on_admissions
+
+    def spy(node: str, log: list, now: int) -> None:
+        for wall, client, rule, cost, allowed, path in log:
+            seen.append((now, node, client, allowed, path))
+            if allowed and cost:
+                tally[(client, wall // rule.window_ns)] += cost
+        original(node, log, now)
+
+    world.checkers.on_admissions = spy  # type: ignore[method-assign]
+    return tally, seen
+
+
+def test_healthy_strict_cluster_admits_exactly_the_limit_per_window() -> None:
+    world = World(parse_scenario(scenario([])), seed=11)
+    tally, _ = admissions_by_window(world)
+    world.run()
+    settled = {
+        k: v
+        for k, v in tally.items()
+        if k[1] * 2 * NS_PER_S > world.nodes["n1"].clock.wall_ns(5 * NS_PER_S)
+    }
+    assert settled and max(settled.values()) <= 20
+    assert world.checkers.violations == []
+
+
+def test_a_restarted_node_is_counted_by_the_owner_not_answered_from_a_stale_cache() -> None:
+    # A restarted node starts a new life; request ids it reuses must not hit the
+    # owner's de-duplication cache from its previous life (found by the demo).
+    world = World(parse_scenario(scenario(["at 5s crash n3", "at 7s restart n3"])), seed=5)
+    world.run()
+    assert world.checkers.violations == []
+
+
+def test_duplicated_datagrams_never_count_twice() -> None:
+    text = scenario(["at 0s duplicate 0.5"])
+    world = World(parse_scenario(text), seed=3)
+    tally, _ = admissions_by_window(world)
+    world.run()
+    assert max(tally.values()) <= 20
+
+
+def test_owner_path_is_immediate_and_forwarded_path_resolves_by_event() -> None:
+    config_a = NodeConfig.preset("sim", "a", ("a", 1))
+    node = Node(config_a, __import__("random").Random(1), now_ns=0)
+    decision = node.check("acme", 1, now_ns=1)
+    assert isinstance(decision, Decision) and decision.path == "owner"
+
+
+def test_bad_input_raises_clear_errors_and_garbage_datagrams_are_counted() -> None:
+    import random
+
+    node = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(1), now_ns=0)
+    with pytest.raises(ValueError):
+        node.check("", 1, now_ns=1)
+    with pytest.raises(ValueError):
+        node.check("x" * 300, 1, now_ns=1)
+    with pytest.raises(ValueError):
+        node.check("acme", -1, now_ns=1)
+    node.receive(b"\xff\x00garbage", ("b", 2), now_ns=2)
+    node.receive(b"", ("b", 2), now_ns=3)
+    assert sum(node.dropped.values()) >= 2
+    assert node.check("acme", 1, now_ns=4).allowed  # still serving
+
+
+def test_forward_timeout_decides_degraded() -> None:
+    import random
+
+    a = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(1), now_ns=0)
+    # Pretend b joined and owns some client, then never answers.
+    b = Node(NodeConfig.preset("sim", "b", ("b", 1)), random.Random(2), now_ns=0)
+    b.start([("a", 1)], now_ns=0)
+    for datagram, _ in b.datagrams_to_send():
+        a.receive(datagram, ("b", 1), now_ns=1)
+    client = next(c for c in (f"c{i}" for i in range(100)) if a.owner(c) == "b")
+    ticket = a.check(client, 1, now_ns=10)
+    assert isinstance(ticket, int)
+    a.tick(now_ns=a.next_deadline())
+    a.tick(now_ns=10 + a.config.forward_timeout_ns)
+    decided = [e for e in a.events() if isinstance(e, Decided)]
+    assert decided and decided[0].ticket == ticket and decided[0].decision.path == "degraded"
