@@ -49,12 +49,12 @@ def test_cli_help_and_version(capsys):
     assert main([]) == 2, "no command: print usage and fail"
 
 
-def test_demo_runs_and_is_deterministic(capsys):
+def test_local_demo_runs_and_is_deterministic(capsys):
     from meshlimit.cli import main
 
-    assert main(["demo"]) == 0
+    assert main(["demo", "--local"]) == 0
     first = capsys.readouterr().out
-    assert main(["demo"]) == 0
+    assert main(["demo", "--local"]) == 0
     second = capsys.readouterr().out
     assert first == second, "the demo runs on virtual time: two runs must print the same"
     for heading in ("Phase 1:", "Phase 2:", "Phase 3:", "Phase 4:"):
@@ -128,3 +128,29 @@ def test_wheel_installs_into_a_fresh_venv(tmp_path):
     # Run from tmp_path, so the repository's folders cannot shadow the installed package.
     assert "smoke ok" in _run([str(python), "-c", _SMOKE], tmp_path, 60).stdout
     assert "demo" in _run([str(bin_dir / "meshlimit"), "--help"], tmp_path, 60).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_cluster_demo_runs_three_processes_and_reports_each_phase():
+    result = subprocess.run(
+        [sys.executable, "-m", "meshlimit", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    for heading in ("Phase 1: healthy cluster", "crashed", "back", "killed", "restarted"):
+        assert heading in out
+    # In the healthy phase every client's best window is exactly its limit.
+    healthy = out.split("Phase 1:")[1].split(">>> killed")[0]
+    rows = [
+        line.split()
+        for line in healthy.splitlines()
+        if line.strip()[:4] in ("acme", "glob", "init")
+    ]
+    assert len(rows) == 3
+    for row in rows:
+        limit, peak = int(row[1]), int(row[5])
+        assert peak == limit, row

@@ -80,7 +80,8 @@ FORBIDDEN_CALLS = {
 THIRD_PARTY = {
     "core": frozenset({"mmh3", "sortedcontainers"}),
     "cluster": frozenset({"mmh3", "sortedcontainers", "msgpack"}),
-    "sim": frozenset({"mmh3", "sortedcontainers", "msgpack"}),
+    # matplotlib: the optional `plot` extra, imported lazily by sim/report.py only.
+    "sim": frozenset({"mmh3", "sortedcontainers", "msgpack", "matplotlib"}),
 }
 
 PACKAGE_DIRS = {"meshlimit.core": "core", "meshlimit.cluster": "cluster", "meshlimit.sim": "sim"}
