@@ -126,7 +126,8 @@ class CounterStore:
         decide = sliding_window if rule.algo == "sliding_window" and not quota else fixed_window
         if quota:
             # A local quota counts only this node's own admissions in this window.
-            cur = counter.cur.get(self.node_id) if counter.window == now_idx else 0
+            # (A clock stepped back stays charged to the newer window it reached.)
+            cur = counter.cur.get(self.node_id) if counter.window >= now_idx else 0
             prev, carry = 0, 0
         else:
             cur, prev, carry = counter.cur.total, counter.prev.total, counter.carry

@@ -170,6 +170,7 @@ class Checkers:
         tally = self._answered[(client, rule.series, window)]
         tally.admitted += 1  # the world's workload asks for cost 1 per request
         tally.capacity = max(tally.capacity, rule.capacity)
+        tally.limit = max(tally.limit, rule.limit)
         tally.deciders.add(node)
         tally.paths[decision.path] += 1
         self._window_ns[rule.series] = rule.window_ns
@@ -278,6 +279,9 @@ class Checkers:
         window_ns = self._window_ns[series]
         start = window * window_ns - _epoch_offset()
         end = start + window_ns
+        if series.startswith("token_bucket"):
+            # GCRA: a full bucket, then a window's worth of refill, fit in one window.
+            capacity += tally.limit
         if not self._faulty(start, end):
             return capacity
         bound = math.floor(capacity * (1 + self.fraction))
