@@ -95,11 +95,16 @@ class WindowSeries:
         return self.horizon <= (self._now_idx - idx) & WINDOW_MASK <= BACKWARDS_GAP
 
     def _eviction_score(self, bucket: bytearray, pos: int) -> int:
-        """Older windows first, then smaller counts: a flood of one-shot ids goes
-        before clients with real traffic in the current window."""
-        _, idx, cur, prev, _carry = WINDOW_RECORD.unpack_from(bucket, pos)
+        """Records that still hold back the least go first (older windows first among
+        equals): a flood of one-shot ids goes before a client with real traffic, also
+        in the moments after a window boundary, before that client's next admission
+        has rolled its record (ranking by age alone evicted it then)."""
+        _, idx, cur, prev, carry = WINDOW_RECORD.unpack_from(bucket, pos)
         age = (self._now_idx - idx) & WINDOW_MASK
-        return age * _BIG - cur - prev
+        if age > BACKWARDS_GAP:  # written after a clock step back: as current as it gets
+            age = 0
+        held = carry + (cur + prev if age == 0 else cur if age == 1 else 0)
+        return age - held * _BIG
 
 
 class TokenSeries:

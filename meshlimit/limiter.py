@@ -16,7 +16,13 @@ from collections.abc import Callable, Mapping
 from meshlimit.core.decision import Decision
 from meshlimit.core.engine import DEFAULT_MAX_CLIENTS, Engine
 from meshlimit.core.hlc import ZERO, Stamp, next_stamp
-from meshlimit.core.registry import CLIENT_PREFIX, DEFAULT_KEY, TIER_PREFIX, check_tier_name
+from meshlimit.core.registry import (
+    CLIENT_PREFIX,
+    DEFAULT_KEY,
+    TIER_PREFIX,
+    check_client_id,
+    check_tier_name,
+)
 from meshlimit.core.rules import Rule, as_rule
 
 Clock = Callable[[], int]
@@ -60,16 +66,19 @@ class Limiter:
     def set_rule(self, client: str, rule: Rule | str) -> None:
         """Give ``client`` its own rule, or a tier with ``"@NAME"``. Counts are kept
         when only the limit or burst changes; a new window starts a fresh count."""
+        check_client_id(client)  # before building the key: a non-str id is a ValueError
         value = rule if isinstance(rule, str) and rule.startswith("@") else as_rule(rule)
         self._write(CLIENT_PREFIX + client, value)
 
     def assign_tier(self, client: str, tier: str) -> None:
         """Put ``client`` on a named tier."""
+        check_client_id(client)
         check_tier_name(tier)
         self._write(CLIENT_PREFIX + client, "@" + tier)
 
     def remove_rule(self, client: str) -> None:
         """Drop ``client``'s own rule or tier; the default applies again."""
+        check_client_id(client)
         self._write(CLIENT_PREFIX + client, None)
 
     def get_rule(self, client: str) -> Rule:
