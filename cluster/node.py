@@ -133,7 +133,7 @@ class Node:
         self._quorum: set[str] = {config.node_id}
         self._majority = True
         self._membership_dirty = True
-        self._membership_size = 0
+        self._membership_seen = (0, False)
         # Outputs.
         self._outbox: list[tuple[Address, Message]] = []
         self._events: list[Event] = []
@@ -154,6 +154,8 @@ class Node:
         self._send_all(
             self.membership.join([s for s in seeds if s != self.config.addr], now_ns=now_ns)
         )
+        self._membership_dirty = True
+        self._after_membership_input()
 
     def check(
         self, client: str, cost: int = 1, *, now_ns: int, wall_ns: int | None = None
@@ -613,10 +615,10 @@ class Node:
 
     def _after_membership_input(self) -> None:
         events = self.membership.drain_events()
-        size = self.membership.size
-        if not events and not self._membership_dirty and size == self._membership_size:
+        size, joined = self.membership.size, self.membership.joined
+        if not events and not self._membership_dirty and (size, joined) == self._membership_seen:
             return
-        self._membership_size = size
+        self._membership_seen = (size, joined)
         self._membership_dirty = False
         for event in events:
             self._events.append(MembershipChanged(event))
@@ -628,7 +630,10 @@ class Node:
             if m.state != MemberState.LEFT:
                 self._quorum.add(m.node)
         live = sum(1 for m in members if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
-        self._majority = 2 * live > len(self._quorum)
+        # A node that has not yet heard back from the cluster it is joining sees only
+        # itself: it must not take itself for the whole cluster (after a restart it
+        # would otherwise own every client, from zero, until the join completes).
+        self._majority = 2 * live > len(self._quorum) and self.membership.joined
         ring_members = tuple(sorted(m.node for m in members if m.state != MemberState.LEFT))
         if ring_members != self._ring_members:
             self._ring_members = ring_members
