@@ -57,6 +57,9 @@ class NodeConfig:
     """Most counters awaiting replication; beyond it the oldest are dropped and counted."""
     dedup_per_peer: int = 4096
     """Forwarded request ids remembered per peer, so a duplicated datagram never counts twice."""
+    shadow: bool = False
+    """Shadow (dry run) for every rule on this node: decisions are computed, counted and
+    reported, but every request is allowed. Why off: enforcement is the point."""
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
     """SWIM timings (``lan``, ``local``, ``wan`` or ``sim`` presets)."""
 

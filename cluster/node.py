@@ -38,7 +38,7 @@ from meshlimit.core.counters import CounterStore
 from meshlimit.core.decision import Decision, make_decision
 from meshlimit.core.engine import Engine
 from meshlimit.core.hlc import ZERO, Stamp, next_stamp, observe
-from meshlimit.core.registry import CLIENT_PREFIX, check_client_id, value_text
+from meshlimit.core.registry import CLIENT_PREFIX, RESET_PREFIX, check_client_id, value_text
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
 
@@ -231,6 +231,8 @@ class Node:
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         self._stamp = next_stamp(self._stamp, self.node_id, now_ns=wall)
         changed = self.engine.apply_rule(key, value, self._stamp)
+        if changed and key.startswith(RESET_PREFIX):
+            self._apply_reset(key[len(RESET_PREFIX) :])
         if changed:
             entry = self.engine.registry.entry(key)
             assert entry is not None
@@ -325,7 +327,10 @@ class Node:
         self.stats[f"{path}_{'allowed' if allowed else 'refused'}"] += 1
         if self.decision_log is not None:
             self.decision_log.append((wall, client, rule, cost, allowed, path))
-        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, path)
+        shadow = rule.shadow or self.config.shadow
+        if shadow and not allowed:
+            self.stats["shadow_refused"] += 1
+        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, path, shadow)
 
     def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
         rule = self.engine.registry.resolve(client)
@@ -338,7 +343,10 @@ class Node:
         self.stats[f"degraded_{'allowed' if allowed else 'refused'}"] += 1
         if self.decision_log is not None:
             self.decision_log.append((wall, client, rule, cost, allowed, "degraded"))
-        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, "degraded")
+        shadow = rule.shadow or self.config.shadow
+        if shadow and not allowed:
+            self.stats["shadow_refused"] += 1
+        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, "degraded", shadow)
 
     def _owner_unreachable(self, owner: str) -> bool:
         return self._states.get(owner, MemberState.DEAD) != MemberState.ALIVE
@@ -490,10 +498,15 @@ class Node:
                 self._send(node, message)
 
     def _on_counter_deltas(self, message: CounterDeltas, wall: int) -> None:
+        registry = self.engine.registry
         for slot in message.deltas:
             window_ns = self._series_windows.get(slot.series) or self._learn_series(slot.series)
             if window_ns is None:
                 self.dropped["unknown_series"] += 1
+                continue
+            reset_ms = registry.reset_wall_ms(slot.client)
+            if reset_ms >= 0 and not _after_reset(slot, window_ns, reset_ms):
+                self.stats["stale_after_reset"] += 1
                 continue
             if slot.series.startswith("token_bucket"):
                 self.counters.merge_tat(slot.client, slot.series, slot.window)
@@ -551,9 +564,22 @@ class Node:
             try:
                 if self.engine.apply_rule(entry.key, entry.value, stamp):
                     self.stats["rules_applied"] += 1
+                    if entry.key.startswith(RESET_PREFIX):
+                        self._apply_reset(entry.key[len(RESET_PREFIX) :])
+                        continue
                     self._note_value(self.engine.registry.entry(entry.key).value)  # type: ignore[union-attr]
             except ValueError:
                 self.dropped["bad_rule_entry"] += 1
+
+    def _apply_reset(self, client: str) -> None:
+        """An operator reset ``client``: forget its counts here. Slots gossiped later for
+        windows that began before the reset are ignored (``_on_counter_deltas``), so a
+        grow-only counter cannot bring the old counts back."""
+        self.counters.reset(client, list(self._series_windows))
+        for dirty in (self._dirty, self._degraded_dirty):
+            for series in self._series_windows:
+                dirty.pop((series, client), None)
+        self.stats["resets"] += 1
 
     def _all_rule_entries(self) -> list[RuleEntry]:
         return [
@@ -653,6 +679,18 @@ class Node:
 
     def _send_all(self, out: list[tuple[Address, Message]]) -> None:
         self._outbox.extend(out)
+
+
+def _after_reset(slot: CounterSlot, window_ns: int, reset_ms: int) -> bool:
+    """Whether gossiped state may be merged after a reset at ``reset_ms``: windows (and
+    token-bucket arrival times) from before the reset carry the counts it cleared."""
+    reset_ns = reset_ms * 1_000_000
+    if slot.series.startswith("token_bucket"):
+        # An arrival time does not say when it was earned; one a window past the
+        # reset cannot come from before it unless the bucket was deeper than a
+        # window (limit + burst > limit): approximate for such rules.
+        return slot.window >= reset_ns + window_ns
+    return slot.window * window_ns >= reset_ns
 
 
 def client_key(client: str) -> str:

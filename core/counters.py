@@ -180,6 +180,10 @@ class CounterStore:
         """Every ``((series, client), counter)`` (a snapshot, safe to mutate the store)."""
         return iter(list(self._counters.items()))
 
+    def reset(self, client: str, series: list[str]) -> int:
+        """Forget ``client``'s counters in the given series; returns how many went."""
+        return sum(self._counters.pop((s, client), None) is not None for s in series)
+
     def discard(self, series: str, client: str) -> None:
         """Forget a client's counter (an operator reset, or hand-over of a dead entry)."""
         self._counters.pop((series, client), None)

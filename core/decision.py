@@ -28,11 +28,23 @@ class Decision(NamedTuple):
     reset_after: float
     retry_after: float
     path: str = "local"
+    #: True when the rule (or the node) is in shadow mode and this request would
+    #: have been refused: it is allowed, and reported.
+    shadowed: bool = False
 
 
 def make_decision(
-    allowed: bool, limit: int, remaining: int, reset_ns: int, retry_ns: int, path: str = "local"
+    allowed: bool,
+    limit: int,
+    remaining: int,
+    reset_ns: int,
+    retry_ns: int,
+    path: str = "local",
+    shadow: bool = False,
 ) -> Decision:
-    """Build a decision from an algorithm's nanosecond outcome."""
+    """Build a decision from an algorithm's nanosecond outcome; in ``shadow`` mode a
+    refusal is reported (``shadowed``) but the request is allowed."""
+    if shadow and not allowed:
+        return Decision(True, limit, remaining, reset_ns / NS_PER_S, 0.0, path, True)
     retry = math.inf if retry_ns < 0 else retry_ns / NS_PER_S
     return Decision(allowed, limit, remaining, reset_ns / NS_PER_S, retry, path)

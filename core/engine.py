@@ -56,7 +56,7 @@ class Engine:
         )
         if allowed:
             return Decision(True, rule.limit, remaining, reset_ns / NS_PER_S, 0.0, path)
-        return make_decision(False, rule.limit, remaining, reset_ns, retry_ns, path)
+        return make_decision(False, rule.limit, remaining, reset_ns, retry_ns, path, rule.shadow)
 
     def series_for(self, rule: Rule) -> Series:
         """The series counting under ``rule``, created on first use."""
@@ -76,6 +76,11 @@ class Engine:
         if changed and isinstance(value, Rule):
             self.series_for(value)
         return changed
+
+    def reset(self, client: str) -> int:
+        """Forget ``client``'s counts in every series; returns how many records went."""
+        key = hash(client)
+        return sum(series.table.delete(key) for series in self.series.values())
 
     def client_count(self) -> int:
         """Client records held across all series."""

@@ -7,7 +7,8 @@ rule at any time, changes spread by gossip in any order, and every node ends
 with the same rules. A removal is an entry too (a tombstone with a stamp), so
 an old write arriving late cannot resurrect a removed rule.
 
-Keys are ``"default"``, ``"tier:NAME"`` and ``"client:ID"``. A client's value
+Keys are ``"default"``, ``"tier:NAME"``, ``"client:ID"`` and ``"reset:ID"`` (when
+an operator last reset a client's counts: a stamp with no value). A client's value
 is a rule, or ``"@NAME"`` mapping it to a tier. ``digest`` is an
 order-independent hash of all entries, kept up to date incrementally, so
 anti-entropy compares two registries with one integer.
@@ -30,6 +31,8 @@ from .rules import Rule, as_rule, parse_rule
 DEFAULT_KEY = "default"
 TIER_PREFIX = "tier:"
 CLIENT_PREFIX = "client:"
+#: ``reset:ID`` entries record when an operator reset a client's counts (value None).
+RESET_PREFIX = "reset:"
 MAX_CLIENT_BYTES = 256
 _TIER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 
@@ -85,6 +88,7 @@ class RuleRegistry:
         self._default = Entry(as_rule(default), ZERO)
         self._tiers: dict[str, Entry] = {}
         self._clients: dict[str, Entry] = {}
+        self._resets: dict[str, Entry] = {}
         self._max_entries = max_entries
         self.digest = _entry_hash(DEFAULT_KEY, self._default)
 
@@ -165,6 +169,8 @@ class RuleRegistry:
             yield TIER_PREFIX + name, entry
         for client, entry in self._clients.items():
             yield CLIENT_PREFIX + client, entry
+        for client, entry in self._resets.items():
+            yield RESET_PREFIX + client, entry
 
     def entry(self, key: str) -> Entry | None:
         """One entry by key, or None."""
@@ -189,8 +195,13 @@ class RuleRegistry:
         return max(entry.stamp for _, entry in self.entries())
 
     def entry_count(self) -> int:
-        """Entries held, tombstones included."""
-        return 1 + len(self._tiers) + len(self._clients)
+        """Entries held, tombstones and resets included."""
+        return 1 + len(self._tiers) + len(self._clients) + len(self._resets)
+
+    def reset_wall_ms(self, client: str) -> int:
+        """When ``client``'s counts were last reset (HLC wall ms), or -1."""
+        entry = self._resets.get(client)
+        return -1 if entry is None else entry.stamp.wall_ms
 
     def purge_tombstones(self, *, before_wall_ms: int) -> int:
         """Forget removals older than ``before_wall_ms``; returns how many were dropped.
@@ -219,7 +230,13 @@ class RuleRegistry:
             client = key[len(CLIENT_PREFIX) :]
             check_client_id(client)
             return self._clients, client
-        raise ValueError(f"rule key {key!r} is not 'default', 'tier:NAME' or 'client:ID'")
+        if key.startswith(RESET_PREFIX):
+            client = key[len(RESET_PREFIX) :]
+            check_client_id(client)
+            return self._resets, client
+        raise ValueError(
+            f"rule key {key!r} is not 'default', 'tier:NAME', 'client:ID' or 'reset:ID'"
+        )
 
     @staticmethod
     def _client_value(text: str) -> Value:
@@ -232,6 +249,8 @@ class RuleRegistry:
     def _check_value(key: str, value: Value) -> None:
         if key == DEFAULT_KEY and not isinstance(value, Rule):
             raise ValueError("the default rule cannot be removed or mapped to a tier")
+        if key.startswith(RESET_PREFIX) and value is not None:
+            raise ValueError(f"reset entry {key!r} carries no value")
         if key.startswith(TIER_PREFIX) and isinstance(value, str):
             raise ValueError(f"tier {key!r} must hold a rule, not {value!r}")
         if isinstance(value, str):

@@ -1,6 +1,6 @@
 """Rules: how many requests a client may make per window, and the notation for them.
 
-A rule is ``LIMIT/WINDOW[ burst N][ algo NAME]`` (``100/minute``, ``10/s``,
+A rule is ``LIMIT/WINDOW[ burst N][ algo NAME][ shadow]`` (``100/minute``, ``10/s``,
 ``20/250ms``, ``5000/hour burst 500``, ``300/90s algo fixed_window``), or the
 ``limits`` library's ``10 per minute`` form. Parsing is strict: anything not
 understood raises :class:`ValueError` naming the offending part, because a
@@ -81,6 +81,9 @@ class Rule:
     window_ns: int
     burst: int = 0
     algo: str = DEFAULT_ALGORITHM
+    #: Shadow (dry run): decisions are computed, counted and reported, but every
+    #: request is allowed. Lets an operator try a rule on live traffic.
+    shadow: bool = False
     #: Counting series: rules that share it share counts (limit and burst may differ).
     series: str = field(init=False, repr=False, compare=False)
 
@@ -104,6 +107,8 @@ class Rule:
             text += f" burst {self.burst}"
         if self.algo != DEFAULT_ALGORITHM:
             text += f" algo {self.algo}"
+        if self.shadow:
+            text += " shadow"
         return text
 
 
@@ -170,8 +175,16 @@ def parse_rule(text: str) -> Rule:
         raise ValueError(f"bad rule: longer than {MAX_RULE_CHARS} characters")
     words = text.split()
     options: dict[str, str] = {}
-    # Trailing "burst N" / "algo NAME" pairs, in any order, each at most once.
-    while len(words) >= 3 and words[-2].lower() in ("burst", "algo"):
+    # Trailing "burst N" / "algo NAME" pairs and a "shadow" flag, in any order, once each.
+    shadow = False
+    while len(words) >= 2:
+        if words[-1].lower() == "shadow":
+            if shadow:
+                raise ValueError(f"bad rule {text!r}: 'shadow' given twice")
+            shadow, words = True, words[:-1]
+            continue
+        if len(words) < 3 or words[-2].lower() not in ("burst", "algo"):
+            break
         key = words[-2].lower()
         if key in options:
             raise ValueError(f"bad rule {text!r}: {key!r} given twice")
@@ -197,7 +210,7 @@ def parse_rule(text: str) -> Rule:
         raise ValueError(f"bad rule {text!r}: limit {limit} must be from 1 to {MAX_COUNT}")
     if limit + burst > MAX_COUNT:
         raise ValueError(f"bad rule {text!r}: burst {burst} makes limit+burst exceed {MAX_COUNT}")
-    return Rule(limit, window_ns, burst, algo)
+    return Rule(limit, window_ns, burst, algo, shadow)
 
 
 def as_rule(value: Rule | str) -> Rule:

@@ -81,6 +81,12 @@ class Limiter:
         check_client_id(client)
         self._write(CLIENT_PREFIX + client, None)
 
+    def reset(self, client: str) -> None:
+        """Forget ``client``'s counts: its next request starts a fresh window."""
+        check_client_id(client)
+        with self._lock:
+            self._engine.reset(client)
+
     def get_rule(self, client: str) -> Rule:
         """The rule in force for ``client``."""
         with self._lock:

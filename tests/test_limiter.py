@@ -314,3 +314,22 @@ def test_usable_from_asyncio_code():
     results = asyncio.run(main())
     assert sum(results) == 3 * 100  # three clients, two tasks each, 120 tries apiece
     assert all(lim.check(f"c{i}", 0).remaining == 0 for i in range(3))
+
+
+def test_shadow_rule_allows_everything_and_marks_would_be_refusals() -> None:
+    from meshlimit import Limiter
+
+    limiter = Limiter("2/s", rules={"trial": "2/s shadow"}, clock=lambda: 0)
+    decisions = [limiter.check("trial") for _ in range(4)]
+    assert all(d.allowed for d in decisions)
+    assert [d.shadowed for d in decisions] == [False, False, True, True]
+    assert str(limiter.get_rule("trial")) == "2/second shadow"
+
+
+def test_reset_forgets_a_clients_counts() -> None:
+    from meshlimit import Limiter
+
+    limiter = Limiter("2/s", clock=lambda: 0)
+    assert [limiter.check("a").allowed for _ in range(3)] == [True, True, False]
+    limiter.reset("a")
+    assert limiter.check("a").allowed

@@ -113,3 +113,34 @@ def test_forward_timeout_decides_degraded() -> None:
     a.tick(now_ns=10 + a.config.forward_timeout_ns)
     decided = [e for e in a.events() if isinstance(e, Decided)]
     assert decided and decided[0].ticket == ticket and decided[0].decision.path == "degraded"
+
+
+def _pair() -> tuple[Node, Node]:
+    import random
+
+    a = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(1), now_ns=0)
+    b = Node(NodeConfig.preset("sim", "b", ("b", 1)), random.Random(2), now_ns=0)
+    return a, b
+
+
+def test_shadow_rule_allows_and_reports() -> None:
+    a, _ = _pair()
+    a.set_rule("client:trial", "2/minute shadow", now_ns=1)
+    decisions = [a.check("trial", 1, now_ns=2 + i) for i in range(4)]
+    assert all(isinstance(d, Decision) and d.allowed for d in decisions)
+    assert [d.shadowed for d in decisions] == [False, False, True, True]  # type: ignore[union-attr]
+    assert a.stats["shadow_refused"] == 2
+
+
+def test_reset_clears_counts_and_ignores_stale_gossip() -> None:
+    a, _ = _pair()
+    for i in range(3):
+        a.check("acme", 1, now_ns=10 + i)
+    assert not a.check("acme", 100, now_ns=20).allowed  # type: ignore[union-attr]
+    stale = a._slots_of(("sliding_window:60000000000", "acme"), 20, own_only=False)
+    a.set_rule("reset:acme", None, now_ns=2_000_000)
+    assert a.check("acme", 100, now_ns=2_000_001).allowed  # type: ignore[union-attr]
+    from meshlimit.cluster.messages import CounterDeltas
+
+    a._on_counter_deltas(CounterDeltas(tuple(stale)), 2_000_002)
+    assert a.stats["stale_after_reset"] == len(stale) > 0
