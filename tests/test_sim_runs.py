@@ -1,0 +1,352 @@
+"""Simulation runs: shipped scenarios, determinism, swarm fuzzing, planted bugs, the CLI.
+
+The production node runs inside the simulator here, so a failure in this file
+is either a bug in the node or in the simulator; each one names the seed and
+the command that reproduces it. Known findings are marked ``xfail(strict=False)``
+one case at a time (see ``KNOWN_FUZZ_FAILURES``), so that the rest still run and
+a fix shows up as XPASS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from functools import cache, partial
+from pathlib import Path
+
+import pytest
+from meshlimit.cluster.node import Node
+from meshlimit.core.ring import HashRing
+from meshlimit.sim import cli as sim_cli
+from meshlimit.sim.cli import shipped_scenarios
+from meshlimit.sim.events import NS_PER_S
+from meshlimit.sim.runner import (
+    FUZZ_SEED_STRIDE,
+    RunResult,
+    fuzz_scenario,
+    fuzz_seed,
+    run_fuzz,
+    run_scenario,
+)
+from meshlimit.sim.scenario import Scenario, load_scenario, parse_scenario
+from meshlimit.sim.world import World
+
+from meshlimit.cli import main
+
+SHIPPED = shipped_scenarios()
+FUZZ_BASE_SEED = 2026
+FUZZ_RUNS = 200
+
+_ANSWERED_UNDER_A_STALE_RULE = (
+    "checker: over_answered places each answer by the entry node's current rule, which lags "
+    "a rule change (here c0 moves between a 1-minute and a short-window rule), so answers "
+    "the owner decided under the new rule land in one 1-minute window of the old one"
+)
+#: Fuzz run index -> why it fails today (findings reported to the node's and checkers' owners).
+KNOWN_FUZZ_FAILURES = {
+    27: _ANSWERED_UNDER_A_STALE_RULE,
+    173: _ANSWERED_UNDER_A_STALE_RULE,
+    197: _ANSWERED_UNDER_A_STALE_RULE,
+    96: "local mode, token bucket: a node admits up to limit + burst + elapsed/T per aligned "
+    "window (docs/design.md), but the checker bounds local mode by capacity x members",
+    183: "local mode: a restarted node starts with empty counters (and the default rule until "
+    "rules reach it), so each incarnation admits a full capacity in the same window",
+}
+
+
+@cache
+def shipped_result(name: str) -> RunResult:
+    """Each shipped scenario runs once per test session, with its own seed."""
+    scenario = load_scenario(SHIPPED[name])
+    assert scenario.seed is not None, f"{name}: shipped scenarios state their seed"
+    return run_scenario(scenario, scenario.seed, stopwatch=time.perf_counter)
+
+
+def _failure(result: RunResult) -> str:
+    return "\n".join([f"seed={result.seed}", *result.violations, f"reproduce: {result.reproduce}"])
+
+
+# --- shipped scenarios ------------------------------------------------------------------------
+
+
+def test_the_shipped_scenarios_are_there() -> None:
+    expected = {
+        "healthy", "healthy_local", "owner_crash", "minority_partition", "even_split",
+        "flapping_link", "loss_20pct", "duplication_reordering", "clock_skew",
+        "rolling_restart", "rule_change_storm", "hot_client", "join_leave",
+    }  # fmt: skip
+    assert expected <= set(SHIPPED)
+    for name, path in SHIPPED.items():
+        scenario = load_scenario(path)
+        assert scenario.name == name
+        assert "Bound" in scenario.description or "bound" in scenario.description, name
+        assert 3 <= scenario.nodes <= 7, name
+    assert any(load_scenario(p).mode == "local" for p in SHIPPED.values())
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_scenario_has_no_violations(name: str) -> None:
+    result = shipped_result(name)
+    assert result.ok, _failure(result)
+    assert result.simulated_s == pytest.approx(load_scenario(SHIPPED[name]).duration_ns / NS_PER_S)
+    assert result.summary["admitted"] > 0 and result.summary["refused"] > 0
+
+
+def test_healthy_is_exact_and_decided_by_owners() -> None:
+    summary = shipped_result("healthy").summary
+    assert summary["peak_ratio"] <= 1.0
+    paths = summary["answers_by_path"]
+    assert paths.get("degraded", 0) <= 5  # at most a few while the ring forms at boot
+    assert paths["owner"] > 0 and paths["forwarded"] > 0 and "local" not in paths
+    assert summary["saturated_fill"]["median"] >= 0.8
+
+
+def test_healthy_local_decides_locally() -> None:
+    summary = shipped_result("healthy_local").summary
+    paths = summary["answers_by_path"]
+    assert set(paths) <= {"local", "degraded"} and paths.get("degraded", 0) <= 5  # boot only
+    assert summary["peak_ratio"] <= summary["nodes"]
+
+
+def test_owner_crash_crashes_the_hot_clients_owner() -> None:
+    scenario = load_scenario(SHIPPED["owner_crash"])
+    assert scenario.workload.hot_client == "tenant-42"
+    assert HashRing(scenario.node_names).owner("tenant-42") == "n2"
+    world = World(scenario, scenario.seed or 1)
+    world.run(until_ns=5 * NS_PER_S)
+    for sim in world.nodes.values():
+        assert sim.node is not None and sim.node.owner("tenant-42") == "n2", sim.name
+    summary = shipped_result("owner_crash").summary
+    assert summary["detection_s"]["count"] >= 1
+    assert summary["answers_by_path"]["degraded"] > 0
+
+
+@pytest.mark.parametrize("name", ["minority_partition", "even_split", "loss_20pct"])
+def test_faults_push_checks_into_degraded_mode(name: str) -> None:
+    assert shipped_result(name).summary["answers_by_path"].get("degraded", 0) > 100
+
+
+def test_phases_split_the_run_at_timeline_actions() -> None:
+    result = shipped_result("owner_crash")
+    titles = [phase.title for phase in result.phases]
+    assert titles == ["0s-10s healthy", "10s-48s after crash n2", "48s-55s after restart n2"]
+    assert sum(p.admitted for p in result.phases) == result.summary["admitted"]
+    assert result.phases[1].unavailable > 0 and result.phases[0].unavailable == 0
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+
+def _short(name: str, seconds: int) -> Scenario:
+    return replace(load_scenario(SHIPPED[name]), duration_ns=seconds * NS_PER_S)
+
+
+def test_same_seed_same_digest_different_seed_different_digest() -> None:
+    scenario = _short("minority_partition", 12)
+    first, again = run_scenario(scenario, 7), run_scenario(scenario, 7)
+    assert first.digest == again.digest
+    assert first.summary == again.summary and first.phases == again.phases
+    assert run_scenario(scenario, 8).digest != first.digest
+
+
+def test_a_fuzz_run_is_reproduced_by_its_seed_and_by_its_toml() -> None:
+    seed = fuzz_seed(FUZZ_BASE_SEED, 3)
+    batch = run_fuzz(4, FUZZ_BASE_SEED)
+    assert [r.seed for r in batch] == [FUZZ_BASE_SEED * FUZZ_SEED_STRIDE + i for i in range(4)]
+    alone = run_scenario(fuzz_scenario(seed), seed)
+    assert alone.digest == batch[3].digest
+    kept = parse_scenario(fuzz_scenario(seed).to_toml())
+    assert run_scenario(kept, seed).digest == batch[3].digest
+
+
+# --- swarm fuzzing ----------------------------------------------------------------------------
+
+
+def _fuzz_case(index: int) -> object:
+    seed = fuzz_seed(FUZZ_BASE_SEED, index)
+    marks = ()
+    if index in KNOWN_FUZZ_FAILURES:
+        marks = pytest.mark.xfail(strict=False, reason=KNOWN_FUZZ_FAILURES[index])
+    return pytest.param(seed, id=f"seed={seed}", marks=marks)
+
+
+@pytest.mark.parametrize("seed", [_fuzz_case(i) for i in range(FUZZ_RUNS)])
+def test_fuzz_seed_has_no_violations(seed: int) -> None:
+    result = run_scenario(fuzz_scenario(seed), seed)
+    assert result.ok, _failure(result)
+
+
+# --- planted bugs: the checkers must notice -----------------------------------------------------
+
+
+def uncounted_forwards(node: Node) -> None:
+    """Planted bug: the owner decides a forwarded check but does not count it."""
+    original = node._decide_here
+
+    def decide(client: str, cost: int, wall: int, path: str):  # noqa: ANN202 - a Decision
+        if path != "forwarded":
+            return original(client, cost, wall, path)
+        decision = original(client, 0, wall, path)  # cost 0: decide, count nothing
+        log = node.decision_log
+        assert log is not None
+        w, c, rule, _, allowed, p = log[-1]
+        log[-1] = (w, c, rule, cost, allowed, p)  # but report the caller's cost
+        return decision
+
+    node._decide_here = decide  # type: ignore[method-assign]
+
+
+def doubly_counted_forwards(node: Node) -> None:
+    """Planted bug: the owner counts every forwarded check twice."""
+    original = node._decide_here
+
+    def decide(client: str, cost: int, wall: int, path: str):  # noqa: ANN202 - a Decision
+        if path == "forwarded":
+            original(client, cost, wall, path)  # counted once here, unreported ...
+            log = node.decision_log
+            assert log is not None
+            log.pop()
+        return original(client, cost, wall, path)  # ... and once more here
+
+    node._decide_here = decide  # type: ignore[method-assign]
+
+
+def test_planted_uncounted_forward_is_caught_as_over_admission() -> None:
+    scenario = _short("healthy", 10)
+    world = World(scenario, 1, plant=uncounted_forwards)
+    world.run()
+    found = [v for v in world.checkers.violations if v.kind == "over_admission"]
+    hot = [v for v in found if v.client == "hot"]
+    assert hot, [str(v) for v in found]
+    window_ns = NS_PER_S  # "hot" is 50/s: one-second windows
+    seconds = {v.window * window_ns // NS_PER_S for v in hot}
+    assert all(v.window > 0 for v in hot)
+    assert f"client=hot window={hot[0].window}" in str(hot[0])
+    assert len(seconds) >= 3  # every second of the run, not one unlucky window
+    result = run_scenario(scenario, 1, plant=uncounted_forwards)
+    assert not result.ok and any("client=hot window=" in v for v in result.violations)
+
+
+def test_planted_double_count_is_caught_as_under_admission() -> None:
+    """The checkers have no under-admission verdict (see the xfail below); the runner
+    measures it: in windows where a client was refused, how full did they get?"""
+    scenario = _short("healthy", 10)
+    healthy = run_scenario(scenario, 1).summary["saturated_fill"]
+    planted = run_scenario(scenario, 1, plant=doubly_counted_forwards).summary["saturated_fill"]
+    assert healthy["median"] >= 0.8
+    assert planted["median"] <= 0.5, planted
+    assert planted["median"] < healthy["median"] - 0.3
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="sim/checkers.py states an under-admission bound in its docstring but has no "
+    "check for it yet: a node that counts forwarded checks twice passes every checker",
+)
+def test_checkers_report_under_admission_of_a_double_count() -> None:
+    world = World(_short("healthy", 10), 1, plant=doubly_counted_forwards)
+    world.run()
+    assert any("under" in v.kind for v in world.checkers.violations)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+_TINY = """
+name = "tiny"
+description = "three nodes for three seconds; bound: capacity"
+seed = 4
+duration = "3s"
+nodes = 3
+timeline = ["at 1s crash n3", "at 2s restart n3"]
+[limits]
+default = "5/s"
+[workload]
+clients = 50
+rate = 200.0
+"""
+
+
+def test_cli_healthy_prints_the_seed_first_and_the_digest() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshlimit", "sim", "healthy", "--seed", "3"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "seed=3"
+    assert any(re.fullmatch(r"digest=[0-9a-f]{32}", line) for line in lines)
+    assert lines[-1] == "ok: no violations"
+
+
+def test_cli_bad_scenario_exits_2_with_the_message(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    bad = tmp_path / "bad.toml"
+    bad.write_text('duration = "5s"\nnodes = 3\ntimeline = ["at 1s crsh n1"]\n')
+    assert main(["sim", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: timeline[0] (line 3): unknown verb 'crsh'; did you mean 'crash'?" in err
+    assert main(["sim", "no_such_scenario"]) == 2
+    assert "no shipped scenario of that name" in capsys.readouterr().err
+
+
+def test_cli_list_names_every_shipped_scenario(capsys) -> None:  # noqa: ANN001
+    assert main(["sim", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(re.search(rf"^{name}\s", out, re.M) for name in SHIPPED)
+
+
+def test_cli_report_json(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(_TINY)
+    out_file = tmp_path / "x.json"
+    assert main(["sim", str(scenario), "--report", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "seed=4"
+    data = json.loads(out_file.read_text())
+    assert data["seed"] == 4 and data["ok"] is True and data["scenario"] == "tiny"
+    assert re.search(rf"digest={data['digest']}", out)
+    assert [p["title"] for p in data["phases"]] == [
+        "0s-1s healthy", "1s-2s after crash n3", "2s-3s after restart n3",
+    ]  # fmt: skip
+    assert data["reproduce"] == f"meshlimit sim {scenario} --seed 4"
+
+
+def test_cli_report_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(_TINY)
+    picture = tmp_path / "x.png"
+    assert main(["sim", str(scenario), "--report", str(picture)]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "x.json").read_text())["seed"] == 4
+
+
+def test_cli_violation_exits_1_with_the_reproduce_command(
+    tmp_path: Path,
+    capsys,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(_TINY.replace('duration = "3s"', 'duration = "8s"'))
+    planted = partial(run_scenario, plant=uncounted_forwards)
+    monkeypatch.setattr(sim_cli, "run_scenario", planted)
+    assert main(["sim", str(scenario), "--seed", "9"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "seed=9"
+    assert "over_admission: client=" in out
+    assert f"reproduce: meshlimit sim {scenario} --seed 9" in out
+
+
+def test_cli_fuzz_batch_and_one_run_agree(capsys) -> None:  # noqa: ANN001
+    assert main(["sim", "--fuzz", "--runs", "2", "--seed", "11"]) == 0
+    batch = capsys.readouterr().out
+    assert batch.splitlines()[0] == "seed=11"
+    one = fuzz_seed(11, 1)
+    assert main(["sim", "--fuzz", "--one", str(one)]) == 0
+    single = capsys.readouterr().out
+    assert single.splitlines()[0] == f"seed={one}"
+    digest = re.search(r"digest=([0-9a-f]{32})", single)
+    assert digest and run_fuzz(2, 11)[1].digest == digest.group(1)
