@@ -151,11 +151,10 @@ class Node:
 
     def start(self, seeds: list[Address], *, now_ns: int) -> None:
         """Join the cluster through ``seeds`` (none: a cluster of one)."""
-        self._send_all(
-            self.membership.join([s for s in seeds if s != self.config.addr], now_ns=now_ns)
-        )
+        seeds = [s for s in seeds if s != self.config.addr]
+        self._send_all(self.membership.join(seeds, now_ns=now_ns))
         self._membership_dirty = True
-        self._after_membership_input()
+        self._after_membership_input(now_ns)
 
     def check(
         self, client: str, cost: int = 1, *, now_ns: int, wall_ns: int | None = None
@@ -203,14 +202,14 @@ class Node:
             except (ValueError, KeyError, TypeError, AssertionError) as error:  # peer garbage
                 self.dropped[f"bad_{type(message).__name__}"] += 1
                 self.stats["last_error_" + type(error).__name__] += 1
-        self._after_membership_input()
+        self._after_membership_input(now_ns)
 
     def tick(self, *, now_ns: int, wall_ns: int | None = None) -> None:
         """Advance timers: probes, batch flushes, timeouts, gossip, anti-entropy, sweeps."""
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
         self._send_all(self.membership.tick(now_ns=now_ns))
-        self._after_membership_input()
+        self._after_membership_input(now_ns)
         if now_ns >= self._batch_due_ns:
             self._flush_batches()
         self._expire_pending(now_ns, wall)
@@ -543,9 +542,14 @@ class Node:
         by_node: dict[str, list[CounterSlot]] = {}
         for _ in range(min(budget, len(self._handover))):
             key = self._handover.popleft()
-            for node in ring.preference_list(key[1], 1 + self.config.replicas):
-                if node != self.node_id:
-                    by_node.setdefault(node, []).extend(self._slots_of(key, wall, own_only=False))
+            if self.config.mode == "local":
+                targets = self._peers()
+            else:
+                prefs = ring.preference_list(key[1], 1 + self.config.replicas)
+                targets = [n for n in prefs if n != self.node_id]
+            slots = self._slots_of(key, wall, own_only=False)
+            for node in targets:
+                by_node.setdefault(node, []).extend(slots)
         self._send_slots(by_node)
 
     # --- rules ------------------------------------------------------------------------
@@ -639,17 +643,20 @@ class Node:
         ):
             self._outbox.append((addr, message))
 
-    def _after_membership_input(self) -> None:
+    def _after_membership_input(self, now_ns: int) -> None:
         events = self.membership.drain_events()
         size, joined = self.membership.size, self.membership.joined
         if not events and not self._membership_dirty and (size, joined) == self._membership_seen:
             return
         self._membership_seen = (size, joined)
         self._membership_dirty = False
+        rejoined = False
         for event in events:
             self._events.append(MembershipChanged(event))
             if event.new_state == MemberState.LEFT:
                 self._quorum.discard(event.node)
+            elif event.new_state == MemberState.ALIVE and event.old_state != MemberState.ALIVE:
+                rejoined = True  # a new or restarted member: it needs our counts
         members = self.membership.members()
         self._states = {m.node: m.state for m in members}
         for m in members:
@@ -665,7 +672,13 @@ class Node:
             self._ring_members = ring_members
             self.ring = HashRing(ring_members)
             self.stats["ring_changes"] += 1
+            rejoined = True
+        if rejoined:
+            # A new or restarted member gets our counts (its own old slot included)
+            # now, not at the next gossip round: it may start deciding at once.
+            self._handover.clear()
             self._handover_to(self.ring, 0)
+            self._continue_handover(now_ns + self._wall_offset)
 
     def _peers(self) -> list[str]:
         return [n for n in self.membership.alive_nodes() if n != self.node_id]

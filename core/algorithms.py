@@ -77,6 +77,8 @@ def fixed_window(
     Returns ``(allowed, idx, cur, prev, carry, remaining, reset_after_ns, retry_after_ns)``.
     """
     now_idx, elapsed = divmod(now_ns, window_ns)
+    if carry > burst:  # the rule's burst shrank since the carry was earned
+        carry = burst
     if (now_idx - idx) & WINDOW_MASK:
         if stepped_back(idx, now_idx):
             now_idx, elapsed = idx, 0  # stay in the newer window, at its strictest point
@@ -113,6 +115,8 @@ def sliding_window(
     Returns ``(allowed, idx, cur, prev, carry, remaining, reset_after_ns, retry_after_ns)``.
     """
     now_idx, elapsed = divmod(now_ns, window_ns)
+    if carry > burst:  # the rule's burst shrank since the carry was earned
+        carry = burst
     if (now_idx - idx) & WINDOW_MASK:
         if stepped_back(idx, now_idx):
             now_idx, elapsed = idx, 0  # stay in the newer window, at its strictest point

@@ -41,21 +41,8 @@ SHIPPED = shipped_scenarios()
 FUZZ_BASE_SEED = 2026
 FUZZ_RUNS = 200
 
-_ANSWERED_UNDER_A_STALE_RULE = (
-    "checker: over_answered places each answer by the entry node's current rule, which lags "
-    "a rule change (here c0 moves between a 1-minute and a short-window rule), so answers "
-    "the owner decided under the new rule land in one 1-minute window of the old one"
-)
-#: Fuzz run index -> why it fails today (findings reported to the node's and checkers' owners).
-KNOWN_FUZZ_FAILURES = {
-    27: _ANSWERED_UNDER_A_STALE_RULE,
-    173: _ANSWERED_UNDER_A_STALE_RULE,
-    197: _ANSWERED_UNDER_A_STALE_RULE,
-    96: "local mode, token bucket: a node admits up to limit + burst + elapsed/T per aligned "
-    "window (docs/design.md), but the checker bounds local mode by capacity x members",
-    183: "local mode: a restarted node starts with empty counters (and the default rule until "
-    "rules reach it), so each incarnation admits a full capacity in the same window",
-}
+#: Fuzz run index -> why it fails today (none at present; keep the mechanism for findings).
+KNOWN_FUZZ_FAILURES: dict[int, str] = {}
 
 
 @cache
@@ -100,7 +87,9 @@ def test_healthy_is_exact_and_decided_by_owners() -> None:
     summary = shipped_result("healthy").summary
     assert summary["peak_ratio"] <= 1.0
     paths = summary["answers_by_path"]
-    assert paths.get("degraded", 0) <= 5  # at most a few while the ring forms at boot
+    # Degraded only at boot: nodes joining through a seed decide on a local quota for two
+    # gossip rounds, until the cluster's counts have reached them.
+    assert paths.get("degraded", 0) <= 0.01 * sum(paths.values())
     assert paths["owner"] > 0 and paths["forwarded"] > 0 and "local" not in paths
     assert summary["saturated_fill"]["median"] >= 0.8
 
@@ -108,7 +97,8 @@ def test_healthy_is_exact_and_decided_by_owners() -> None:
 def test_healthy_local_decides_locally() -> None:
     summary = shipped_result("healthy_local").summary
     paths = summary["answers_by_path"]
-    assert set(paths) <= {"local", "degraded"} and paths.get("degraded", 0) <= 5  # boot only
+    assert set(paths) <= {"local", "degraded"}
+    assert paths.get("degraded", 0) <= 0.01 * sum(paths.values())  # boot warm-up only
     assert summary["peak_ratio"] <= summary["nodes"]
 
 
@@ -232,8 +222,8 @@ def test_planted_uncounted_forward_is_caught_as_over_admission() -> None:
 
 
 def test_planted_double_count_is_caught_as_under_admission() -> None:
-    """The checkers have no under-admission verdict (see the xfail below); the runner
-    measures it: in windows where a client was refused, how full did they get?"""
+    """The runner also measures it: in windows where a client was refused, how full
+    did they get?"""
     scenario = _short("healthy", 10)
     healthy = run_scenario(scenario, 1).summary["saturated_fill"]
     planted = run_scenario(scenario, 1, plant=doubly_counted_forwards).summary["saturated_fill"]
@@ -242,11 +232,6 @@ def test_planted_double_count_is_caught_as_under_admission() -> None:
     assert planted["median"] < healthy["median"] - 0.3
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="sim/checkers.py states an under-admission bound in its docstring but has no "
-    "check for it yet: a node that counts forwarded checks twice passes every checker",
-)
 def test_checkers_report_under_admission_of_a_double_count() -> None:
     world = World(_short("healthy", 10), 1, plant=doubly_counted_forwards)
     world.run()
