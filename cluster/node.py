@@ -333,7 +333,13 @@ class Node:
 
     def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
         rule = self.engine.registry.resolve(client)
-        quota = local_quota(rule.capacity, len(self._ring_members), self.config.degraded_fraction)
+        if self.membership.joined:
+            members = len(self._quorum)
+            quota = local_quota(rule.capacity, members, self.config.degraded_fraction)
+        else:
+            # Joining and not yet answered: the cluster's size, and so a fair share of
+            # it, is unknown. Refuse rather than let every booting node take a share.
+            quota = 0
         allowed, remaining, reset_ns, retry_ns = self.counters.check(
             client, rule, cost, now_ns=wall, capacity=quota
         )

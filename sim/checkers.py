@@ -13,7 +13,8 @@ promises (``docs/design.md``, "Failure scenarios"):
   crash or partition moves owners, and the counts replicated last gossip
   round can lag by what the old owner admitted since);
 - **local mode**: admitted <= capacity * members (each node's own view
-  always includes its own admissions); the overshoot is measured;
+  always includes its own admissions), plus one capacity in a window where a
+  member (re)joined; the overshoot is measured;
 - **under-admission**: refusals of requests one perfect node seeing every
   admission would have admitted (window rules without burst), measured; in
   healthy strict windows at most 1% of judged refusals (floor 3);
@@ -313,15 +314,18 @@ class Checkers:
         # A clock stepped back charges admissions to the newer window the node had
         # reached, which the checker (by the decider's clock) sees as the older one.
         clock_factor = 2 if self._clock_fault_at is not None else 1
-        if self.scenario.mode == "local":
-            return capacity * self.scenario.nodes * clock_factor
         window_ns = self._window_ns[series]
         start = window * window_ns - _epoch_offset()
         end = start + window_ns
+        moved = any(start - SETTLE_NS <= t < end for t in self._ownership_changes)
+        if self.scenario.mode == "local":
+            # A member that (re)joins starts from the counts its peers push to it, which
+            # lag their admissions by up to a gossip round: one more capacity at most.
+            return (capacity * self.scenario.nodes + capacity * moved) * clock_factor
         if not self._faulty(start, end):
             return capacity
         bound = math.floor(capacity * (1 + self.fraction))
-        if any(start - SETTLE_NS <= t < end for t in self._ownership_changes):
+        if moved:
             bound += capacity
         return bound * clock_factor
 
