@@ -1,0 +1,243 @@
+"""A cluster node for threaded code (WSGI apps, scripts, worker pools).
+
+```python
+from meshlimit.sync import SyncNode
+
+with SyncNode.start(bind="127.0.0.1:7400", seeds=["127.0.0.1:7401"], default="100/minute") as node:
+    decision = node.check("acme")          # from any thread
+    node.set_rule("acme", "500/minute")
+```
+
+Theory of operation: :class:`SyncNode` owns one daemon thread that runs an
+asyncio loop (uvloop when installed) with a :class:`meshlimit.Node` on it.
+Every method hands a coroutine to that loop with
+:func:`asyncio.run_coroutine_threadsafe` and waits for its result, so the
+node itself is only ever touched from its own thread and needs no lock. A
+check costs one hop to the loop thread and back (tens of microseconds) on
+top of the node's own work; a forwarded check waits for the owner too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from meshlimit.cluster.messages import Address
+from meshlimit.core.decision import Decision
+from meshlimit.core.rules import Rule
+from meshlimit.node import Node
+
+log = logging.getLogger("meshlimit.sync")
+
+T = TypeVar("T")
+
+#: How long :meth:`SyncNode.start` waits for the socket to bind and the join to begin.
+START_TIMEOUT_S = 10.0
+#: How long :meth:`SyncNode.stop` waits for the graceful leave before closing anyway.
+STOP_TIMEOUT_S = 5.0
+#: How long a rule or membership call waits for the loop thread.
+CALL_TIMEOUT_S = 5.0
+
+
+class NodeStoppedError(RuntimeError):
+    """The :class:`SyncNode` was stopped (or never started); start a new one."""
+
+
+def new_event_loop(*, use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
+    """A fresh event loop: uvloop's when installed and wanted, else asyncio's."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - platforms without uvloop
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class SyncNode:
+    """A :class:`meshlimit.Node` on a background thread, with a blocking, thread-safe API.
+
+    Build it with :meth:`start`; every method may be called from any thread but
+    the node's own. After :meth:`stop` every method raises
+    :class:`NodeStoppedError`. Use it as a context manager to stop on exit.
+    """
+
+    def __init__(
+        self, node: Node, loop: asyncio.AbstractEventLoop, thread: threading.Thread
+    ) -> None:
+        """Internal: use :meth:`start`."""
+        self._node = node
+        self._loop = loop
+        self._thread = thread
+        self._lock = threading.Lock()  # guards _stopped against a concurrent stop()
+        self._stopped = False
+
+    @classmethod
+    def start(
+        cls,
+        bind: str,
+        seeds: Sequence[str] = (),
+        default: Rule | str = "100/minute",
+        *,
+        use_uvloop: bool = True,
+        start_timeout_s: float = START_TIMEOUT_S,
+        **options: Any,
+    ) -> SyncNode:
+        """Start the loop thread, then the node on it; return once the socket is bound.
+
+        ``bind``, ``seeds``, ``default`` and ``options`` (``node_id``, ``mode``,
+        ``preset``, ``rules``, ``tiers``, ``seed``, and
+        :class:`~meshlimit.cluster.config.NodeConfig` fields) are those of
+        :meth:`meshlimit.Node.start`. Its errors (a bad address, a port in use)
+        are raised here, and the thread is gone by then.
+        """
+        loop = new_event_loop(use_uvloop=use_uvloop)
+        thread = threading.Thread(
+            target=_run_loop, args=(loop,), name=f"meshlimit-node-{bind}", daemon=True
+        )
+        thread.start()
+        future = asyncio.run_coroutine_threadsafe(Node.start(bind, seeds, default, **options), loop)
+        try:
+            node = future.result(start_timeout_s)
+        except BaseException:
+            future.cancel()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            raise
+        return cls(node, loop, thread)
+
+    # --- the node's API ---------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self._node.node_id
+
+    @property
+    def running(self) -> bool:
+        """True until :meth:`stop` is called."""
+        return not self._stopped
+
+    def check(self, client: str, cost: int = 1, timeout: float = 1.0) -> Decision:
+        """Decide a request, waiting at most ``timeout`` seconds.
+
+        A forwarded check that the owner does not answer in time is decided in
+        degraded mode by the node itself (``forward_timeout_ns``), so ``timeout``
+        is only a backstop: past it the check is cancelled and ``TimeoutError``
+        raised. Bad input raises the node's ``ValueError``.
+        """
+        return self._call(self._node.check(client, cost), timeout)
+
+    def set_rule(self, client: str, rule: Rule | str) -> None:
+        """Give ``client`` a rule (or ``"@tier"``); spreads to every node."""
+        self._call(self._node.set_rule(client, rule), CALL_TIMEOUT_S)
+
+    def remove_rule(self, client: str) -> None:
+        """Drop ``client``'s own rule; the default applies again."""
+        self._call(self._node.remove_rule(client), CALL_TIMEOUT_S)
+
+    def set_tier(self, name: str, rule: Rule | str) -> None:
+        """Define or change a tier everywhere."""
+        self._call(self._node.set_tier(name, rule), CALL_TIMEOUT_S)
+
+    def set_default(self, rule: Rule | str) -> None:
+        """Change the default rule everywhere."""
+        self._call(self._node.set_default(rule), CALL_TIMEOUT_S)
+
+    def get_rule(self, client: str) -> Rule:
+        """The rule in force for ``client`` on this node."""
+        return self._call(_value(self._node.get_rule, client), CALL_TIMEOUT_S)
+
+    def owner(self, client: str) -> str:
+        """The member that owns ``client`` in this node's view of the ring."""
+        return self._call(_value(self._node.sans_io.owner, client), CALL_TIMEOUT_S)
+
+    def members(self) -> list[tuple[str, Address, str, int]]:
+        """``(node, addr, state, incarnation)`` of every known member."""
+        return self._call(_value(self._node.members), CALL_TIMEOUT_S)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Leave the cluster gracefully, close the socket, end and join the thread.
+
+        Calling it again does nothing. Checks still waiting (a forward in flight)
+        are cancelled and raise ``concurrent.futures.CancelledError`` in their caller.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("SyncNode.stop() called from the node's own thread")
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        future = asyncio.run_coroutine_threadsafe(self._node.stop(), self._loop)
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.warning("node %s: graceful leave took over %.1fs", self.node_id, timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def __enter__(self) -> SyncNode:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<SyncNode {self.node_id} {state}>"
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coro`` on the node's loop and wait for it; refuse after stop."""
+        with self._lock:
+            if self._stopped:
+                coro.close()  # never scheduled: close it, so no "never awaited" warning
+                raise NodeStoppedError(f"SyncNode {self.node_id} is stopped")
+            if threading.current_thread() is self._thread:
+                coro.close()
+                raise RuntimeError("SyncNode called from its own loop thread; use its Node")
+            # Scheduled under the lock, so stop() queues the leave behind it.
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer from the node within {timeout}s") from None
+
+
+async def _value(fn: Any, *args: Any) -> Any:
+    """Call a plain function on the loop thread (the node is not thread-safe)."""
+    return fn(*args)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The node thread: run the loop until stopped, then finish its tasks and close it."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
