@@ -14,7 +14,7 @@ function names the client (``None``: not limited), the limiter decides, and
 the middleware either answers 429 itself or calls the app with a ``send``
 that adds the RateLimit headers to the app's ``http.response.start``. The
 headers are the ones the node's HTTP API sends
-(:func:`meshlimit.cluster.http_api.ratelimit_headers`), so a client sees one
+(:func:`meshlimit.core.headers.ratelimit_headers`), so a client sees one
 format whichever front door it came through. ``websocket`` and ``lifespan``
 scopes pass through untouched.
 
@@ -37,8 +37,8 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from meshlimit.cluster.http_api import ratelimit_headers
 from meshlimit.core.decision import Decision
+from meshlimit.core.headers import ratelimit_headers
 from meshlimit.core.rules import Rule
 
 log = logging.getLogger("meshlimit.asgi")
