@@ -6,37 +6,57 @@ preset and the flags, and runs on uvloop when installed. It binds the HTTP
 port first and the UDP port second, so a busy port is reported (exit 1)
 before the node has told any seed it exists. Once both are up it prints one
 readiness line to stdout, ``meshlimit node ready id=... udp=HOST:PORT
-http=HOST:PORT``, which tests and scripts wait for. SIGTERM or SIGINT stops
-the HTTP server (in-flight checks finish), leaves the cluster gracefully
+http=HOST:PORT`` (and `` resp=HOST:PORT`` with ``--resp``, bound before the UDP
+port too), which tests and scripts wait for. SIGTERM or SIGINT stops the HTTP
+and RESP servers (in-flight checks finish), leaves the cluster gracefully
 (counts handed over, peers told) and exits 0.
 
+Settings come from flags and, with ``--config FILE``, a TOML file
+(``cluster/config_file.py``); a flag wins over the file. The file's
+``[limits]`` are re-applied on SIGHUP and when the file changes (polled every
+``--config-poll-s``); a bad file keeps the rules in force. With ``--http``,
+``GET /metrics`` serves Prometheus metrics (``cluster/metrics.py``).
+
 Logs go to stderr, one ``key=value`` line per event; membership changes come
-from the runtime's ``meshlimit.cluster`` logger at INFO. This module and the
-other front-ends are the only code that may read files and the environment.
+from the runtime's ``meshlimit.cluster`` logger at INFO, reloads at INFO (a
+bad one at WARNING), and every 10 s with degraded decisions one INFO line
+counts them. This module and the other front-ends are the only code that may
+read files and the environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from meshlimit.core.rules import parse_rule
 
 from .config import NodeConfig
+from .config_file import (
+    MODES,
+    POLL_INTERVAL_S,
+    PRESETS,
+    DaemonConfig,
+    Reloader,
+    apply_changes,
+    check_key_file,
+    check_node_id,
+    effective_config,
+    parse_udp_address,
+    start_changes,
+)
 from .messages import Address
 
 log = logging.getLogger("meshlimit.daemon")
 
-PRESETS = ("lan", "local", "wan")
-MODES = ("strict", "local")
-#: The codec carries node ids of at most 64 UTF-8 bytes.
-MAX_NODE_ID_BYTES = 64
 #: In-flight HTTP requests get this long to finish at shutdown (a forwarded check
 #: is decided within the forward timeout, at most a second in every preset).
 HTTP_SHUTDOWN_S = 2.0
@@ -49,10 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``meshlimit node``."""
     parser.add_argument(
         "--bind",
-        required=True,
         type=_udp_address,
         metavar="HOST:PORT",
-        help="UDP address to bind and advertise to peers (an address they can reach)",
+        help="UDP address to bind and advertise to peers (an address they can reach); "
+        "required here or as bind in [cluster] of --config",
     )
     parser.add_argument(
         "--seed",
@@ -69,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve the JSON HTTP API here (port 0: any free port, shown on the ready line)",
     )
     parser.add_argument(
+        "--resp",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve RESP here for Redis clients: PING, ML.CHECK, CL.THROTTLE "
+        "(port 0: any free port, shown on the ready line)",
+    )
+    parser.add_argument(
         "--node-id",
         type=_node_id,
         metavar="ID",
@@ -77,24 +104,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default",
         type=_rule,
-        default="100/minute",
         metavar="RULE",
-        help="rule for clients without one, e.g. '100/minute' (default: %(default)s)",
+        help="rule for clients without one, e.g. '100/minute' "
+        "(default: the config file's, else 100/minute)",
     )
     parser.add_argument(
-        "--mode", choices=MODES, default="strict", help="decision mode (default: %(default)s)"
+        "--mode", choices=MODES, help="decision mode (default: the config file's, else strict)"
     )
     parser.add_argument(
         "--preset",
         choices=PRESETS,
-        default="lan",
-        help="timings: lan, local (loopback, faster) or wan (default: %(default)s)",
+        help="timings: lan, local (loopback, faster) or wan (default: the config file's, else lan)",
     )
     parser.add_argument(
         "--seed-rng",
         type=int,
         metavar="N",
         help="seed of the node's random generator (probe order), for reproducible runs",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file ([cluster], [limits]; see examples/meshlimit.toml); flags "
+        "override it; [limits] is reloaded on SIGHUP and when the file changes",
+    )
+    parser.add_argument(
+        "--cluster-key-file",
+        type=_key_file,
+        metavar="FILE",
+        help="shared key for cluster traffic (checked to exist; authentication is not "
+        "implemented yet)",
+    )
+    parser.add_argument(
+        "--config-poll-s",
+        type=_poll_interval,
+        default=POLL_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often --config is checked for changes; 0: only on SIGHUP (default: %(default)s)",
     )
 
 
@@ -108,25 +154,33 @@ def _address(text: str) -> Address:
 
 
 def _udp_address(text: str) -> Address:
-    host, port = _address(text)
-    if port == 0:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: name a port; peers are told this address, so it cannot be 0"
-        )
-    if host in ("0.0.0.0", "::", ""):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: peers are told this address; bind one they can reach, not {host!r}"
-        )
-    return host, port
+    return _argument(parse_udp_address, text)
 
 
 def _node_id(text: str) -> str:
-    size = len(text.encode("utf-8", "surrogateescape"))
-    if not text or size > MAX_NODE_ID_BYTES:
-        raise argparse.ArgumentTypeError(f"node id must be 1 to {MAX_NODE_ID_BYTES} bytes")
-    if not text.isprintable() or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(f"node id {text!r} must be printable, without spaces")
-    return text
+    return _argument(check_node_id, text)
+
+
+def _key_file(text: str) -> str:
+    return _argument(check_key_file, text)
+
+
+def _poll_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be from 0 (off) to 3600 seconds")
+    return value
+
+
+def _argument(check: Any, text: str) -> Any:
+    """``check(text)`` with a ValueError turned into argparse's error (exit 2)."""
+    try:
+        return check(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _rule(text: str) -> str:
@@ -137,15 +191,8 @@ def _rule(text: str) -> str:
 
 
 def build_config(args: argparse.Namespace) -> NodeConfig:
-    """The node's configuration from parsed flags."""
-    host, port = args.bind
-    return NodeConfig.preset(
-        args.preset,
-        args.node_id or f"{host}:{port}",
-        args.bind,
-        mode=args.mode,
-        default_rule=args.default,
-    )
+    """The node's configuration from parsed flags and the ``--config`` file they name."""
+    return effective_config(args)[0].node_config()
 
 
 # --- logging --------------------------------------------------------------------------
@@ -200,31 +247,52 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     setup_logging()
     try:
-        config = build_config(args)
+        settings = effective_config(args)
+        config = settings[0].node_config()
     except (ValueError, TypeError) as error:
         print(f"meshlimit node: {error}", file=sys.stderr)
         return 2
+    # The rest of the daemon reads the listening addresses from ``args``: give it the
+    # effective ones (a flag, else the config file).
+    args.http, args.seed = settings[0].cluster.http, list(settings[0].cluster.seeds or ())
+    if hasattr(args, "resp"):
+        args.resp = settings[0].cluster.resp
     uvloop = install_uvloop()
     try:
-        return asyncio.run(_serve(config, args, uvloop=uvloop))
+        return asyncio.run(_serve(config, args, uvloop=uvloop, settings=settings))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
 
 
-async def _serve(config: NodeConfig, args: argparse.Namespace, *, uvloop: bool) -> int:
+async def _serve(
+    config: NodeConfig,
+    args: argparse.Namespace,
+    *,
+    uvloop: bool,
+    settings: tuple[DaemonConfig, DaemonConfig] | None = None,
+) -> int:
     from aiohttp import web
 
     from .http_api import make_app
     from .runtime import Runtime
 
     runtime = Runtime(config, seed=args.seed_rng)
+    operator = _Operator(
+        runtime,
+        *(settings or effective_config(args)),
+        poll_interval_s=getattr(args, "config_poll_s", POLL_INTERVAL_S),
+    )
     runner: web.AppRunner | None = None
     http_addr = "off"
+    resp_server: Any = None  # a RespServer when --resp is given
+    resp_ready = ""
     try:
         if args.http is not None:
             # access_log=None: one line per check would drown the membership events.
             runner = web.AppRunner(
-                make_app(runtime), access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
+                make_app(runtime, metrics=operator.registry),
+                access_log=None,
+                shutdown_timeout=HTTP_SHUTDOWN_S,
             )
             await runner.setup()
             site = web.TCPSite(runner, args.http[0], args.http[1])
@@ -233,31 +301,117 @@ async def _serve(config: NodeConfig, args: argparse.Namespace, *, uvloop: bool) 
             except OSError as error:
                 return _cannot_bind("HTTP", args.http, error)
             http_addr = _format_addr(runner.addresses[0])
+        if getattr(args, "resp", None) is not None:
+            from .resp import RespServer
+
+            resp_server = RespServer(runtime)
+            try:  # bound now, served once the node has joined
+                resp_addr = await resp_server.start(*args.resp, serve=False)
+                resp_ready = f" resp={_format_addr(resp_addr)}"
+            except OSError as error:
+                return _cannot_bind("RESP", args.resp, error)
         try:
             await runtime.start(list(args.seed))
         except OSError as error:
             return _cannot_bind("UDP", config.addr, error)
+        if resp_server is not None:
+            await resp_server.serve()
         stop = _install_signal_handlers()
+        operator.start()
         udp_addr = _format_addr(config.addr)
         log.info(
             "node started",
             extra={"node": config.node_id, "udp": udp_addr, "http": http_addr, "uvloop": uvloop},
         )
         print(
-            f"meshlimit node ready id={config.node_id} udp={udp_addr} http={http_addr}", flush=True
+            f"meshlimit node ready id={config.node_id} udp={udp_addr} http={http_addr}{resp_ready}",
+            flush=True,
         )
         signum = await stop.get()
         log.info("leaving", extra={"signal": signal.Signals(signum).name})
         if runner is not None:
             await runner.cleanup()
             runner = None
+        if resp_server is not None:
+            await resp_server.close()  # commands already read are answered first
         await runtime.stop()
         log.info("node stopped", extra={"node": config.node_id})
         return 0
     finally:
+        await operator.stop()
         if runner is not None:
             await runner.cleanup()
+        if resp_server is not None:
+            await resp_server.close()  # idempotent
         await runtime.stop(leave=False)  # idempotent: closes whatever is still open
+
+
+class _Operator:
+    """The operator's side of a running daemon: the config file's rules (applied at
+    start, reloaded on SIGHUP and on change), ``/metrics``, and degraded-mode log lines."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        config: DaemonConfig,
+        flags: DaemonConfig,
+        *,
+        poll_interval_s: float = POLL_INTERVAL_S,
+    ) -> None:
+        from .http_api import metrics_registry
+
+        self.runtime = runtime
+        self.poll_interval_s = poll_interval_s
+        if config.cluster.cluster_key_file:
+            log.warning(
+                "cluster authentication is not implemented yet: the key file is checked "
+                "but cluster traffic is NOT authenticated",
+                extra={"cluster_key_file": config.cluster.cluster_key_file},
+            )
+        # The default rule is in the node's config; tiers and clients go in as rule
+        # writes, before the node joins, so that its first checks already use them.
+        for key, error in apply_changes(runtime, start_changes(config)).items():
+            log.warning("rule not applied", extra={"key": key, "error": error})
+        self.reloader: Reloader | None = None
+        if config.source is not None:
+            self.reloader = Reloader(
+                config.source, config, flags, runtime, poll_interval_s=poll_interval_s
+            )
+        reloads = self.reloader.results if self.reloader is not None else None
+        self.registry = metrics_registry(runtime, reloads=reloads)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Install the SIGHUP handler and start the watch and report tasks."""
+        from .metrics import DEGRADED_LOG_INTERVAL_S, DegradedReporter
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if self.reloader is not None and self.poll_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self.reloader.watch()))
+        reporter = DegradedReporter(self.runtime.node, interval_s=DEGRADED_LOG_INTERVAL_S)
+        self._tasks.append(asyncio.create_task(_every(reporter.interval_s, reporter.step)))
+
+    def _on_sighup(self) -> None:
+        if self.reloader is None:
+            log.info("SIGHUP ignored: no --config file to reload")
+        else:
+            self.reloader.reload("sighup")
+
+    async def stop(self) -> None:
+        """Cancel the tasks; idempotent."""
+        with contextlib.suppress(RuntimeError):  # the loop may be closing
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+
+async def _every(interval_s: float, step: Callable[[], object]) -> None:
+    """Call ``step`` every ``interval_s`` until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        step()
 
 
 def _install_signal_handlers() -> asyncio.Queue[int]:

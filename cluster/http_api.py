@@ -17,14 +17,29 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
 from meshlimit.core.decision import Decision
+from meshlimit.core.headers import ratelimit_headers
 from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, check_tier_name
-from meshlimit.core.rules import MAX_COUNT, NS_PER_MS, Rule, parse_rule
+from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
 
+from .metrics import Family, Histogram, LatencyHistogram, node_families
 from .runtime import Runtime
 
 log = logging.getLogger("meshlimit.http")
@@ -33,10 +48,10 @@ log = logging.getLogger("meshlimit.http")
 CHECK_FIELDS = frozenset({"client", "cost"})
 RULE_FIELDS = frozenset({"rule"})
 #: The policy name in the RateLimit headers: a node applies one rule per client.
-POLICY = "default"
 
 _RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 _MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+_METRICS: web.AppKey[CollectorRegistry] = web.AppKey("metrics", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -44,12 +59,22 @@ class BadRequest(ValueError):
     """A caller's mistake: answered with 400 and the message."""
 
 
-def make_app(runtime: Runtime, *, max_body_bytes: int = 64 * 1024) -> web.Application:
-    """The node's HTTP API over a started :class:`Runtime`."""
+def make_app(
+    runtime: Runtime,
+    *,
+    max_body_bytes: int = 64 * 1024,
+    metrics: CollectorRegistry | None = None,
+) -> web.Application:
+    """The node's HTTP API over a started :class:`Runtime`.
+
+    ``metrics`` is the registry ``GET /metrics`` exposes; by default one with the
+    node's collector (:func:`metrics_registry`).
+    """
     assert max_body_bytes > 0
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
     app[_RUNTIME] = runtime
     app[_MAX_BODY] = max_body_bytes
+    app[_METRICS] = metrics if metrics is not None else metrics_registry(runtime)
     app.router.add_post("/v1/check", _check)
     # ``.+``: client ids may hold ``/`` (tenant paths), sent raw or as %2F.
     app.router.add_get("/v1/rules/{client:.+}", _get_rule)
@@ -58,6 +83,7 @@ def make_app(runtime: Runtime, *, max_body_bytes: int = 64 * 1024) -> web.Applic
     app.router.add_get("/v1/owner/{client:.+}", _owner)
     app.router.add_get("/v1/cluster", _cluster)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -119,6 +145,12 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ok", "node": node.node_id, "members": len(node.membership.alive_nodes())}
     )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    # Prometheus text by default; OpenMetrics when the scraper asks for it.
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app[_METRICS]), headers={"Content-Type": content_type})
 
 
 @web.middleware
@@ -245,35 +277,6 @@ def decision_json(decision: Decision) -> dict[str, Any]:
     }
 
 
-def ratelimit_headers(decision: Decision, rule: Rule) -> dict[str, str]:
-    """``RateLimit-Policy``, ``RateLimit`` and, when refused, ``Retry-After``.
-
-    Follows draft-ietf-httpapi-ratelimit-headers-11 (May 2026), sections 3 and 4:
-    ``RateLimit-Policy: "default";q=LIMIT;w=WINDOW_S`` and
-    ``RateLimit: "default";r=REMAINING;t=SECONDS``. Values are Structured-Field
-    integers, so ``w`` is left out for a window that is not whole seconds (the draft
-    allows no sub-second precision and ``w`` is optional), and the burst, which the
-    draft has no parameter for, goes in a vendor-prefixed one (section 3.1).
-
-    ``t`` is the seconds until the window resets. When a request is refused and can
-    fit later, ``t`` is the wait instead, equal to ``Retry-After``: until then the
-    available quota is 0, and section 6 says Retry-After SHOULD NOT point earlier than
-    the end of the effective window (a sliding window frees room before it resets).
-    """
-    policy = f'"{POLICY}";q={decision.limit}'
-    if rule.window_ns % (1000 * NS_PER_MS) == 0:
-        policy += f";w={rule.window_ns // (1000 * NS_PER_MS)}"
-    if rule.burst:
-        policy += f";meshlimit-burst={rule.burst}"
-    seconds = math.ceil(decision.reset_after)
-    headers = {"RateLimit-Policy": policy}
-    if not decision.allowed and not math.isinf(decision.retry_after):
-        seconds = math.ceil(decision.retry_after)
-        headers["Retry-After"] = str(seconds)
-    headers["RateLimit"] = f'"{POLICY}";r={max(0, decision.remaining)};t={seconds}'
-    return headers
-
-
 def rule_json(runtime: Runtime, client: str) -> dict[str, Any]:
     """The rule in force for ``client`` and where it comes from."""
     node = runtime.node
@@ -331,3 +334,66 @@ def _counters(node: dict[str, int], membership: dict[str, int]) -> dict[str, int
     merged = dict(node)
     merged.update((f"swim_{name}", count) for name, count in membership.items())
     return dict(sorted(merged.items()))
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+class NodeCollector:
+    """A ``prometheus_client`` collector: the node's metric families, read at scrape time
+    (:func:`meshlimit.cluster.metrics.node_families`); nothing is recorded per check."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        reloads: Mapping[str, int] | None = None,
+        forward_latency: LatencyHistogram | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.reloads = reloads
+        self.forward_latency = forward_latency
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family, computed now."""
+        families = node_families(
+            self.runtime.node, reloads=self.reloads, forward_latency=self.forward_latency
+        )
+        return map(prometheus_family, families)
+
+
+def prometheus_family(family: Family) -> Metric:
+    """A :class:`~meshlimit.cluster.metrics.Family` as a ``prometheus_client`` family."""
+    labels = list(family.labels)
+    if family.kind == "histogram":
+        histogram = HistogramMetricFamily(family.name, family.doc, labels=labels)
+        for values, value in family.samples:
+            assert isinstance(value, Histogram)
+            buckets = [(le, float(count)) for le, count in value.buckets]
+            histogram.add_metric(list(values), buckets, value.sum)
+        return histogram
+    kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+    metric = kind(family.name, family.doc, labels=labels)
+    for values, value in family.samples:
+        assert not isinstance(value, Histogram)
+        metric.add_metric(list(values), value)
+    return metric
+
+
+def metrics_registry(
+    runtime: Runtime, *, reloads: Mapping[str, int] | None = None, process: bool = True
+) -> CollectorRegistry:
+    """A registry with the node's collector and, with ``process``, the standard process,
+    GC and platform collectors. When the runtime has an ``on_forwarded`` hook, a
+    forward-latency histogram is attached to it and exposed."""
+    latency = None
+    if hasattr(runtime, "on_forwarded"):
+        latency = LatencyHistogram()
+        runtime.on_forwarded = latency.observe
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(runtime, reloads=reloads, forward_latency=latency))
+    if process:
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    return registry

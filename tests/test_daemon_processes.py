@@ -295,7 +295,7 @@ def run_meshlimit(*argv: str, timeout_s: float = 20) -> subprocess.CompletedProc
         (["--bind", "127.0.0.1:7400", "--node-id", "n" * 65], "1 to 64 bytes"),
         (["--bind", "127.0.0.1:7400", "--node-id", "a b"], "without spaces"),
         (["--bind", "127.0.0.1:7400", "--seed-rng", "x"], "invalid int value"),
-        (["--bind", "127.0.0.1:7400", "--resp", "127.0.0.1:6379"], "unrecognized arguments"),
+        (["--bind", "127.0.0.1:7400", "--resp", "nonsense"], "is not HOST:PORT"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(argv: list[str], message: str) -> None:

@@ -42,6 +42,7 @@ SANS_IO = (
     "degraded",
     "antientropy",
     "config",
+    "throttle",
     "anti_entropy",
     "suspicion",
     "swim",
