@@ -57,6 +57,12 @@ class NodeConfig:
     """Most counters awaiting replication; beyond it the oldest are dropped and counted."""
     dedup_per_peer: int = 4096
     """Forwarded request ids remembered per peer, so a duplicated datagram never counts twice."""
+    cluster_keys: tuple[bytes, ...] = ()
+    """Shared keys authenticating cluster datagrams, primary first; any of them is accepted.
+    Empty: no authentication (the daemon warns loudly). See ``cluster/auth.py``."""
+    max_datagram_age_ns: int = 30_000_000_000
+    """Authenticated datagrams older than this are refused as replays. Why 30 s: far above
+    any clock skew a healthy cluster has, short enough to bound the anti-replay state."""
     shadow: bool = False
     """Shadow (dry run) for every rule on this node: decisions are computed, counted and
     reported, but every request is allowed. Why off: enforcement is the point."""

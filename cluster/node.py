@@ -43,6 +43,7 @@ from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
 
 from . import codec
+from .auth import TRAILER_BYTES, Guard, new_guard
 from .config import NodeConfig, local_quota
 from .membership import MemberEvent, Membership
 from .messages import (
@@ -112,6 +113,7 @@ class Node:
         self._ring_members: tuple[str, ...] = (config.node_id,)
         self._stamp: Stamp = next_stamp(ZERO, config.node_id, now_ns=wall)
         self._wall_offset = wall - now_ns
+        self._last_wall_ns = wall
         # Forwarding state.
         # Tickets double as request ids on the wire, and owners de-duplicate by
         # (sender, id): a restarted node must not reuse the ids of its previous
@@ -144,6 +146,20 @@ class Node:
         #: observe). The driver must drain it; production leaves it None.
         self.decision_log: list[tuple[int, str, Rule, int, bool, str]] | None = None
         self.limits = codec.Limits(max_datagram_bytes=max(config.datagram_budget, 1400))
+        self._guard: Guard | None = None
+        self._payload_budget = config.datagram_budget
+        if config.cluster_keys:
+            self._guard = new_guard(
+                config.cluster_keys,
+                rng.getrandbits(63),
+                max_age_ns=config.max_datagram_age_ns,
+                dropped=self.dropped,
+            )
+            self._payload_budget -= TRAILER_BYTES
+        # Room for one message alone in a datagram, so split batches always fit.
+        self._message_budget = codec.message_budget(
+            config.node_id, config.addr, self._payload_budget
+        )
         self._series_windows: dict[str, int] = {}
         self._note_rule(self.engine.registry.default)
 
@@ -166,6 +182,7 @@ class Node:
             raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         if not self._majority:
             # Cut off from most of the cluster: every decision is a local quota, so
             # that no two sides of a partition both enforce the full limit.
@@ -188,6 +205,12 @@ class Node:
         """Take one datagram from the network; garbage is dropped and counted."""
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
+        if self._guard is not None:
+            opened = self._guard.open(datagram, now_ns=wall)
+            if opened is None:  # forged, replayed or stale: dropped before decoding
+                return
+            datagram = opened
         try:
             envelope = codec.decode(datagram, self.limits)
         except codec.DecodeError as error:
@@ -208,6 +231,7 @@ class Node:
         """Advance timers: probes, batch flushes, timeouts, gossip, anti-entropy, sweeps."""
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         self._send_all(self.membership.tick(now_ns=now_ns))
         self._after_membership_input(now_ns)
         if now_ns >= self._batch_due_ns:
@@ -268,10 +292,16 @@ class Node:
         for addr, messages in by_addr.items():
             messages.extend(self.membership.piggyback())
             packed = codec.pack_datagrams(
-                self.node_id, self.config.addr, messages, self.config.datagram_budget
+                self.node_id, self.config.addr, messages, self._payload_budget, limits=self.limits
             )
             self.dropped["oversized"] += packed.oversized
-            out.extend((datagram, addr) for datagram in packed.datagrams)
+            self.dropped["invalid_outgoing"] += packed.invalid
+            guard = self._guard
+            if guard is None:
+                out.extend((datagram, addr) for datagram in packed.datagrams)
+            else:
+                wall = self._last_wall_ns
+                out.extend((guard.seal(d, now_ns=wall), addr) for d in packed.datagrams)
         self.stats["datagrams_sent"] += len(out)
         return out
 
@@ -499,7 +529,7 @@ class Node:
 
     def _send_slots(self, by_node: dict[str, list[CounterSlot]]) -> None:
         for node, slots in by_node.items():
-            for message in codec.fit_items(CounterDeltas, slots, self.config.datagram_budget - 200):
+            for message in codec.fit_items(CounterDeltas, slots, self._message_budget):
                 self._send(node, message)
 
     def _on_counter_deltas(self, message: CounterDeltas, wall: int) -> None:
@@ -598,9 +628,7 @@ class Node:
         ]
 
     def _send_rules(self, node: str) -> None:
-        for message in codec.fit_items(
-            RuleEntries, self._all_rule_entries(), self.config.datagram_budget - 200
-        ):
+        for message in codec.fit_items(RuleEntries, self._all_rule_entries(), self._message_budget):
             self._send(node, message)
 
     def _anti_entropy(self) -> None:
@@ -644,9 +672,7 @@ class Node:
                 self.stats["joined"] += 1
 
     def _send_rules_to_addr(self, addr: Address) -> None:
-        for message in codec.fit_items(
-            RuleEntries, self._all_rule_entries(), self.config.datagram_budget - 200
-        ):
+        for message in codec.fit_items(RuleEntries, self._all_rule_entries(), self._message_budget):
             self._outbox.append((addr, message))
 
     def _after_membership_input(self, now_ns: int) -> None:

@@ -43,6 +43,7 @@ SANS_IO = (
     "antientropy",
     "config",
     "throttle",
+    "auth",
     "anti_entropy",
     "suspicion",
     "swim",
