@@ -20,6 +20,7 @@ the counter object; ``docs/design.md`` has the measured figure.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from .algorithms import WINDOW_MASK, fixed_window, sliding_window, token_bucket
@@ -27,6 +28,8 @@ from .gcounter import GCounter
 from .rules import Rule
 
 Outcome = tuple[bool, int, int, int]
+#: Counters looked at to choose one to evict when the store is full.
+EVICTION_SAMPLES = 8
 
 
 class ClientCounter:
@@ -67,7 +70,15 @@ class ClientCounter:
 class CounterStore:
     """All clients' cluster counters on one node, keyed by ``(series, client)``."""
 
-    __slots__ = ("node_id", "max_clients", "_counters", "_sweep", "dropped", "expired")
+    __slots__ = (
+        "node_id",
+        "max_clients",
+        "_counters",
+        "_sweep",
+        "dropped",
+        "expired",
+        "evicted_live",
+    )
 
     def __init__(self, node_id: str, *, max_clients: int = 1_000_000) -> None:
         self.node_id = node_id
@@ -76,6 +87,7 @@ class CounterStore:
         self._sweep: Iterator[tuple[str, str]] | None = None
         self.dropped = 0
         self.expired = 0
+        self.evicted_live = 0
 
     def __len__(self) -> int:
         return len(self._counters)
@@ -88,11 +100,39 @@ class CounterStore:
         key = (series, client)
         counter = self._counters.get(key)
         if counter is None:
-            if len(self._counters) >= self.max_clients:
+            if len(self._counters) >= self.max_clients and not self._evict(window):
                 self.dropped += 1
                 return None
             counter = self._counters[key] = ClientCounter(window)
         return counter
+
+    def _evict(self, now_idx: int) -> bool:
+        """Make room for one counter under ``max_clients``: among the oldest-inserted
+        few, a dead one if any, else the one holding back the least (sampled LRU: a
+        flood of one-shot ids evicts its own kind before clients with real traffic)."""
+        best: tuple[int, tuple[str, str]] | None = None
+        sampled = list(itertools.islice(self._counters.items(), EVICTION_SAMPLES))
+        for key, counter in sampled:
+            if now_idx - counter.window >= 2 and counter.tat == 0:
+                best = (-1, key)
+                break
+            held = counter.cur.total + counter.prev.total + (counter.tat > 0)
+            if best is None or held < best[0]:
+                best = (held, key)
+        if best is None:
+            return False
+        del self._counters[best[1]]
+        # Survivors go to the back (a second chance, as in CLOCK), so the next
+        # eviction samples fresh candidates instead of the same valuable few.
+        for key, counter in sampled:
+            if key != best[1]:
+                del self._counters[key]
+                self._counters[key] = counter
+        if best[0] >= 0:
+            self.evicted_live += 1
+        else:
+            self.expired += 1
+        return True
 
     def check(
         self, client: str, rule: Rule, cost: int, *, now_ns: int, capacity: int | None = None

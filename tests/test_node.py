@@ -144,3 +144,22 @@ def test_reset_clears_counts_and_ignores_stale_gossip() -> None:
 
     a._on_counter_deltas(CounterDeltas(tuple(stale)), 2_000_002)
     assert a.stats["stale_after_reset"] == len(stale) > 0
+
+
+def test_key_flood_keeps_memory_bounded_and_legitimate_counts() -> None:
+    import random as random_module
+
+    config = NodeConfig.preset("sim", "a", ("a", 1), max_clients=1000, default_rule="10/minute")
+    node = Node(config, random_module.Random(1), now_ns=0)
+    rng = random_module.Random(7)
+    admitted = 0
+    for i in range(30_000):
+        now = 1_000_000 * (i + 1)
+        node.check(f"flood-{rng.getrandbits(64):x}", 1, now_ns=now)
+        if i % 100 == 0:
+            decision = node.check("legit", 1, now_ns=now)
+            admitted += decision.allowed  # type: ignore[union-attr]
+    assert len(node.counters) <= 1000
+    assert node.counters.evicted_live > 0
+    # 300 legit checks within one minute against 10/minute: its count survived the flood.
+    assert admitted == 10
