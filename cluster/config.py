@@ -38,9 +38,12 @@ class NodeConfig:
     forward_timeout_ns: int = 200 * _MS
     """A forwarded check unanswered this long is decided in degraded mode. Why 200 ms: far
     above a LAN round trip, short enough that callers are not held up for long."""
-    batch_window_ns: int = 300 * _US
-    """Forwarded checks wait at most this long to share a datagram (gubernator uses 500 us).
-    Why 300 us: batching pays for itself at a few thousand checks/s and adds little latency."""
+    batch_window_ns: int = 0
+    """How long forwarded checks wait to share a datagram. Why 0: the checks made in one
+    turn of the driver's event loop leave together at the end of it, which batches as
+    much as load allows (37 checks a datagram at 256 concurrent callers, measured) with
+    no added latency; a positive window trades latency for fuller datagrams at low load
+    (gubernator uses 500 us; uvloop rounds sub-millisecond timers to zero, so use >= 1 ms)."""
     gossip_interval_ns: int = 100 * _MS
     """Counter deltas (replication, local mode, degraded reports) are sent this often. Why
     100 ms: it bounds local mode's over-admission to what peers admit in 100 ms."""
@@ -76,6 +79,8 @@ class NodeConfig:
             raise ValueError("degraded_fraction must be between 0 and 1")
         if self.replicas < 0:
             raise ValueError("replicas must be >= 0")
+        if self.batch_window_ns < 0 or self.forward_timeout_ns <= 0:
+            raise ValueError("batch_window_ns must be >= 0 and forward_timeout_ns > 0")
 
     @classmethod
     def preset(cls, name: str, node_id: str, addr: Address, **overrides: object) -> NodeConfig:
@@ -90,7 +95,7 @@ class NodeConfig:
         if name == "local":
             base = replace(base, forward_timeout_ns=100 * _MS, gossip_interval_ns=50 * _MS)
         if name == "wan":
-            base = replace(base, forward_timeout_ns=1_000 * _MS, batch_window_ns=1 * _MS)
+            base = replace(base, forward_timeout_ns=1_000 * _MS)
         return replace(base, **overrides)  # type: ignore[arg-type]
 
 

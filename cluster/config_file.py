@@ -46,6 +46,7 @@ from meshlimit.core.registry import (
 )
 from meshlimit.core.rules import Rule, parse_rule
 
+from .auth import parse_key_file
 from .config import NodeConfig
 from .messages import Address
 
@@ -170,6 +171,8 @@ class DaemonConfig:
             "degraded_fraction": c.degraded_fraction,
         }
         overrides = {name: value for name, value in settings.items() if value is not None}
+        if c.cluster_key_file:
+            overrides["cluster_keys"] = self._read_keys(c.cluster_key_file)
         return NodeConfig.preset(
             c.preset or "lan",
             c.node_id or f"{host}:{port}",
@@ -177,6 +180,16 @@ class DaemonConfig:
             default_rule=str(self.default_rule),
             **overrides,
         )
+
+    def _read_keys(self, path: str) -> tuple[bytes, ...]:
+        """The cluster keys in ``path`` (primary first); ``ConfigError`` naming the problem."""
+        where = "cluster.cluster_key_file" if self.source else "--cluster-key-file"
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read(64 * 1024)
+            return parse_key_file(text, source=path)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ConfigError(self.source or "meshlimit node", where, str(error)) from None
 
     def rule_entries(self) -> dict[str, Rule | str]:
         """``[limits]`` as registry entries: ``default``, ``tier:NAME``, ``client:ID``."""

@@ -132,8 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster-key-file",
         type=_key_file,
         metavar="FILE",
-        help="shared key for cluster traffic (checked to exist; authentication is not "
-        "implemented yet)",
+        help="file of shared keys (one per line, primary first) authenticating cluster "
+        "traffic; see docs/security.md",
     )
     parser.add_argument(
         "--config-poll-s",
@@ -362,11 +362,12 @@ class _Operator:
 
         self.runtime = runtime
         self.poll_interval_s = poll_interval_s
-        if config.cluster.cluster_key_file:
+        if not runtime.node.config.cluster_keys:
             log.warning(
-                "cluster authentication is not implemented yet: the key file is checked "
-                "but cluster traffic is NOT authenticated",
-                extra={"cluster_key_file": config.cluster.cluster_key_file},
+                "cluster traffic is NOT authenticated: anyone who can reach the cluster "
+                "port can join, forge counts and change rules; give --cluster-key-file "
+                "(docs/security.md)",
+                extra={"udp": "{}:{}".format(*runtime.node.config.addr)},
             )
         # The default rule is in the node's config; tiers and clients go in as rule
         # writes, before the node joins, so that its first checks already use them.

@@ -64,6 +64,11 @@ from .messages import (
 )
 
 _NEVER = 2**63 - 1
+#: Encoded size of one forwarded check beyond its client id: the request id (up to 9
+#: bytes), the cost (up to 9), the id's string header (up to 3) and the array header.
+CHECK_OVERHEAD_BYTES = 22
+#: The most one check can add to a batch (a 256-byte id plus framing).
+MAX_CHECK_BYTES = 256 + CHECK_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,7 @@ class Node:
         self._next_ticket = rng.getrandbits(52) + 1
         self._pending: dict[int, _Pending] = {}
         self._batches: dict[str, list[tuple[int, str, int]]] = {}
+        self._batch_bytes: dict[str, int] = {}  # upper bound of each batch's encoded size
         self._batch_due_ns = _NEVER
         self._dedup: dict[str, OrderedDict[int, CheckResult]] = {}
         # Replication / gossip state: counters changed since the last round.
@@ -398,8 +404,13 @@ class Node:
         batch.append((ticket, client, cost))
         if len(batch) == 1 and self._batch_due_ns == _NEVER:
             self._batch_due_ns = now_ns + self.config.batch_window_ns
-        if len(batch) >= 40:  # about a full datagram of checks: send without waiting
+        # A check costs its id plus at most ~20 bytes of framing (ticket, cost, array
+        # header): send as soon as the next one might not fit one datagram.
+        size = self._batch_bytes.get(owner, 0) + len(client.encode()) + CHECK_OVERHEAD_BYTES
+        if size + MAX_CHECK_BYTES > self._message_budget:
             self._flush_batch(owner)
+        else:
+            self._batch_bytes[owner] = size
         return ticket
 
     def _flush_batches(self) -> None:
@@ -408,6 +419,7 @@ class Node:
         self._batch_due_ns = _NEVER
 
     def _flush_batch(self, owner: str) -> None:
+        self._batch_bytes.pop(owner, None)
         batch = self._batches.pop(owner, None)
         if batch:
             self.stats["batches_sent"] += 1

@@ -53,6 +53,9 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self.on_membership: Callable[[MembershipChanged], None] | None = None
+        #: Called with ``(elapsed_ns, decision path)`` when a forwarded check is decided
+        #: (``cluster/metrics.py``'s forward-latency histogram); None: not timed.
+        self.on_forwarded: Callable[[int, str], None] | None = None
 
     async def start(self, seeds: list[Address]) -> None:
         """Bind the socket and join through ``seeds``."""
@@ -67,15 +70,19 @@ class Runtime:
 
     async def check(self, client: str, cost: int = 1) -> Decision:
         """Decide a check, waiting for the owner when the check is forwarded."""
-        result = self.node.check(client, cost, now_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+        now_ns = time.monotonic_ns()
+        result = self.node.check(client, cost, now_ns=now_ns, wall_ns=time.time_ns())
         if isinstance(result, Decision):
             self._schedule_flush()
             return result
         assert self._loop is not None, "runtime not started"
         future: asyncio.Future[Decision] = self._loop.create_future()
         self._futures[result] = future
-        self._pump()
-        return await future
+        self._schedule_flush()  # checks made in this loop turn leave together
+        decision = await future
+        if self.on_forwarded is not None:
+            self.on_forwarded(time.monotonic_ns() - now_ns, decision.path)
+        return decision
 
     def set_rule(self, key: str, value: object) -> bool:
         """Change a rule entry (``default``, ``tier:NAME``, ``client:ID``) and spread it."""

@@ -634,19 +634,35 @@ def test_the_key_file_flag_is_checked() -> None:
     assert config.cluster.cluster_key_file == __file__
 
 
-def test_a_key_file_is_accepted_with_a_warning_that_it_is_not_used(tmp_path: Path) -> None:
-    (tmp_path / "cluster.key").write_text("secret\n")
+def test_a_key_file_authenticates_the_node_and_its_absence_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cluster.key").write_text("# primary first\n" + "ab" * 16 + "\n")
     text = BASE.replace("[cluster]\n", '[cluster]\ncluster_key_file = "cluster.key"\n')
     path = write(tmp_path / "node.toml", text)
     config, flags = effective_config(node_args("--config", str(path)))
     runtime = Runtime(config.node_config(), seed=1)
+    assert runtime.node.config.cluster_keys == (bytes.fromhex("ab" * 16),)
     with captured("meshlimit.daemon") as records:
         operator = daemon._Operator(runtime, config, flags)
-    (record,) = records
-    assert record.levelno == logging.WARNING and "not implemented" in record.getMessage()
-    assert vars(record)["cluster_key_file"] == str(tmp_path / "cluster.key")
+    assert records == []  # authenticated: nothing to warn about
     assert runtime.node.rule_for("acme") == rule("5/day")  # the file's rules, before joining
     assert operator.reloader is not None and operator.reloader.path == path
+    # Without a key the node says loudly that its cluster port is open.
+    bare, bare_flags = effective_config(
+        node_args("--config", str(write(tmp_path / "b.toml", BASE)))
+    )
+    with captured("meshlimit.daemon") as records:
+        daemon._Operator(Runtime(bare.node_config(), seed=2), bare, bare_flags)
+    assert any("NOT authenticated" in r.getMessage() for r in records)
+
+
+def test_a_bad_key_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "cluster.key").write_text("short\n")
+    text = BASE.replace("[cluster]\n", '[cluster]\ncluster_key_file = "cluster.key"\n')
+    config, _ = effective_config(node_args("--config", str(write(tmp_path / "n.toml", text))))
+    with pytest.raises(ConfigError, match="cluster_key_file.*at least 16 bytes"):
+        config.node_config()
 
 
 def test_daemon_config_defaults_are_empty() -> None:
