@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
 
 from meshlimit.core.counters import CounterStore
 from meshlimit.core.decision import Decision, make_decision
@@ -69,6 +70,8 @@ _NEVER = 2**63 - 1
 CHECK_OVERHEAD_BYTES = 22
 #: The most one check can add to a batch (a 256-byte id plus framing).
 MAX_CHECK_BYTES = 256 + CHECK_OVERHEAD_BYTES
+#: Gossip rounds a degraded admission is re-sent once its owner is reachable (for loss).
+DEGRADED_RESENDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ class Node:
         self._dedup: dict[str, OrderedDict[int, CheckResult]] = {}
         # Replication / gossip state: counters changed since the last round.
         self._dirty: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._degraded_dirty: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._degraded_dirty: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._gossip_at = now_ns + config.gossip_interval_ns
         self._anti_entropy_at = now_ns + config.anti_entropy_interval_ns
         self._handover: deque[tuple[str, str]] = deque()
@@ -380,7 +383,7 @@ class Node:
             client, rule, cost, now_ns=wall, capacity=quota
         )
         if allowed and cost:
-            self._mark_dirty(self._degraded_dirty, (rule.series, client))
+            self._mark_dirty(self._degraded_dirty, (rule.series, client), DEGRADED_RESENDS)
         self.stats[f"degraded_{'allowed' if allowed else 'refused'}"] += 1
         if self.decision_log is not None:
             self.decision_log.append((wall, client, rule, cost, allowed, "degraded"))
@@ -485,8 +488,10 @@ class Node:
 
     # --- counters: replication, gossip, hand-over -------------------------------------
 
-    def _mark_dirty(self, dirty: OrderedDict[tuple[str, str], None], key: tuple[str, str]) -> None:
-        dirty[key] = None
+    def _mark_dirty(
+        self, dirty: OrderedDict[tuple[str, str], Any], key: tuple[str, str], value: Any = None
+    ) -> None:
+        dirty[key] = value
         dirty.move_to_end(key)
         if len(dirty) > self.config.max_dirty:
             dirty.popitem(last=False)
@@ -520,15 +525,19 @@ class Node:
                     by_node.setdefault(node, []).extend(slots)
             self._send_slots(by_node)
         if self._degraded_dirty:
-            # Degraded counts are re-sent every round while their window is live:
-            # the owner may be unreachable now and only later able to merge them.
+            # Degraded counts are re-sent every round while the owner is unreachable
+            # (it can only merge them once it hears us), then a few more times once it
+            # is alive again, for loss; their window's end also ends them.
             by_node = {}
-            for key in list(self._degraded_dirty):
+            for key, resends in list(self._degraded_dirty.items()):
                 slots = self._slots_of(key, wall, own_only=True)
-                if not slots:
+                if not slots or resends <= 0:
                     del self._degraded_dirty[key]
                     continue
-                for node in self.ring.preference_list(key[1], 1 + self.config.replicas):
+                prefs = self.ring.preference_list(key[1], 1 + self.config.replicas)
+                if not self._owner_unreachable(prefs[0]):
+                    self._degraded_dirty[key] = resends - 1
+                for node in prefs:
                     if node != self.node_id:
                         by_node.setdefault(node, []).extend(slots)
             self._send_slots(by_node)
