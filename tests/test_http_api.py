@@ -12,7 +12,6 @@ import asyncio
 import json
 import math
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,35 +19,13 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from meshlimit.cluster.config import NodeConfig
 from meshlimit.cluster.http_api import make_app, ratelimit_headers
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import parse_rule
+from runtimes import DAY_RULE, started_runtime
 
 pytestmark = pytest.mark.loopback
-
-DAY_RULE = "3/day"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@asynccontextmanager
-async def started_runtime(
-    node_id: str = "n1", seeds: list[tuple[str, int]] | None = None, **overrides: Any
-) -> AsyncIterator[Runtime]:
-    addr = ("127.0.0.1", free_udp_port())
-    overrides.setdefault("default_rule", DAY_RULE)
-    runtime = Runtime(NodeConfig.preset("local", node_id, addr, **overrides), seed=1)
-    try:
-        await runtime.start(seeds or [])
-        yield runtime
-    finally:
-        await runtime.stop(leave=False)
 
 
 @asynccontextmanager

@@ -160,30 +160,6 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class TimedRuntime(Runtime):
-    """A runtime with the ``on_forwarded`` hook proposed for ``runtime.py`` (the same
-    lines), so that the forward-latency histogram can be tested end to end."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_forwarded: Callable[[int, str], None] | None = None
-
-    async def check(self, client: str, cost: int = 1) -> Decision:
-        now_ns = time.monotonic_ns()
-        result = self.node.check(client, cost, now_ns=now_ns, wall_ns=time.time_ns())
-        if isinstance(result, Decision):
-            self._schedule_flush()
-            return result
-        assert self._loop is not None, "runtime not started"
-        future: asyncio.Future[Decision] = self._loop.create_future()
-        self._futures[result] = future
-        self._pump()
-        decision = await future
-        if self.on_forwarded is not None:
-            self.on_forwarded(time.monotonic_ns() - now_ns, decision.path)
-        return decision
-
-
 @asynccontextmanager
 async def started(
     node_id: str, seeds: list[tuple[str, int]] | None = None, *, kind: type[Runtime] = Runtime
@@ -285,7 +261,7 @@ def test_openmetrics_when_asked_and_reload_counts_from_the_daemon() -> None:
 def test_two_nodes_forwarding_peers_and_degraded_decisions() -> None:
     async def main() -> None:
         async with (
-            started("n1", kind=TimedRuntime) as first,
+            started("n1", kind=Runtime) as first,
             started("n2", [first.node.config.addr]) as second,
             api(first) as client,
         ):

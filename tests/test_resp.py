@@ -33,7 +33,6 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.config import NodeConfig
 from meshlimit.cluster.resp import (
     THROTTLE_PREFIX,
     RespConfig,
@@ -59,6 +58,7 @@ from meshlimit.core.algorithms import token_bucket
 from meshlimit.core.decision import Decision, make_decision
 from meshlimit.core.rules import Rule, parse_rule
 from redis.exceptions import ResponseError
+from runtimes import free_udp_port, started_runtime
 
 loopback = pytest.mark.loopback
 
@@ -395,28 +395,6 @@ def test_throttle_decided_under_another_rule_is_retried_then_refused() -> None:
 
 
 # --- loopback: a runtime and its RESP server --------------------------------------------
-
-DAY_RULE = "3/day"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@asynccontextmanager
-async def started_runtime(
-    node_id: str = "n1", seeds: list[tuple[str, int]] | None = None
-) -> AsyncIterator[Runtime]:
-    addr = ("127.0.0.1", free_udp_port())
-    config = NodeConfig.preset("local", node_id, addr, default_rule=DAY_RULE)
-    runtime = Runtime(config, seed=1)
-    try:
-        await runtime.start(seeds or [])
-        yield runtime
-    finally:
-        await runtime.stop(leave=False)
 
 
 @asynccontextmanager
