@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     put.add_argument("rule")
     remove = verbs.add_parser("remove-rule", help="drop a client's own rule")
     remove.add_argument("client")
+    reset = verbs.add_parser("reset", help="forget a client's counts, cluster-wide")
+    reset.add_argument("client")
 
 
 def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -87,6 +89,10 @@ def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
             out.write(format_rule(request(base, "PUT", client_path, {"rule": args.rule})))
         elif args.verb == "remove-rule":
             out.write(format_rule(request(base, "DELETE", client_path)))
+        elif args.verb == "reset":
+            counters_path = "/v1/counters/" + urllib.parse.quote(client, safe="")
+            request(base, "DELETE", counters_path)
+            out.write(f"counts of {client} reset on every node\n")
         else:  # pragma: no cover - argparse allows only the verbs above
             raise AssertionError(args.verb)
     except CtlError as error:

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from meshlimit.core.decision import Decision
 from meshlimit.core.headers import ratelimit_headers
-from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, check_tier_name
+from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, RESET_PREFIX, check_tier_name
 from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
 from prometheus_client import (
     CollectorRegistry,
@@ -81,6 +81,7 @@ def make_app(
     app.router.add_put("/v1/rules/{client:.+}", _put_rule)
     app.router.add_delete("/v1/rules/{client:.+}", _delete_rule)
     app.router.add_get("/v1/owner/{client:.+}", _owner)
+    app.router.add_delete("/v1/counters/{client:.+}", _reset_counters)
     app.router.add_get("/v1/cluster", _cluster)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -129,6 +130,14 @@ async def _delete_rule(request: web.Request) -> web.Response:
     runtime = request.app[_RUNTIME]
     runtime.set_rule(CLIENT_PREFIX + client, None)
     return web.json_response(rule_json(runtime, client))
+
+
+async def _reset_counters(request: web.Request) -> web.Response:
+    """Forget a client's counts cluster-wide: a stamped reset entry that spreads like a
+    rule; gossip from before it cannot bring the old counts back (docs/design.md)."""
+    client = _path_client(request)
+    request.app[_RUNTIME].set_rule(RESET_PREFIX + client, None)
+    return web.json_response({"client": client, "reset": True})
 
 
 async def _owner(request: web.Request) -> web.Response:

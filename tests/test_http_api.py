@@ -383,3 +383,18 @@ def test_two_nodes_forward_and_show_each_other():
                 assert (await (await one.get("/healthz")).json())["members"] == 2
 
     asyncio.run(main())
+
+
+def test_delete_counters_resets_a_client_cluster_wide() -> None:
+    async def scenario() -> None:
+        async with started_runtime() as runtime, api_client(runtime) as client:
+            for _ in range(3):
+                await client.post("/v1/check", json={"client": "acme"})
+            refused = await (await client.post("/v1/check", json={"client": "acme"})).json()
+            assert refused["allowed"] is False
+            response = await client.delete("/v1/counters/acme")
+            assert response.status == 200 and (await response.json())["reset"] is True
+            again = await (await client.post("/v1/check", json={"client": "acme"})).json()
+            assert again["allowed"] is True
+
+    asyncio.run(scenario())
