@@ -45,6 +45,16 @@ def make_decision(
     """Build a decision from an algorithm's nanosecond outcome; in ``shadow`` mode a
     refusal is reported (``shadowed``) but the request is allowed."""
     if shadow and not allowed:
-        return Decision(True, limit, remaining, reset_ns / NS_PER_S, 0.0, path, True)
+        return _new(Decision, (True, limit, remaining, reset_ns / NS_PER_S, 0.0, path, True))
     retry = math.inf if retry_ns < 0 else retry_ns / NS_PER_S
-    return Decision(allowed, limit, remaining, reset_ns / NS_PER_S, retry, path)
+    return _new(Decision, (allowed, limit, remaining, reset_ns / NS_PER_S, retry, path, False))
+
+
+#: Builds a Decision from a full tuple, skipping NamedTuple's Python-level ``__new__``
+#: (a check's hot path: 0.1 us instead of 0.24 us, measured by scripts/bench_core.py).
+_new = tuple.__new__
+
+
+def allowed_decision(limit: int, remaining: int, reset_ns: int, path: str) -> Decision:
+    """The common case, built as cheaply as Python allows."""
+    return _new(Decision, (True, limit, remaining, reset_ns / NS_PER_S, 0.0, path, False))

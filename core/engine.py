@@ -12,7 +12,7 @@ and one bucket scan in the series' table.
 
 from __future__ import annotations
 
-from .decision import NS_PER_S, Decision, make_decision
+from .decision import Decision, allowed_decision, make_decision
 from .hlc import ZERO, Stamp
 from .registry import RuleRegistry, check_client_id
 from .rules import MAX_COUNT, Rule, as_rule
@@ -55,7 +55,7 @@ class Engine:
             hash(client), rule.limit, rule.burst, cost, now_ns
         )
         if allowed:
-            return Decision(True, rule.limit, remaining, reset_ns / NS_PER_S, 0.0, path)
+            return allowed_decision(rule.limit, remaining, reset_ns, path)
         return make_decision(False, rule.limit, remaining, reset_ns, retry_ns, path, rule.shadow)
 
     def series_for(self, rule: Rule) -> Series:
