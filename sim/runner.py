@@ -430,6 +430,9 @@ def _summary(world: World, recorder: _Recorder, wall_s: float) -> dict[str, Any]
         "detection_s": _spread(detection, NS_PER_S),
         "recovery": _recovery(world, recorder),
         "false_suspicions": checkers.false_suspicions,
+        "under_admissions": checkers.under_admissions,
+        "under_admissions_healthy": checkers.under_admissions_healthy,
+        "refusals_judged": checkers.refusals_judged,
         "forward_latency_ms": {
             "count": len(latencies),
             "p50": _percentile(latencies, 0.50, NS_PER_MS),
