@@ -31,7 +31,8 @@ from typing import Any
 from meshlimit.cluster.node import Node
 
 from .events import NS_PER_MS, NS_PER_S
-from .scenario import Action, Scenario, generate_fuzz_scenario
+from .fuzz import generate_fuzz_scenario
+from .scenario import Action, Scenario
 from .world import NodeCrashed, World
 
 #: Where the shipped scenarios live (``meshlimit sim healthy`` finds ``healthy.toml`` here).

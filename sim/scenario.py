@@ -551,23 +551,3 @@ def _number(token: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"expected a finite number, got {token!r}")
     return number
-
-
-# Swarm fuzzing lives in sim/fuzz.py; re-exported here for callers of the old home.
-from .fuzz import FUZZ_FAULTS, SAFETY_FRACTION, generate_fuzz_scenario  # noqa: E402
-
-__all__ = [
-    "FUZZ_FAULTS",
-    "SAFETY_FRACTION",
-    "Action",
-    "LimitsSpec",
-    "NetworkSpec",
-    "Scenario",
-    "ScenarioError",
-    "WorkloadSpec",
-    "format_duration",
-    "generate_fuzz_scenario",
-    "load_scenario",
-    "parse_duration",
-    "parse_scenario",
-]

@@ -26,16 +26,15 @@ from meshlimit.sim.events import (
     VirtualClock,
     derive_rng,
 )
+from meshlimit.sim.fuzz import FUZZ_FAULTS, generate_fuzz_scenario
 from meshlimit.sim.network import Delivery, LinkConfig, Network, transmit_ns
 from meshlimit.sim.scenario import (
-    FUZZ_FAULTS,
     VERBS,
     Action,
     Scenario,
     ScenarioError,
     WorkloadSpec,
     format_duration,
-    generate_fuzz_scenario,
     load_scenario,
     parse_duration,
     parse_scenario,
