@@ -32,6 +32,7 @@ TRAILER = struct.Struct(">QQq")
 MAC_BYTES = 16
 TRAILER_BYTES = TRAILER.size + MAC_BYTES  # 40
 WINDOW_BITS = 1024
+_WINDOW_MASK = (1 << WINDOW_BITS) - 1
 MIN_KEY_BYTES = 16
 
 
@@ -109,7 +110,10 @@ class Guard:
         window.last_ns = now_ns
         if seq > window.highest:
             shift = seq - window.highest
-            window.seen = ((window.seen << shift) | 1) & ((1 << WINDOW_BITS) - 1)
+            # A jump past the window forgets it (shifting by a 64-bit amount would try
+            # to build an astronomically large integer: found by the fuzz campaign).
+            seen = (window.seen << shift) & _WINDOW_MASK if shift < WINDOW_BITS else 0
+            window.seen = seen | 1
             window.highest = seq
             return True
         offset = window.highest - seq

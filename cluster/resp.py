@@ -586,7 +586,9 @@ class _Connection(asyncio.Protocol):
         while self.reading:
             try:
                 frame = self.reader.gets()
-            except hiredis.HiredisError as error:
+            except (hiredis.HiredisError, TypeError, ValueError, MemoryError) as error:
+                # TypeError: a RESP3 map whose key is an array (found by the fuzz
+                # campaign); MemoryError: an absurd declared size. Both are garbage.
                 text = str(error)  # hiredis' own messages start "Protocol error"
                 self._protocol_error(
                     text if text.startswith("Protocol error") else f"Protocol error: {text}"

@@ -607,6 +607,9 @@ def test_protocol_garbage_is_answered_and_closed() -> None:
             b"*0\r\n" + ping: b"+PONG\r\n",  # an empty array is skipped, as Redis does
             ping + b"*1\r\n$4\r\nQUIT\r\n" + ping: b"+PONG\r\n+OK\r\n",  # nothing after QUIT
             bytes(range(256)) * 4: b"-ERR Protocol error",
+            # Found by scripts/fuzz_campaign.py: a RESP3 map keyed by an array made
+            # hiredis raise TypeError (unhashable list), which escaped the server.
+            bytes.fromhex("25310d0a2a350d0add9e5d0a2b620d0a"): b"-ERR Protocol error",
         }
         for payload, expected in cases.items():
             answer = await raw_exchange(server, payload)
