@@ -95,6 +95,9 @@ RUN_ORDER = [
 ]
 #: A timed run during which other work took more than this many cores is redone.
 OTHER_LIMIT = 0.4
+#: A run during which other work took at most this many cores counts as quiet (its own column:
+#: a busy core elsewhere slows even the runs under ``OTHER_LIMIT``, through the generator).
+QUIET_OTHER = 0.1
 
 LUA = """\
 -- POST /v1/check, cycling the client id over %(n)d ids (one counter per wrk thread).
@@ -646,7 +649,7 @@ def print_table(title: str, rows: list[tuple[str, str, list[Run]]]) -> None:
     head = (
         f"  {'setting':<44} {'rule':<17} {'rate/s median (min-max)':>27} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'srv CPU':>7} {'runq':>5} {'gen CPU':>7} {'other':>5} {'refused':>7} "
-        f"{'counted':>7} {'errors':>6} {'us/req':>6} {'ceiling/s':>9}"
+        f"{'counted':>7} {'errors':>6} {'us/req':>6} {'ceiling/s':>9} {'quiet runs: rate (n)':>21}"
     )
     print(head)
     print("  " + "-" * (len(head) - 2))
@@ -662,7 +665,8 @@ def print_table(title: str, rows: list[tuple[str, str, list[Run]]]) -> None:
             f"{pct(med([r.gen_cpu for r in runs])):>7} {med([r.other for r in runs]):5.2f} "
             f"{pct(med([r.refused for r in runs])):>7} "
             f"{'-' if counted != counted else f'{counted:.2f}':>7} "
-            f"{sum(r.errors for r in runs):>6} {cpu_us:6.1f} {fmt_rate(1e6 / cpu_us):>9}"
+            f"{sum(r.errors for r in runs):>6} {cpu_us:6.1f} {fmt_rate(1e6 / cpu_us):>9} "
+            f"{quiet_text(runs):>21}"
         )
         redone = sum(r.tries - 1 for r in runs)
         noisy = sum(r.other > OTHER_LIMIT for r in runs)
@@ -673,6 +677,12 @@ def print_table(title: str, rows: list[tuple[str, str, list[Run]]]) -> None:
             )
         for note in sorted({n for r in runs for n in r.notes})[:3]:
             print(f"  {'':<44} ! {note}")
+
+
+def quiet_text(runs: list[Run]) -> str:
+    """The median rate of the runs during which other work took at most ``QUIET_OTHER`` cores."""
+    quiet = [r.rate for r in runs if r.other <= QUIET_OTHER]
+    return f"{fmt_rate(med(quiet))} ({len(quiet)})" if quiet else "- (0)"
 
 
 def cpu_per_request_us(r: Run) -> float:
@@ -855,7 +865,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=0, help="repetitions (default 3, quick 1)")
     parser.add_argument("--profile", metavar="DIR", help="also profile the node with py-spy")
     parser.add_argument("--json", metavar="FILE", help="write every run's figures here")
+    parser.add_argument(
+        "--report", metavar="FILE", help="print the tables of a run saved with --json; run nothing"
+    )
     args = parser.parse_args()
+    if args.report:
+        return report_saved(Path(args.report))
     # SIGTERM (and SIGINT, even where a shell started us with it ignored) unwinds through the
     # ``finally`` below, which stops every server this script started.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -958,6 +973,9 @@ def main() -> int:
                     "settings": {s.key: [vars(r) for r in s.runs] for s in sets},
                     "refusal": {k: [vars(r) for r in v] for k, v in refusal.items()},
                     "refusal_rules": rules,
+                    "refusal_paired_open": {
+                        k: [vars(r) for r in v] for k, v in paired_open.items()
+                    },
                 },
                 indent=1,
             )
@@ -1014,6 +1032,21 @@ def run_refusal(
             b.started.remove(node)
 
 
+def report_saved(path: Path) -> int:
+    """The tables, ratios and targets of a run saved with ``--json``."""
+    saved = json.loads(path.read_text())
+    sets = [s for s in settings(True, True, True) if s.key in saved["settings"]]
+    for s in sets:
+        s.runs = [Run(**r) for r in saved["settings"][s.key]]
+
+    def runs(name: str) -> dict[str, list[Run]]:
+        return {k: [Run(**r) for r in v] for k, v in saved.get(name, {}).items()}
+
+    print(f"saved run: {path}")
+    report(sets, runs("refusal"), saved["refusal_rules"], runs("refusal_paired_open"))
+    return 0
+
+
 def report(
     sets: list[Setting],
     refusal: dict[str, list[Run]],
@@ -1029,7 +1062,8 @@ def report(
         "\n  counted: checks the node counted / requests sent; us/req: the server's CPU time per"
         "\n  request; ceiling/s: 1 / us/req, the rate it would reach with its core saturated and"
         "\n  to itself: an estimate, not a measurement (the generator's pace, batching and"
-        "\n  contention change the cost per request)."
+        "\n  contention change the cost per request); quiet runs: median rate of the runs with"
+        f"\n  other <= {QUIET_OTHER} cores, and how many there were."
     )
     http = [s for s in sets if s.kind == "http"]
     rows = [(s.label, RULE_OPEN if s.server == "node" else "-", s.runs) for s in http]
@@ -1100,7 +1134,8 @@ def report(
         )
     )
     for key in refusal:
-        lines.append((f"{key}: ~50% refused / nothing refused", refusal[key], paired_open[key]))
+        if key in paired_open:  # absent from runs saved before the pairing
+            lines.append((f"{key}: ~50% refused / nothing refused", refusal[key], paired_open[key]))
     print(f"  {'':<52} {'medians':>8} {'paired median (min-max)':>24} {'ceilings':>9}")
     for text, a, c in lines:
         if not a or not c:
