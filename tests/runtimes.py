@@ -1,10 +1,12 @@
-"""Shared by the loopback tests: a real runtime on a free loopback port, always stopped."""
+"""Shared test helpers: a real runtime on a free loopback port (always stopped), and
+the records of one logger."""
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from meshlimit.cluster.config import NodeConfig
@@ -33,3 +35,20 @@ async def started_runtime(
         yield runtime
     finally:
         await runtime.stop(leave=False)
+
+
+@contextmanager
+def captured(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records of one logger (whether or not it propagates to the root)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -16,8 +16,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from meshlimit.cluster.config_file import (
 )
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.rules import parse_rule
+from runtimes import captured
 
 from meshlimit.processes import NodeProcess, wait_for
 
@@ -338,23 +339,6 @@ class Sink:
         return True
 
 
-@contextmanager
-def captured(name: str = "meshlimit.config") -> Iterator[list[logging.LogRecord]]:
-    """The records of one logger (whether or not it propagates to the root)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def reloader_for(path: Path, sink: Any, *argv: str, poll_interval_s: float = 1.0) -> Reloader:
     config, flags = effective_config(node_args("--config", str(path), *argv))
     apply_changes(sink, start_changes(config))
@@ -385,7 +369,7 @@ def test_a_reload_applies_only_the_changes_and_logs_them(tmp_path: Path) -> None
     ]
     sink.writes.clear()
     write(path, BASE.replace('"5/day"', '"10/day"').replace('bob = "7/day"', 'carol = "@gold"'))
-    with captured() as records:
+    with captured("meshlimit.config") as records:
         assert reloader.reload("sighup") is True
     assert sink.writes == [
         ("tier:gold", rule("10/day")),
@@ -409,7 +393,7 @@ def test_a_bad_reload_keeps_the_rules_and_warns(tmp_path: Path) -> None:
     before = reloader.entries()
     sink.writes.clear()
     write(path, BASE.replace('"5/day"', '"5/parsec"'))
-    with captured() as records:
+    with captured("meshlimit.config") as records:
         assert reloader.reload("sighup") is False
     assert sink.writes == [] and reloader.entries() == before
     assert dict(reloader.results) == {"ok": 0, "error": 1}
@@ -430,7 +414,7 @@ def test_flags_keep_precedence_and_cluster_changes_need_a_restart(tmp_path: Path
     write(
         path, changed.replace('bind = "127.0.0.1:7400"', 'bind = "127.0.0.1:7500"\nmode = "local"')
     )
-    with captured() as records:
+    with captured("meshlimit.config") as records:
         assert reloader.reload() is True
     assert sink.writes == []  # --default wins over the file's default, now as at start
     warning = next(r for r in records if r.levelno == logging.WARNING)

@@ -14,8 +14,8 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -34,6 +34,7 @@ from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from runtimes import captured
 
 HOST = "127.0.0.1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -133,22 +134,6 @@ def test_degraded_reporter_logs_only_intervals_with_degraded_decisions() -> None
     fields = vars(record)
     assert (fields["allowed"], fields["refused"], fields["forward_timeouts"]) == (3, 1, 2)
     assert fields["interval_s"] == 10.0 and fields["members_down"] == "-"
-
-
-@contextmanager
-def captured(name: str) -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 # --- /metrics over HTTP on loopback ----------------------------------------------------
