@@ -26,7 +26,7 @@ Method (the output header says it again):
 - Clock: fake and advancing. A window (one minute) holds exactly 1,101,100
   checks (1,100 slots of 1,000 flood checks and one legit check), so check k
   of window w is at ``T0 + w * 60 s + k * 60 s / 1,101,100``; 10M ids span
-  about 9 windows. The node is ticked whenever its deadline has passed
+  10 windows, the last one partial. The node is ticked whenever its deadline has passed
   (checked once per slot), and its output drained, as a driver would.
 - Figures: RSS from ``/proc/self/status`` (``VmRSS``; peak ``VmHWM``):
   ``before`` after building the subject and ``gc.collect()``; ``at cap``

@@ -2,6 +2,7 @@
 """Benchmark: the node daemon's front-ends, HTTP (wrk) and RESP (redis-benchmark), against redis-server.
 
     .venv/bin/python scripts/bench_frontends.py [--quick] [--reps R] [--profile DIR] [--json FILE]
+    .venv/bin/python scripts/bench_frontends.py --report FILE   # the tables of a saved run
 
 Needs ``wrk``, ``redis-benchmark`` and ``redis-server`` (Debian: ``apt-get install -y wrk
 redis-server redis-tools``); a missing binary skips its part with a message. ``--profile``
@@ -12,11 +13,13 @@ Method (the output header says it again):
 - Subject: ONE ``meshlimit node`` process (``python -m meshlimit node``, uvloop, ``--preset
   local``, alone in its cluster so every check is owner-local) serving ``--http`` and
   ``--resp`` on free loopback ports, default rule 1,000,000,000/minute (nothing is refused).
-  The script waits for its readiness line. A second phase restarts the node per front-end
-  setting with a rule of ``L/2s``, L = that setting's measured rate / 1,000 clients, so that
-  about half the checks are refused (the refused share is measured, from ``/metrics``).
+  The script waits for its readiness line. A second phase starts a node per front-end setting
+  with a rule of ``L/2s``, L = that setting's measured rate / 1,000 clients (resized once from
+  its warm-up if that refused outside 35-65%), so that about half the checks are refused (the
+  refused share is measured, from ``/metrics``); each of its runs follows a run of the open
+  node, which stays up, for paired ratios.
 - Peer, in the same run on the same machine: a ``redis-server --save '' --appendonly no`` on a
-  free port, up during the whole first phase; its runs are interleaved with the node's.
+  free port, up for the whole run; its runs sit next to the node's (``RUN_ORDER``).
 - Pinning (when ``taskset`` exists and there are 2+ CPUs): servers on CPU 1 (``taskset -c 1``),
   every load generator and this script on CPU 0. So "one core" means one core for the server.
 - HTTP: ``wrk -t1 -c{16,64} -d10s --latency -s post.lua`` (keep-alive, wrk's default); the Lua
@@ -27,18 +30,21 @@ Method (the output header says it again):
   key:__rand_int__ -r 1000`` with the settings of ML.CHECK. N is sized per setting from a
   warm-up run so that a run lasts about 5 s. ``--csv`` rather than ``-q``: same figures plus p99.
 - Repetitions: R (3; 1 with ``--quick``), the settings interleaved within each repetition;
-  median (min-max). Warm-up: one untimed run per setting (2 s of wrk; the N-sizing run).
+  median (min-max). Ratios: of the medians, the median of the per-repetition ratios of runs
+  done back to back ("paired"), and of the CPU costs ("ceilings"). Warm-up: one untimed run
+  per setting (2 s of wrk; the N-sizing run).
 - Columns: rate (requests/s as the generator reports it), p50/p99 latency (the generator's),
   srv CPU% and gen CPU% (CPU time of the server / load generator over the run's wall time: 100%
   is a saturated core), srv runq% (the server runnable but waiting for its CPU: other work on the
   machine), other (cores busy with anything else: other work on the machine, and kernel work
   charged to neither process), refused% and checks counted by the node (``meshlimit_checks_total``
   delta / requests; 1.00 means every request became exactly one check), errors (wrk's non-2xx and
-  socket errors, redis-benchmark's error replies), us/req (the server's CPU time per request)
-  and ceiling/s (1 / us/req: an estimate of the rate on a saturated core of its own).
-- Shared machine: before each timed run the script waits (at most 60 s; 5 s quick) for a second
+  socket errors, redis-benchmark's error replies), us/req (the server's CPU time per
+  request), ceiling/s (1 / us/req: an estimate of the rate on a saturated core of its own) and
+  the median rate of the quiet runs (other <= 0.1 cores).
+- Shared machine: before each timed run the script waits (at most 30 s; 5 s quick) for a second
   in which the machine is at most 0.15 cores busy, and a run during which other work took more
-  than 0.4 cores is redone (3 tries at most; none quick), until 15 minutes in all (30 s quick)
+  than 0.4 cores is redone (3 tries at most; none quick), until 25 minutes in all (30 s quick)
   went to waiting and redoing; "other" shows what ran anyway, a note counts the redone tries.
 - Floors, in the same run: the same stacks with the check replaced by a constant answer, pinned
   like the node (``FLOOR_SRC``: an aiohttp app that parses the JSON body and returns a fixed
