@@ -48,7 +48,7 @@ from meshlimit.core.rules import Rule, parse_rule
 
 from .auth import parse_key_file
 from .config import NodeConfig
-from .messages import Address
+from .wire.addresses import Address, parse_address, parse_udp_address
 
 log = logging.getLogger("meshlimit.config")
 
@@ -258,26 +258,6 @@ def restart_needed(old: ClusterSettings, new: ClusterSettings) -> list[str]:
 
 
 # --- values shared with the command line ----------------------------------------------
-
-
-def parse_address(text: str) -> Address:
-    """``HOST:PORT`` (``[::1]:7400`` for IPv6) as a tuple; ``ValueError`` if malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"address {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def parse_udp_address(text: str) -> Address:
-    """An address peers are told: a real port and a host they can reach."""
-    host, port = parse_address(text)
-    if port == 0:
-        raise ValueError(f"{text!r}: name a port; peers are told this address, so it cannot be 0")
-    if host in ("0.0.0.0", "::", ""):
-        raise ValueError(
-            f"{text!r}: peers are told this address; bind one they can reach, not {host!r}"
-        )
-    return host, port
 
 
 def check_node_id(text: str) -> str:

@@ -38,7 +38,7 @@ class CtlError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags and verbs of ``meshlimit ctl``."""
-    from meshlimit.node import parse_address
+    from meshlimit.cluster.wire.addresses import parse_address
 
     def address(text: str) -> tuple[str, int]:
         try:

@@ -145,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _address(text: str) -> Address:
-    from meshlimit.node import parse_address
+    from meshlimit.cluster.wire.addresses import parse_address
 
     try:
         return parse_address(text)

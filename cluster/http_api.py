@@ -289,7 +289,7 @@ def decision_json(decision: Decision) -> dict[str, Any]:
 def rule_json(runtime: Runtime, client: str) -> dict[str, Any]:
     """The rule in force for ``client`` and where it comes from."""
     node = runtime.node
-    registry = node.engine.registry
+    registry = node.registry
     value = registry.client_value(client)
     if isinstance(value, Rule):
         source = "client"
@@ -304,7 +304,7 @@ def cluster_json(runtime: Runtime) -> dict[str, Any]:
     """This node's view of the cluster: members, ring shares, clock offsets, counters."""
     node = runtime.node
     membership = node.membership
-    registry = node.engine.registry
+    registry = node.registry
     rtts = membership.rtts()
     members = [
         {

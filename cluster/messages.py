@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-Address = tuple[str, int]
+from .wire.addresses import Address
+
+__all__ = ["Address"]  # re-exported for the codec and the node
 
 
 class MemberState:

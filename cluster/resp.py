@@ -427,7 +427,7 @@ class RespServer:
 
     def _ensure_rule(self, client: str, rule: Rule) -> None:
         """Write ``client``'s rule to the registry unless it is there already."""
-        registry = self.runtime.node.engine.registry
+        registry = self.runtime.node.registry
         current = registry.client_value(client)
         if current == rule:
             return

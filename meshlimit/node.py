@@ -14,19 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshlimit.cluster.config import NodeConfig
-from meshlimit.cluster.messages import Address
 from meshlimit.cluster.runtime import Runtime
+from meshlimit.cluster.wire.addresses import Address, parse_address
 from meshlimit.core.decision import Decision
 from meshlimit.core.registry import CLIENT_PREFIX, DEFAULT_KEY, TIER_PREFIX
 from meshlimit.core.rules import Rule, as_rule
-
-
-def parse_address(text: str) -> Address:
-    """``HOST:PORT`` (``[::1]:7400`` for IPv6) as a tuple; ``ValueError`` if malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"address {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 class Node:

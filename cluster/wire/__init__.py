@@ -1,0 +1,1 @@
+"""What crosses the network between nodes: addresses, messages, the codec, sealing."""
