@@ -17,11 +17,10 @@ import random
 import time
 from collections.abc import Callable
 
+from meshlimit.cluster.node import Decided, MembershipChanged, Node
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
-
-from .config import NodeConfig
-from .messages import Address
-from .node import Decided, MembershipChanged, Node
 
 log = logging.getLogger("meshlimit.cluster")
 
@@ -54,7 +53,7 @@ class Runtime:
         self._flush_scheduled = False
         self.on_membership: Callable[[MembershipChanged], None] | None = None
         #: Called with ``(elapsed_ns, decision path)`` when a forwarded check is decided
-        #: (``cluster/metrics.py``'s forward-latency histogram); None: not timed.
+        #: (``cluster/daemon/metrics.py``'s forward-latency histogram); None: not timed.
         self.on_forwarded: Callable[[int, str], None] | None = None
 
     async def start(self, seeds: list[Address]) -> None:
@@ -154,7 +153,7 @@ class Runtime:
         self._timer = self._loop.call_later(min(delay_s, 3600.0), self._on_timer)
 
     def _log_membership(self, event: MembershipChanged) -> None:
-        from .messages import MemberState
+        from meshlimit.cluster.wire.messages import MemberState
 
         change = event.event
         old = "new" if change.old_state is None else MemberState.NAMES.get(change.old_state)

@@ -48,25 +48,25 @@ def _demo_run(args: argparse.Namespace) -> int:
 
 
 def _node_arguments(parser: argparse.ArgumentParser) -> None:
-    from meshlimit.cluster import daemon
+    import meshlimit.cluster.daemon.main as daemon
 
     daemon.add_arguments(parser)
 
 
 def _node_run(args: argparse.Namespace) -> int:
-    from meshlimit.cluster import daemon
+    import meshlimit.cluster.daemon.main as daemon
 
     return daemon.run_daemon(args)
 
 
 def _ctl_arguments(parser: argparse.ArgumentParser) -> None:
-    from meshlimit.cluster import ctl
+    import meshlimit.cluster.daemon.ctl as ctl
 
     ctl.add_arguments(parser)
 
 
 def _ctl_run(args: argparse.Namespace) -> int:
-    from meshlimit.cluster import ctl
+    import meshlimit.cluster.daemon.ctl as ctl
 
     return ctl.run_ctl(args)
 

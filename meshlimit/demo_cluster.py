@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
-from meshlimit.cluster.config import NodeConfig
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.processes import NodeProcess, wait_for
 
 WINDOW_S = 5

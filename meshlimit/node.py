@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meshlimit.cluster.config import NodeConfig
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.cluster.wire.addresses import Address, parse_address
 from meshlimit.core.decision import Decision

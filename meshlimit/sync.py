@@ -27,7 +27,7 @@ from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from meshlimit.cluster.messages import Address
+from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 from meshlimit.node import Node

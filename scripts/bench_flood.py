@@ -121,8 +121,8 @@ class LimiterSubject:
 
 class NodeSubject:
     def __init__(self, cap: int) -> None:
-        from meshlimit.cluster.config import NodeConfig
         from meshlimit.cluster.node import Node
+        from meshlimit.cluster.node.config import NodeConfig
 
         config = NodeConfig.preset("sim", "a", ("a", 1), max_clients=cap, default_rule="10/minute")
         self.node = Node(config, random.Random(0), now_ns=T0)

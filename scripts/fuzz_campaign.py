@@ -9,7 +9,7 @@ Method (the output header says it again):
 
 - Engine: atheris (libFuzzer for Python). Only ``meshlimit`` modules are
   instrumented, plus the codec's decoders, which are generated at run time
-  (``cluster/codec.py``) and so escape the import hook; ``cov``/``ft`` below
+  (``cluster/wire/codec.py``) and so escape the import hook; ``cov``/``ft`` below
   are libFuzzer's edge and feature counts over that code.
 - Isolation: each target fuzzes in its own subprocess (atheris takes the
   process over); a child that dies (hard crash, OOM, timeout) is restarted
@@ -47,7 +47,7 @@ Method (the output header says it again):
          than ``ValueError`` in its dispatch (a ``TypeError`` there is
          garbage the decoder let through), and every datagram it sends
          decodes.
-  http   The JSON body validation of ``cluster/http_api.py`` (``_json_object``
+  http   The JSON body validation of ``cluster/daemon/http_api.py`` (``_json_object``
          on a fake request, ``_refuse_unknown``, ``_client``, ``_cost``,
          ``_rule_value``), then the node call and the JSON answer, as the
          check and put-rule handlers do: only ``BadRequest`` (a 400) or the
@@ -101,7 +101,7 @@ class Finding(Exception):
 
 def _envelopes() -> list[Any]:
     """One valid envelope per message type and a few mixed ones, from ``("b", 1)``."""
-    from meshlimit.cluster import messages as m
+    import meshlimit.cluster.wire.messages as m
 
     addr = ("b", 1)
     member = m.MemberUpdate("c", ("c", 3), m.MemberState.ALIVE, 2)
@@ -138,14 +138,14 @@ def _envelopes() -> list[Any]:
 
 
 def _seeds_codec() -> list[bytes]:
-    from meshlimit.cluster import codec
+    import meshlimit.cluster.wire.codec as codec
 
     return [codec.encode(env) for env in _envelopes()]
 
 
 def _seeds_node() -> list[bytes]:
-    from meshlimit.cluster import codec
-    from meshlimit.cluster import messages as m
+    import meshlimit.cluster.wire.codec as codec
+    import meshlimit.cluster.wire.messages as m
 
     encoded = _seeds_codec()
     join = codec.encode(m.Envelope("b", ("b", 1), (m.Join("b", ("b", 1), 1),)))
@@ -295,7 +295,7 @@ def _fingerprint(error: BaseException) -> str:
 
 
 def run_codec(data: bytes) -> None:
-    from meshlimit.cluster import codec
+    import meshlimit.cluster.wire.codec as codec
 
     try:
         env = codec.decode(data)
@@ -328,7 +328,7 @@ def run_rules(data: bytes) -> None:
 
 
 def _auth(data: bytes, provider: Any) -> None:
-    from meshlimit.cluster.auth import TRAILER, _mac, new_guard
+    from meshlimit.cluster.wire.auth import TRAILER, _mac, new_guard
 
     fdp = provider(data)
     guard = new_guard(AUTH_KEYS, 1)
@@ -364,7 +364,7 @@ def _auth(data: bytes, provider: Any) -> None:
 
 
 def _node_config() -> Any:
-    from meshlimit.cluster.config import NodeConfig
+    from meshlimit.cluster.node.config import NodeConfig
 
     return NodeConfig.preset("sim", "a", ("a", 1))
 
@@ -396,7 +396,7 @@ CLIENTS = ("c1", "c2", "c3", "x" * 256)
 def _node_run(parts: list[bytes], *, collect_pending: bool = False) -> Any:
     import random
 
-    from meshlimit.cluster import codec
+    import meshlimit.cluster.wire.codec as codec
 
     node = _node_class()(_node_config(), random.Random(0), now_ns=T0)
     node.swallowed = []
@@ -451,7 +451,7 @@ def run_http(data: bytes) -> None:
     import random
     from types import SimpleNamespace
 
-    from meshlimit.cluster import http_api as api
+    import meshlimit.cluster.daemon.http_api as api
     from meshlimit.cluster.node import Node
     from meshlimit.core.headers import ratelimit_headers
 
@@ -615,7 +615,7 @@ def _resp_feed(chunks: list[bytes]) -> bytes:
     """Run one connection over ``chunks`` on a fresh server; its output bytes."""
     import asyncio
 
-    from meshlimit.cluster import resp
+    import meshlimit.cluster.daemon.resp as resp
 
     config = resp.RespConfig(
         max_frame_bytes=512,
@@ -906,13 +906,13 @@ def _child(target: str, corpus: Path, work: Path, seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE_BYTES, CHILD_ADDRESS_SPACE_BYTES))
 
     with atheris.instrument_imports(include=["meshlimit"]):
-        import meshlimit.cluster.auth
-        import meshlimit.cluster.codec
-        import meshlimit.cluster.http_api
+        import meshlimit.cluster.daemon.http_api
+        import meshlimit.cluster.daemon.resp
         import meshlimit.cluster.node
-        import meshlimit.cluster.resp
+        import meshlimit.cluster.wire.auth
+        import meshlimit.cluster.wire.codec
         import meshlimit.core.rules  # noqa: F401
-    from meshlimit.cluster import codec
+    import meshlimit.cluster.wire.codec as codec
 
     decoders = codec._decoders(codec.DEFAULT_LIMITS)  # generated code: instrument it too
     for function in [decoders.sender, decoders.sender_addr, *decoders.by_tag.values()]:

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshlimit.cluster.config import NodeConfig
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.core.rules import Rule, parse_rule
 
 from meshlimit.processes import HOST, NodeProcess, wait_for

@@ -32,8 +32,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from meshlimit.cluster.config import NodeConfig
-from meshlimit.cluster.messages import MemberState
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire.messages import MemberState
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from meshlimit.cluster.config import NodeConfig
-from meshlimit.cluster.messages import Address
 from meshlimit.cluster.node import Decided, MembershipChanged, Node
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 
 from .checkers import Checkers

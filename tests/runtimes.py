@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from meshlimit.cluster.config import NodeConfig
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 
 DAY_RULE = "3/day"

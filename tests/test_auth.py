@@ -8,9 +8,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.auth import TRAILER_BYTES, new_guard, parse_key_file
-from meshlimit.cluster.config import NodeConfig
 from meshlimit.cluster.node import Node
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire.auth import TRAILER_BYTES, new_guard, parse_key_file
 
 KEY = b"k" * 32
 OLD = b"o" * 32

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.codec import (
+from meshlimit.cluster.wire.codec import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
     REASONS,
@@ -23,7 +23,7 @@ from meshlimit.cluster.codec import (
     message_budget,
     pack_datagrams,
 )
-from meshlimit.cluster.messages import (
+from meshlimit.cluster.wire.messages import (
     Ack,
     CheckBatch,
     CheckResult,

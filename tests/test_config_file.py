@@ -1,4 +1,4 @@
-"""The daemon's config file (``cluster/config_file.py``): parsing, errors, flags, reloads.
+"""The daemon's config file (``cluster/daemon/config_file.py``): parsing, errors, flags, reloads.
 
 Parsing and diffing are pure and tested directly. Reloads are tested through a
 recording sink, through real runtimes on loopback (a two-node cluster in one
@@ -21,10 +21,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import meshlimit.cluster.daemon.main as daemon
 import pytest
-from meshlimit.cluster import daemon
-from meshlimit.cluster.config import NodeConfig
-from meshlimit.cluster.config_file import (
+from meshlimit.cluster.daemon.config_file import (
     MAX_CONFIG_BYTES,
     ClusterSettings,
     ConfigError,
@@ -38,6 +37,7 @@ from meshlimit.cluster.config_file import (
     restart_needed,
     start_changes,
 )
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.rules import parse_rule
 from runtimes import captured

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlimit.cluster.config import NodeConfig
+from meshlimit.cluster.node.config import NodeConfig
 
 pytestmark = [pytest.mark.process, pytest.mark.loopback, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""The HTTP API (``cluster/http_api.py``) over a real runtime on loopback.
+"""The HTTP API (``cluster/daemon/http_api.py``) over a real runtime on loopback.
 
 Each test starts a :class:`Runtime` on a free UDP port of 127.0.0.1 with the
 ``local`` preset, mounts the app on aiohttp's test server and talks to it
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from meshlimit.cluster.http_api import make_app, ratelimit_headers
+from meshlimit.cluster.daemon.http_api import make_app, ratelimit_headers
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import parse_rule

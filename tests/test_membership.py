@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.membership import (
+from meshlimit.cluster.membership.swim import (
     Member,
     MemberEvent,
     Membership,
@@ -27,7 +27,7 @@ from meshlimit.cluster.membership import (
     retransmit_limit,
     suspicion_timeout_ns,
 )
-from meshlimit.cluster.messages import (
+from meshlimit.cluster.wire.messages import (
     Ack,
     Address,
     CheckBatch,

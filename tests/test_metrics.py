@@ -1,4 +1,4 @@
-"""Metrics (``cluster/metrics.py``) and ``GET /metrics`` (``cluster/http_api.py``).
+"""Metrics (``cluster/daemon/metrics.py``) and ``GET /metrics`` (``cluster/daemon/http_api.py``).
 
 The families are read from a sans-IO node directly, then scraped over HTTP
 from runtimes on loopback and parsed with ``prometheus_client``'s own parser,
@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from meshlimit.cluster.config import NodeConfig
-from meshlimit.cluster.http_api import make_app, metrics_registry
-from meshlimit.cluster.metrics import (
+from meshlimit.cluster.daemon.http_api import make_app, metrics_registry
+from meshlimit.cluster.daemon.metrics import (
     DegradedReporter,
     Family,
     Histogram,
@@ -30,6 +29,7 @@ from meshlimit.cluster.metrics import (
     node_families,
 )
 from meshlimit.cluster.node import Node
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from prometheus_client import generate_latest

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlimit.cluster.config import NodeConfig, local_quota
+from meshlimit.cluster.node.config import NodeConfig, local_quota
 
 from meshlimit.processes import NodeProcess, wait_for
 

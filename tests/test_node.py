@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from meshlimit.cluster.config import NodeConfig
 from meshlimit.cluster.node import Decided, Node
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.core.decision import Decision
 from meshlimit.sim.events import NS_PER_S
 from meshlimit.sim.scenario import parse_scenario
@@ -140,7 +140,7 @@ def test_reset_clears_counts_and_ignores_stale_gossip() -> None:
     stale = a._slots_of(("sliding_window:60000000000", "acme"), 20, own_only=False)
     a.set_rule("reset:acme", None, now_ns=2_000_000)
     assert a.check("acme", 100, now_ns=2_000_001).allowed  # type: ignore[union-attr]
-    from meshlimit.cluster.messages import CounterDeltas
+    from meshlimit.cluster.wire.messages import CounterDeltas
 
     a._on_counter_deltas(CounterDeltas(tuple(stale)), 2_000_002)
     assert a.stats["stale_after_reset"] == len(stale) > 0

@@ -1,4 +1,4 @@
-"""The RESP front-end (``cluster/resp.py``) and redis-cell's arithmetic (``cluster/throttle.py``).
+"""The RESP front-end (``cluster/daemon/resp.py``) and redis-cell's arithmetic (``cluster/daemon/throttle.py``).
 
 The first half is pure: redis-cell's own ``it_rate_limits`` table (from
 ``src/cell/mod.rs`` of brandur/redis-cell, ported with an injected clock) run
@@ -33,7 +33,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.resp import (
+from meshlimit.cluster.daemon.resp import (
     THROTTLE_PREFIX,
     RespConfig,
     RespServer,
@@ -42,8 +42,7 @@ from meshlimit.cluster.resp import (
     encode_error,
     start_eagerly,
 )
-from meshlimit.cluster.runtime import Runtime
-from meshlimit.cluster.throttle import (
+from meshlimit.cluster.daemon.throttle import (
     MAX_BURST,
     MAX_PERIOD_S,
     check_params,
@@ -54,6 +53,7 @@ from meshlimit.cluster.throttle import (
     reply_seconds,
     throttle_rule,
 )
+from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.algorithms import token_bucket
 from meshlimit.core.decision import Decision, make_decision
 from meshlimit.core.rules import Rule, parse_rule

@@ -31,8 +31,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 import msgpack
-
-from .messages import (
+from meshlimit.cluster.wire.messages import (
     Ack,
     Address,
     CheckBatch,

@@ -41,9 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sortedcontainers import SortedList
-
-from .messages import (
+from meshlimit.cluster.wire.messages import (
     Ack,
     Address,
     IndirectAck,
@@ -55,6 +53,7 @@ from .messages import (
     Ping,
     PingReq,
 )
+from sortedcontainers import SortedList
 
 if TYPE_CHECKING:
     import random

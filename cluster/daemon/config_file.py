@@ -37,6 +37,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire.addresses import Address, parse_address, parse_udp_address
+from meshlimit.cluster.wire.auth import parse_key_file
 from meshlimit.core.registry import (
     CLIENT_PREFIX,
     DEFAULT_KEY,
@@ -45,10 +48,6 @@ from meshlimit.core.registry import (
     check_tier_name,
 )
 from meshlimit.core.rules import Rule, parse_rule
-
-from .auth import parse_key_file
-from .config import NodeConfig
-from .wire.addresses import Address, parse_address, parse_udp_address
 
 log = logging.getLogger("meshlimit.config")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .membership import MembershipConfig
-from .messages import Address
+from meshlimit.cluster.membership import MembershipConfig
+from meshlimit.cluster.wire.messages import Address
 
 _MS = 1_000_000
 _US = 1_000
@@ -62,7 +62,7 @@ class NodeConfig:
     """Forwarded request ids remembered per peer, so a duplicated datagram never counts twice."""
     cluster_keys: tuple[bytes, ...] = ()
     """Shared keys authenticating cluster datagrams, primary first; any of them is accepted.
-    Empty: no authentication (the daemon warns loudly). See ``cluster/auth.py``."""
+    Empty: no authentication (the daemon warns loudly). See ``cluster/wire/auth.py``."""
     max_datagram_age_ns: int = 30_000_000_000
     """Authenticated datagrams older than this are refused as replays. Why 30 s: far above
     any clock skew a healthy cluster has, short enough to bound the anti-replay state."""

@@ -35,24 +35,11 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from meshlimit.core.counters import CounterStore
-from meshlimit.core.decision import Decision, make_decision
-from meshlimit.core.hlc import ZERO, Stamp, next_stamp, observe
-from meshlimit.core.registry import (
-    RESET_PREFIX,
-    Entry,
-    RuleRegistry,
-    check_client_id,
-    value_text,
-)
-from meshlimit.core.ring import HashRing
-from meshlimit.core.rules import MAX_COUNT, Rule
-
-from . import codec
-from .auth import TRAILER_BYTES, Guard, new_guard
-from .config import NodeConfig, local_quota
-from .membership import MemberEvent, Membership
-from .messages import (
+from meshlimit.cluster.membership import MemberEvent, Membership
+from meshlimit.cluster.node.config import NodeConfig, local_quota
+from meshlimit.cluster.wire import codec
+from meshlimit.cluster.wire.auth import TRAILER_BYTES, Guard, new_guard
+from meshlimit.cluster.wire.messages import (
     Address,
     CheckBatch,
     CheckResult,
@@ -68,6 +55,13 @@ from .messages import (
     RuleEntries,
     RuleEntry,
 )
+from meshlimit.core.counters import CounterStore
+from meshlimit.core.decision import Decision, make_decision
+from meshlimit.core.engine import Engine
+from meshlimit.core.hlc import ZERO, Stamp, next_stamp, observe
+from meshlimit.core.registry import CLIENT_PREFIX, RESET_PREFIX, check_client_id, value_text
+from meshlimit.core.ring import HashRing
+from meshlimit.core.rules import MAX_COUNT, Rule
 
 _NEVER = 2**63 - 1
 #: Encoded size of one forwarded check beyond its client id: the request id (up to 9
@@ -116,7 +110,7 @@ class Node:
         self.config = config
         self.node_id = config.node_id
         self._rng = rng
-        self.registry = RuleRegistry(config.default_rule)
+        self.engine = Engine(config.default_rule, max_clients=config.max_clients)
         self.counters = CounterStore(config.node_id, max_clients=config.max_clients)
         self.membership = Membership(
             config.node_id, config.addr, config.membership, rng, now_ns=now_ns
@@ -174,7 +168,8 @@ class Node:
         self._message_budget = codec.message_budget(
             config.node_id, config.addr, self._payload_budget
         )
-        self._note_value(self.registry.default)
+        self._series_windows: dict[str, int] = {}
+        self._note_rule(self.engine.registry.default)
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -193,7 +188,9 @@ class Node:
         check_client_id(client)  # also refuses text the ring cannot hash
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
             raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
-        wall = self._clock(now_ns, wall_ns)
+        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
+        self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         if not self._majority:
             # Cut off from most of the cluster: every decision is a local quota, so
             # that no two sides of a partition both enforce the full limit.
@@ -214,7 +211,9 @@ class Node:
         self, datagram: bytes, addr: Address, *, now_ns: int, wall_ns: int | None = None
     ) -> None:
         """Take one datagram from the network; garbage is dropped and counted."""
-        wall = self._clock(now_ns, wall_ns)
+        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
+        self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         if self._guard is not None:
             opened = self._guard.open(datagram, now_ns=wall)
             if opened is None:  # forged, replayed or stale: dropped before decoding
@@ -238,7 +237,9 @@ class Node:
 
     def tick(self, *, now_ns: int, wall_ns: int | None = None) -> None:
         """Advance timers: probes, batch flushes, timeouts, gossip, anti-entropy, sweeps."""
-        wall = self._clock(now_ns, wall_ns)
+        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
+        self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         self._send_all(self.membership.tick(now_ns=now_ns))
         self._after_membership_input(now_ns)
         if now_ns >= self._batch_due_ns:
@@ -246,9 +247,9 @@ class Node:
         self._expire_pending(now_ns, wall)
         if now_ns >= self._gossip_at:
             self._gossip_at = now_ns + self.config.gossip_interval_ns
-            self._gossip_counters()
-            self._continue_handover()
-            self.counters.sweep(now_ns=wall)
+            self._gossip_counters(wall)
+            self._continue_handover(wall)
+            self.counters.sweep(self._series_windows, now_ns=wall)
         if now_ns >= self._anti_entropy_at:
             self._anti_entropy_at = now_ns + self.config.anti_entropy_interval_ns
             self._anti_entropy()
@@ -258,11 +259,15 @@ class Node:
     ) -> bool:
         """Change a registry entry here and spread it; ``key`` is ``default``,
         ``tier:NAME`` or ``client:ID``. Raises ``ValueError`` for bad input."""
-        wall = self._clock(now_ns, wall_ns)
+        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         self._stamp = next_stamp(self._stamp, self.node_id, now_ns=wall)
-        changed = self.registry.apply(key, value, self._stamp)
+        changed = self.engine.apply_rule(key, value, self._stamp)
+        if changed and key.startswith(RESET_PREFIX):
+            self._apply_reset(key[len(RESET_PREFIX) :])
         if changed:
-            entry = self._entry_applied(key)
+            entry = self.engine.registry.entry(key)
+            assert entry is not None
+            self._note_value(entry.value)
             message = RuleEntries((RuleEntry(key, value_text(entry.value), tuple(entry.stamp)),))
             for node in self._peers():
                 self._send(node, message)
@@ -270,20 +275,16 @@ class Node:
 
     def leave(self, *, now_ns: int) -> None:
         """Leave gracefully: hand counts to the next owners and tell the others."""
-        self._gossip_counters()
-        if len(self._ring_members) > 1:
-            remaining = HashRing(n for n in self._ring_members if n != self.node_id)
-            self._handover_to(remaining, everything=True)
+        self._gossip_counters(now_ns + self._wall_offset)
+        ring = (
+            HashRing(n for n in self._ring_members if n != self.node_id)
+            if len(self._ring_members) > 1
+            else None
+        )
+        if ring is not None:
+            self._handover_to(ring, now_ns + self._wall_offset, everything=True)
         self._send_all(self.membership.leave(now_ns=now_ns))
         self._flush_batches()
-
-    def _clock(self, now_ns: int, wall_ns: int | None) -> int:
-        """The wall clock for this input (given, or derived from the last offset seen);
-        membership and sealing read the same offset."""
-        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
-        self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
-        self._last_wall_ns = wall
-        return wall
 
     # --- outputs ----------------------------------------------------------------------
 
@@ -338,7 +339,7 @@ class Node:
 
     def rule_for(self, client: str) -> Rule:
         """The rule in force for ``client``."""
-        return self.registry.resolve(client)
+        return self.engine.registry.resolve(client)
 
     def members(self) -> list[tuple[str, Address, str, int]]:
         """``(node, addr, state name, incarnation)`` for every known member."""
@@ -354,46 +355,41 @@ class Node:
     # --- deciding ---------------------------------------------------------------------
 
     def _decide_here(self, client: str, cost: int, wall: int, path: str) -> Decision:
-        allowed, limit, remaining, reset_ns, retry_ns, shadow = self._decide(
-            client, cost, wall, path
-        )
-        return make_decision(allowed, limit, remaining, reset_ns, retry_ns, path, shadow)
-
-    def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
-        return self._decide_here(client, cost, wall, "degraded")
-
-    def _decide(
-        self, client: str, cost: int, wall: int, path: str
-    ) -> tuple[bool, int, int, int, int, bool]:
-        """Decide and count here: on the merged counts, or for ``degraded`` on this node's
-        own slot against a local quota. Returns ``(allowed, limit, remaining, reset_ns,
-        retry_ns, shadow)``, from which the caller builds a Decision or a wire reply."""
-        rule = self.registry.resolve(client)
-        degraded = path == "degraded"
-        quota = None
-        if degraded:
-            # Joining and not yet answered, the cluster's size (and so a fair share of
-            # it) is unknown: refuse rather than let every booting node take a share.
-            quota = (
-                local_quota(rule.capacity, len(self._quorum), self.config.degraded_fraction)
-                if self.membership.joined
-                else 0
-            )
+        rule = self.engine.registry.resolve(client)
         allowed, remaining, reset_ns, retry_ns = self.counters.check(
-            client, rule, cost, now_ns=wall, capacity=quota
+            client, rule, cost, now_ns=wall
         )
         if allowed and cost:
-            if degraded:
-                self._mark_dirty(self._degraded_dirty, (rule.series, client), DEGRADED_RESENDS)
-            else:
-                self._mark_dirty(self._dirty, (rule.series, client))
+            self._mark_dirty(self._dirty, (rule.series, client))
         self.stats[f"{path}_{'allowed' if allowed else 'refused'}"] += 1
         if self.decision_log is not None:
             self.decision_log.append((wall, client, rule, cost, allowed, path))
         shadow = rule.shadow or self.config.shadow
         if shadow and not allowed:
             self.stats["shadow_refused"] += 1
-        return allowed, rule.limit, remaining, reset_ns, retry_ns, shadow
+        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, path, shadow)
+
+    def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
+        rule = self.engine.registry.resolve(client)
+        if self.membership.joined:
+            members = len(self._quorum)
+            quota = local_quota(rule.capacity, members, self.config.degraded_fraction)
+        else:
+            # Joining and not yet answered: the cluster's size, and so a fair share of
+            # it, is unknown. Refuse rather than let every booting node take a share.
+            quota = 0
+        allowed, remaining, reset_ns, retry_ns = self.counters.check(
+            client, rule, cost, now_ns=wall, capacity=quota
+        )
+        if allowed and cost:
+            self._mark_dirty(self._degraded_dirty, (rule.series, client), DEGRADED_RESENDS)
+        self.stats[f"degraded_{'allowed' if allowed else 'refused'}"] += 1
+        if self.decision_log is not None:
+            self.decision_log.append((wall, client, rule, cost, allowed, "degraded"))
+        shadow = rule.shadow or self.config.shadow
+        if shadow and not allowed:
+            self.stats["shadow_refused"] += 1
+        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, "degraded", shadow)
 
     def _owner_unreachable(self, owner: str) -> bool:
         return self._states.get(owner, MemberState.DEAD) != MemberState.ALIVE
@@ -455,19 +451,14 @@ class Node:
                 self.stats["duplicate_checks"] += 1
                 results.append(cached)
                 continue
-            allowed, limit, remaining, reset_ns, retry_ns, shadow = self._decide(
-                client, cost, wall, "forwarded"
-            )
-            if shadow and not allowed:
-                allowed, retry_ns = True, 0
-            # Times go out in whole milliseconds, rounded up: a client never retries early.
+            decision = self._decide_here(client, cost, wall, "forwarded")
             result = CheckResult(
                 request_id,
-                allowed,
-                limit,
-                remaining,
-                -(-reset_ns // 1_000_000),
-                -1 if retry_ns < 0 else -(-retry_ns // 1_000_000),
+                decision.allowed,
+                decision.limit,
+                decision.remaining,
+                int(decision.reset_after * 1000),
+                -1 if decision.retry_after == float("inf") else int(decision.retry_after * 1000),
             )
             seen[request_id] = result
             if len(seen) > self.config.dedup_per_peer:
@@ -505,10 +496,10 @@ class Node:
             dirty.popitem(last=False)
             self.dropped["dirty_full"] += 1
 
-    def _slots_of(self, key: tuple[str, str], *, own_only: bool) -> list[CounterSlot]:
+    def _slots_of(self, key: tuple[str, str], wall: int, *, own_only: bool) -> list[CounterSlot]:
         series, client = key
         counter = self.counters.get(series, client)
-        window_ns = self.counters.windows.get(series)
+        window_ns = self._series_windows.get(series)
         if counter is None or window_ns is None:
             return []
         if series.startswith("token_bucket"):
@@ -520,7 +511,7 @@ class Node:
                 slots.append(CounterSlot(client, series, window, tuple(items)))
         return slots
 
-    def _gossip_counters(self) -> None:
+    def _gossip_counters(self, wall: int) -> None:
         """Send changed counters: to replicas (strict), to everyone (local), and degraded
         admissions to the client's owner (and replicas) until they are acknowledged by time."""
         if self._dirty:
@@ -528,7 +519,7 @@ class Node:
             by_node: dict[str, list[CounterSlot]] = {}
             for key in dirty:
                 targets = self._replication_targets(key[1])
-                slots = self._slots_of(key, own_only=True)
+                slots = self._slots_of(key, wall, own_only=True)
                 for node in targets:
                     by_node.setdefault(node, []).extend(slots)
             self._send_slots(by_node)
@@ -538,7 +529,7 @@ class Node:
             # is alive again, for loss; their window's end also ends them.
             by_node = {}
             for key, resends in list(self._degraded_dirty.items()):
-                slots = self._slots_of(key, own_only=True)
+                slots = self._slots_of(key, wall, own_only=True)
                 if not slots or resends <= 0:
                     del self._degraded_dirty[key]
                     continue
@@ -550,12 +541,10 @@ class Node:
                         by_node.setdefault(node, []).extend(slots)
             self._send_slots(by_node)
 
-    def _replication_targets(self, client: str, ring: HashRing | None = None) -> list[str]:
-        """Who holds copies of ``client``'s counts: every peer in local mode, else the
-        other members of its preference list on ``ring`` (ours by default)."""
+    def _replication_targets(self, client: str) -> list[str]:
         if self.config.mode == "local":
             return self._peers()
-        prefs = (ring or self.ring).preference_list(client, 1 + self.config.replicas)
+        prefs = self.ring.preference_list(client, 1 + self.config.replicas)
         return [n for n in prefs if n != self.node_id]
 
     def _send_slots(self, by_node: dict[str, list[CounterSlot]]) -> None:
@@ -564,9 +553,9 @@ class Node:
                 self._send(node, message)
 
     def _on_counter_deltas(self, message: CounterDeltas, wall: int) -> None:
-        registry = self.registry
+        registry = self.engine.registry
         for slot in message.deltas:
-            window_ns = self.counters.windows.get(slot.series) or self._learn_series(slot.series)
+            window_ns = self._series_windows.get(slot.series) or self._learn_series(slot.series)
             if window_ns is None:
                 self.dropped["unknown_series"] += 1
                 continue
@@ -575,9 +564,11 @@ class Node:
                 self.stats["stale_after_reset"] += 1
                 continue
             if slot.series.startswith("token_bucket"):
-                self.counters.merge_tat(slot.client, slot.series, slot.window, wall)
+                self.counters.merge_tat(slot.client, slot.series, slot.window)
             else:
-                self.counters.merge(slot.client, slot.series, slot.window, slot.slots, wall)
+                self.counters.merge(
+                    slot.client, slot.series, slot.window, slot.slots, wall // window_ns
+                )
 
     def _learn_series(self, series: str) -> int | None:
         """A series named by a peer: ``algo:window_ns``; refuse anything malformed."""
@@ -586,53 +577,57 @@ class Node:
             return None
         window_ns = int(window)
         Rule(1, window_ns, 0, algo)  # validates the window
-        if len(self.counters.windows) > 1024:
+        if len(self._series_windows) > 1024:
             return None
-        self.counters.note_series(series, window_ns)
+        self._series_windows[series] = window_ns
         return window_ns
 
-    def _handover_to(self, ring: HashRing, *, everything: bool = False) -> None:
-        """Queue every counter for sending to its holders on ``ring`` (in slices per
-        gossip round, or ``everything`` at once when leaving)."""
-        self._handover.clear()
-        self._handover.extend(key for key, _ in self.counters.items())
-        self._continue_handover(ring=ring, budget=len(self._handover) if everything else 2000)
+    def _handover_to(self, ring: HashRing, wall: int, *, everything: bool = False) -> None:
+        """Queue counters whose preference list changed for sending to the new holders."""
+        for key, _ in self.counters.items():
+            self._handover.append(key)
+        if everything:
+            self._continue_handover(wall, ring=ring, budget=len(self._handover))
 
-    def _continue_handover(self, *, ring: HashRing | None = None, budget: int = 2000) -> None:
+    def _continue_handover(
+        self, wall: int, *, ring: HashRing | None = None, budget: int = 2000
+    ) -> None:
         if not self._handover:
             return
+        ring = ring or self.ring
         by_node: dict[str, list[CounterSlot]] = {}
         for _ in range(min(budget, len(self._handover))):
             key = self._handover.popleft()
-            slots = self._slots_of(key, own_only=False)
-            for node in self._replication_targets(key[1], ring):
+            if self.config.mode == "local":
+                targets = self._peers()
+            else:
+                prefs = ring.preference_list(key[1], 1 + self.config.replicas)
+                targets = [n for n in prefs if n != self.node_id]
+            slots = self._slots_of(key, wall, own_only=False)
+            for node in targets:
                 by_node.setdefault(node, []).extend(slots)
         self._send_slots(by_node)
 
     # --- rules ------------------------------------------------------------------------
 
+    def _note_rule(self, rule: Rule) -> None:
+        self._series_windows[rule.series] = rule.window_ns
+
     def _note_value(self, value: object) -> None:
         if isinstance(value, Rule):
-            self.counters.note_series(value.series, value.window_ns)
-
-    def _entry_applied(self, key: str) -> Entry:
-        """Follow up a registry entry that just changed, from the API or a peer."""
-        entry = self.registry.entry(key)
-        assert entry is not None
-        if key.startswith(RESET_PREFIX):
-            self._apply_reset(key[len(RESET_PREFIX) :])
-        else:
-            self._note_value(entry.value)
-        return entry
+            self._note_rule(value)
 
     def _on_rule_entries(self, message: RuleEntries, wall: int) -> None:
         for entry in message.entries:
             stamp = Stamp(*entry.stamp)
             self._stamp = observe(self._stamp, stamp, self.node_id, now_ns=wall)
             try:
-                if self.registry.apply(entry.key, entry.value, stamp):
+                if self.engine.apply_rule(entry.key, entry.value, stamp):
                     self.stats["rules_applied"] += 1
-                    self._entry_applied(entry.key)
+                    if entry.key.startswith(RESET_PREFIX):
+                        self._apply_reset(entry.key[len(RESET_PREFIX) :])
+                        continue
+                    self._note_value(self.engine.registry.entry(entry.key).value)  # type: ignore[union-attr]
             except ValueError:
                 self.dropped["bad_rule_entry"] += 1
 
@@ -640,39 +635,36 @@ class Node:
         """An operator reset ``client``: forget its counts here. Slots gossiped later for
         windows that began before the reset are ignored (``_on_counter_deltas``), so a
         grow-only counter cannot bring the old counts back."""
-        self.counters.reset(client)
+        self.counters.reset(client, list(self._series_windows))
         for dirty in (self._dirty, self._degraded_dirty):
-            for series in self.counters.windows:
+            for series in self._series_windows:
                 dirty.pop((series, client), None)
         self.stats["resets"] += 1
 
     def _all_rule_entries(self) -> list[RuleEntry]:
         return [
             RuleEntry(key, value_text(entry.value), tuple(entry.stamp))  # type: ignore[arg-type]
-            for key, entry in self.registry.entries()
+            for key, entry in self.engine.registry.entries()
         ]
 
-    def _send_rules(self, addr: Address) -> None:
-        """Every registry entry, split to fit datagrams (a joiner, or a digest mismatch)."""
+    def _send_rules(self, node: str) -> None:
         for message in codec.fit_items(RuleEntries, self._all_rule_entries(), self._message_budget):
-            self._outbox.append((addr, message))
+            self._send(node, message)
 
     def _anti_entropy(self) -> None:
         peers = self._peers()
         if peers:
-            registry = self.registry
+            registry = self.engine.registry
             self._send(
                 self._rng.choice(peers), RuleDigest(registry.digest, registry.entry_count(), True)
             )
 
     def _on_rule_digest(self, sender: str, message: RuleDigest) -> None:
-        registry = self.registry
+        registry = self.engine.registry
         if message.digest == registry.digest:
             return
         self.stats["anti_entropy_repairs"] += 1
-        addr = self.membership.addr_of(sender)
-        if addr is not None:
-            self._send_rules(addr)
+        self._send_rules(sender)
         if message.reply:
             self._send(sender, RuleDigest(registry.digest, registry.entry_count(), False))
 
@@ -695,9 +687,13 @@ class Node:
             out = self.membership.handle(sender, envelope.sender_addr, message, now_ns=now_ns)
             self._send_all(out)
             if kind is Join:
-                self._send_rules(envelope.sender_addr)
+                self._send_rules_to_addr(envelope.sender_addr)
             elif kind is JoinReply:
                 self.stats["joined"] += 1
+
+    def _send_rules_to_addr(self, addr: Address) -> None:
+        for message in codec.fit_items(RuleEntries, self._all_rule_entries(), self._message_budget):
+            self._outbox.append((addr, message))
 
     def _after_membership_input(self, now_ns: int) -> None:
         events = self.membership.drain_events()
@@ -732,7 +728,9 @@ class Node:
         if rejoined:
             # A new or restarted member gets our counts (its own old slot included)
             # now, not at the next gossip round: it may start deciding at once.
-            self._handover_to(self.ring)
+            self._handover.clear()
+            self._handover_to(self.ring, 0)
+            self._continue_handover(now_ns + self._wall_offset)
 
     def _peers(self) -> list[str]:
         return [n for n in self.membership.alive_nodes() if n != self.node_id]
@@ -758,3 +756,8 @@ def _after_reset(slot: CounterSlot, window_ns: int, reset_ms: int) -> bool:
         # window (limit + burst > limit): approximate for such rules.
         return slot.window >= reset_ns + window_ns
     return slot.window * window_ns >= reset_ns
+
+
+def client_key(client: str) -> str:
+    """The registry key of a client's own rule."""
+    return CLIENT_PREFIX + client

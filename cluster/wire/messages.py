@@ -3,7 +3,7 @@
 Messages are frozen, slotted dataclasses with a one-byte type ``TAG``. A
 datagram is an :class:`Envelope` holding the sender's identity and several
 messages (a compound packet, as memberlist does), so membership updates ride
-along with whatever else is being sent. The codec (``cluster/codec.py``)
+along with whatever else is being sent. The codec (``cluster/wire/codec.py``)
 turns envelopes into bytes and back; nothing here knows about bytes.
 
 Times on the wire are integers: wall-clock instants in nanoseconds since the
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .wire.addresses import Address
+from meshlimit.cluster.wire.addresses import Address
 
 __all__ = ["Address"]  # re-exported for the codec and the node
 

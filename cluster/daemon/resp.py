@@ -90,12 +90,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import hiredis
+from meshlimit.cluster.daemon.throttle import (
+    check_params,
+    reply_from_decision,
+    seconds_to_ns,
+    throttle_rule,
+)
+from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES
 from meshlimit.core.rules import MAX_COUNT, NS_PER_MS, Rule
-
-from .runtime import Runtime
-from .throttle import check_params, reply_from_decision, seconds_to_ns, throttle_rule
 
 log = logging.getLogger("meshlimit.resp")
 
@@ -427,7 +431,7 @@ class RespServer:
 
     def _ensure_rule(self, client: str, rule: Rule) -> None:
         """Write ``client``'s rule to the registry unless it is there already."""
-        registry = self.runtime.node.registry
+        registry = self.runtime.node.engine.registry
         current = registry.client_value(client)
         if current == rule:
             return

@@ -12,10 +12,10 @@ and RESP servers (in-flight checks finish), leaves the cluster gracefully
 (counts handed over, peers told) and exits 0.
 
 Settings come from flags and, with ``--config FILE``, a TOML file
-(``cluster/config_file.py``); a flag wins over the file. The file's
+(``cluster/daemon/config_file.py``); a flag wins over the file. The file's
 ``[limits]`` are re-applied on SIGHUP and when the file changes (polled every
 ``--config-poll-s``); a bad file keeps the rules in force. With ``--http``,
-``GET /metrics`` serves Prometheus metrics (``cluster/metrics.py``).
+``GET /metrics`` serves Prometheus metrics (``cluster/daemon/metrics.py``).
 
 Logs go to stderr, one ``key=value`` line per event; membership changes come
 from the runtime's ``meshlimit.cluster`` logger at INFO, reloads at INFO (a
@@ -37,10 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from meshlimit.core.rules import parse_rule
-
-from .config import NodeConfig
-from .config_file import (
+from meshlimit.cluster.daemon.config_file import (
     MODES,
     POLL_INTERVAL_S,
     PRESETS,
@@ -53,7 +50,9 @@ from .config_file import (
     parse_udp_address,
     start_changes,
 )
-from .messages import Address
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire.messages import Address
+from meshlimit.core.rules import parse_rule
 
 log = logging.getLogger("meshlimit.daemon")
 
@@ -243,7 +242,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def run_daemon(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM/SIGINT; 0 after a graceful leave, 1 if it cannot start."""
-    from .runtime import install_uvloop
+    from meshlimit.cluster.runtime import install_uvloop
 
     setup_logging()
     try:
@@ -272,9 +271,8 @@ async def _serve(
     settings: tuple[DaemonConfig, DaemonConfig] | None = None,
 ) -> int:
     from aiohttp import web
-
-    from .http_api import make_app
-    from .runtime import Runtime
+    from meshlimit.cluster.daemon.http_api import make_app
+    from meshlimit.cluster.runtime import Runtime
 
     runtime = Runtime(config, seed=args.seed_rng)
     operator = _Operator(
@@ -302,7 +300,7 @@ async def _serve(
                 return _cannot_bind("HTTP", args.http, error)
             http_addr = _format_addr(runner.addresses[0])
         if getattr(args, "resp", None) is not None:
-            from .resp import RespServer
+            from meshlimit.cluster.daemon.resp import RespServer
 
             resp_server = RespServer(runtime)
             try:  # bound now, served once the node has joined
@@ -358,7 +356,7 @@ class _Operator:
         *,
         poll_interval_s: float = POLL_INTERVAL_S,
     ) -> None:
-        from .http_api import metrics_registry
+        from meshlimit.cluster.daemon.http_api import metrics_registry
 
         self.runtime = runtime
         self.poll_interval_s = poll_interval_s
@@ -384,7 +382,7 @@ class _Operator:
 
     def start(self) -> None:
         """Install the SIGHUP handler and start the watch and report tasks."""
-        from .metrics import DEGRADED_LOG_INTERVAL_S, DegradedReporter
+        from meshlimit.cluster.daemon.metrics import DEGRADED_LOG_INTERVAL_S, DegradedReporter
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.reloader is not None and self.poll_interval_s > 0:

@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .messages import MemberState
+from meshlimit.cluster.wire.messages import MemberState
 
 if TYPE_CHECKING:
-    from .node import Node
+    from meshlimit.cluster.node import Node
 
 log = logging.getLogger("meshlimit.metrics")
 
@@ -265,7 +265,7 @@ def _state(node: Node) -> list[Family]:
             "meshlimit_rule_entries",
             "gauge",
             "Rule registry entries: default, tiers, client overrides, removals and resets.",
-            node.registry.entry_count(),
+            node.engine.registry.entry_count(),
         ),
     ]
 
