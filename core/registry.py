@@ -85,33 +85,36 @@ class RuleRegistry:
     """Default rule, tiers and client overrides, merged last-writer-wins by stamp."""
 
     def __init__(self, default: Rule | str, *, max_entries: int = 1_000_000) -> None:
-        self._default = Entry(as_rule(default), ZERO)
+        # The default entry is kept as its parts: its value is always a rule (it can be
+        # neither removed nor mapped to a tier), and the hot path returns it as one.
+        self._default_rule = as_rule(default)
+        self._default_stamp = ZERO
         self._tiers: dict[str, Entry] = {}
         self._clients: dict[str, Entry] = {}
         self._resets: dict[str, Entry] = {}
         self._max_entries = max_entries
-        self.digest = _entry_hash(DEFAULT_KEY, self._default)
+        self.digest = _entry_hash(DEFAULT_KEY, self._default_entry())
 
     # --- the hot path -----------------------------------------------------------------
 
     @property
     def default(self) -> Rule:
         """The rule for clients with no override and no tier."""
-        return self._default.value  # type: ignore[return-value]
+        return self._default_rule
 
     def resolve(self, client: str) -> Rule:
         """The rule in force for ``client``."""
         entry = self._clients.get(client)
         if entry is None:
-            return self._default.value  # type: ignore[return-value]
+            return self._default_rule
         value = entry.value
         if isinstance(value, Rule):
             return value
         if value is not None:
             tier = self._tiers.get(value[1:])
-            if tier is not None and tier.value is not None:
-                return tier.value  # type: ignore[return-value]
-        return self._default.value  # type: ignore[return-value]
+            if tier is not None and isinstance(tier.value, Rule):  # else a removed tier
+                return tier.value
+        return self._default_rule
 
     # --- writes -----------------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class RuleRegistry:
         if isinstance(value, str) and not value.startswith("@"):
             value = parse_rule(value)
         self._check_value(key, value)
-        current = self._default if table is None else table.get(name)
+        current = self._default_entry() if table is None else table.get(name)
         if current is not None and not _newer(value, stamp, current):
             return False
         if table is not None and current is None and self.entry_count() >= self._max_entries:
@@ -151,7 +154,8 @@ class RuleRegistry:
             self.digest ^= _entry_hash(key, current)
         self.digest ^= _entry_hash(key, new)
         if table is None:
-            self._default = new
+            assert isinstance(value, Rule)  # _check_value refused anything else
+            self._default_rule, self._default_stamp = value, stamp
         else:
             table[name] = new
         return True
@@ -164,7 +168,7 @@ class RuleRegistry:
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
         """Every entry with its key, tombstones included (for gossip and anti-entropy)."""
-        yield DEFAULT_KEY, self._default
+        yield DEFAULT_KEY, self._default_entry()
         for name, entry in self._tiers.items():
             yield TIER_PREFIX + name, entry
         for client, entry in self._clients.items():
@@ -175,7 +179,7 @@ class RuleRegistry:
     def entry(self, key: str) -> Entry | None:
         """One entry by key, or None."""
         table, name = self._table_for(key)
-        return self._default if table is None else table.get(name)
+        return self._default_entry() if table is None else table.get(name)
 
     def client_value(self, client: str) -> Value:
         """The client's own override (a rule, ``"@tier"``) or None."""
@@ -218,6 +222,9 @@ class RuleRegistry:
         return dropped
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _default_entry(self) -> Entry:
+        return Entry(self._default_rule, self._default_stamp)
 
     def _table_for(self, key: str) -> tuple[dict[str, Entry] | None, str]:
         if key == DEFAULT_KEY:

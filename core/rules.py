@@ -155,7 +155,7 @@ def parse_window(text: str, *, rule_text: str = "") -> int:
     if "." in count_text:
         # Fractions are accepted only when they land on a whole millisecond.
         whole, frac = count_text.split(".")
-        scale = 10 ** len(frac)
+        scale: int = 10 ** len(frac)  # (int ** int is typed Any: a negative power is a float)
         numerator = (int(whole) * scale + int(frac)) * UNITS_NS[unit]
         if numerator % (scale * NS_PER_MS):
             raise ValueError(f"{where}window {text!r} is not a whole number of milliseconds")

@@ -60,8 +60,8 @@ class WindowSeries:
         """Decide one request and record it if admitted with a positive cost."""
         table = self.table
         bucket, pos = table.find(key)
-        if pos >= 0:
-            _, idx, cur, prev, carry = _unpack_window(bucket, pos)  # type: ignore[arg-type]
+        if bucket is not None and pos >= 0:  # found (the bucket test narrows the type)
+            _, idx, cur, prev, carry = _unpack_window(bucket, pos)
         else:
             # A new client: state as of long ago, so it rolls to a fresh window.
             idx, cur, prev, carry = (now_ns // self.window_ns - 2) & WINDOW_MASK, 0, 0, 0
@@ -69,8 +69,8 @@ class WindowSeries:
             idx, cur, prev, carry, limit, burst, self.window_ns, cost, now_ns
         )
         if allowed and cost:
-            if pos >= 0:
-                _pack_window(bucket, pos, key, idx, cur, prev, carry)  # type: ignore[arg-type]
+            if bucket is not None and pos >= 0:
+                _pack_window(bucket, pos, key, idx, cur, prev, carry)
             else:
                 self._insert(key, WINDOW_RECORD.pack(key, idx, cur, prev, carry), now_ns)
         self._ops += 1
@@ -91,7 +91,7 @@ class WindowSeries:
         self.table.sweep_bucket(self._is_dead)
 
     def _is_dead(self, bucket: bytearray, pos: int) -> bool:
-        idx = _unpack_index(bucket, pos + 8)[0]
+        idx: int = _unpack_index(bucket, pos + 8)[0]
         return self.horizon <= (self._now_idx - idx) & WINDOW_MASK <= BACKWARDS_GAP
 
     def _eviction_score(self, bucket: bytearray, pos: int) -> int:
@@ -100,10 +100,10 @@ class WindowSeries:
         in the moments after a window boundary, before that client's next admission
         has rolled its record (ranking by age alone evicted it then)."""
         _, idx, cur, prev, carry = WINDOW_RECORD.unpack_from(bucket, pos)
-        age = (self._now_idx - idx) & WINDOW_MASK
+        age: int = (self._now_idx - idx) & WINDOW_MASK
         if age > BACKWARDS_GAP:  # written after a clock step back: as current as it gets
             age = 0
-        held = carry + (cur + prev if age == 0 else cur if age == 1 else 0)
+        held: int = carry + (cur + prev if age == 0 else cur if age == 1 else 0)
         return age - held * _BIG
 
 
@@ -126,13 +126,13 @@ class TokenSeries:
         """Decide one request and record it if admitted with a positive cost."""
         table = self.table
         bucket, pos = table.find(key)
-        tat = TOKEN_RECORD.unpack_from(bucket, pos)[1] if pos >= 0 else 0  # type: ignore[arg-type]
+        tat = TOKEN_RECORD.unpack_from(bucket, pos)[1] if bucket is not None and pos >= 0 else 0
         allowed, tat, remaining, reset_ns, retry_ns = token_bucket(
             tat, limit, burst, self.window_ns, cost, now_ns
         )
         if allowed and cost:
-            if pos >= 0:
-                TOKEN_RECORD.pack_into(bucket, pos, key, tat)  # type: ignore[arg-type]
+            if bucket is not None and pos >= 0:
+                TOKEN_RECORD.pack_into(bucket, pos, key, tat)
             else:
                 if table.over_capacity():
                     self._now_ns = now_ns

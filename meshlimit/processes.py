@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 HOST = "127.0.0.1"
 
@@ -52,7 +52,7 @@ class NodeProcess:
         self,
         name: str,
         *,
-        seeds: list[int] = (),  # type: ignore[assignment]
+        seeds: Sequence[int] = (),
         default: str = "100/minute",
         log_dir: Path | None = None,
         extra: list[str] | None = None,
@@ -79,7 +79,7 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 20.0) -> None:
         """Start the process and wait for its readiness line."""
-        stderr = subprocess.DEVNULL
+        stderr: int | TextIO = subprocess.DEVNULL
         if self.log_dir is not None:
             stderr = open(self.log_dir / f"{self.name}.log", "a")  # noqa: SIM115 - child owns it
         self._lines = queue.Queue()

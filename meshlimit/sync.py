@@ -23,9 +23,9 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
@@ -35,6 +35,7 @@ from meshlimit.node import Node
 log = logging.getLogger("meshlimit.sync")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: How long :meth:`SyncNode.start` waits for the socket to bind and the join to begin.
 START_TIMEOUT_S = 10.0
@@ -221,9 +222,9 @@ class SyncNode:
             raise TimeoutError(f"no answer from the node within {timeout}s") from None
 
 
-async def _value(fn: Any, *args: Any) -> Any:
+async def _value(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call a plain function on the loop thread (the node is not thread-safe)."""
-    return fn(*args)
+    return fn(*args, **kwargs)
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -50,12 +50,15 @@ import gc
 import json
 import platform
 import random
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from harness.proc import status_kib
+from harness.processes import run_json_child
+from harness.report import doc_section, write_json
+from harness.stats import median
 
 T0 = 1_700_000_040 * 1_000_000_000  # a wall-clock instant on a minute boundary
 WINDOW_NS = 60 * 1_000_000_000
@@ -70,13 +73,7 @@ SUBJECTS = ("limiter", "node")
 
 def proc_status() -> dict[str, int]:
     """VmRSS and VmHWM in bytes."""
-    out = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                out[name] = int(value.split()[0]) * 1024
-    return out
+    return {name: kib * 1024 for name, kib in status_kib("self", ("VmRSS", "VmHWM")).items()}
 
 
 def id_cost_ns(n: int = 200_000) -> float:
@@ -265,8 +262,7 @@ def child(subject_name: str, ids: int, cap: int, seed: int) -> dict[str, Any]:
 def run_child(subject: str, ids: int, cap: int, seed: int) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", subject, "--ids", str(ids)]
     command += ["--cap", str(cap), "--seed", str(seed)]
-    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_json_child(command, subject, capture_stderr=False)
 
 
 def mib(n: float) -> str:
@@ -275,7 +271,7 @@ def mib(n: float) -> str:
 
 def report(subject: str, runs: list[dict[str, Any]]) -> bool:
     def med(get: Callable[[dict[str, Any]], float]) -> float:
-        return statistics.median(get(r) for r in runs)
+        return median(get(r) for r in runs)
 
     cap = runs[0]["cap"]
     before = med(lambda r: r["rss_before"])
@@ -336,7 +332,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, ids, args.cap, args.seed)))
         return 0
-    print(__doc__.split("Method (the output header says it again):")[1].strip())
+    print(doc_section(__doc__, "Method (the output header says it again):").strip())
     print(
         f"\nids {ids:,}, cap {args.cap:,}, reps {args.reps}, seed {args.seed}; "
         f"python {platform.python_version()}, {platform.machine()}\n",
@@ -348,8 +344,7 @@ def main() -> int:
             run_child(subject, ids, args.cap, args.seed + rep) for rep in range(args.reps)
         ]
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+        write_json(args.json, results, indent=1)
     ok = [report(subject, runs) for subject, runs in results.items()]
     print(f"\n{'PASS' if all(ok) else 'FAIL'} overall")
     return 0

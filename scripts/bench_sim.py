@@ -13,8 +13,9 @@ the median over the runs. Wall time is ``time.perf_counter`` around
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+
+from harness.stats import Stopwatch, median
 
 from meshlimit.sim.runner import run_scenario
 from meshlimit.sim.scenario import parse_scenario
@@ -43,9 +44,9 @@ def main() -> None:
     scenario = parse_scenario(SCENARIO.format(seconds=args.seconds))
     rows = []
     for seed in range(1, args.repeat + 1):
-        cpu = time.process_time()
+        watch = Stopwatch()
         result = run_scenario(scenario, seed, stopwatch=time.perf_counter)
-        cpu = time.process_time() - cpu
+        cpu = watch.stop().cpu_s
         answers = result.summary["admitted"] + result.summary["refused"]
         rows.append(
             (result.simulated_s / result.wall_s, result.wall_s, cpu, result.events, answers)
@@ -55,7 +56,7 @@ def main() -> None:
             f" ({cpu:.2f} CPU s) = {rows[-1][0]:.2f} sim s/s; {result.events} events,"
             f" {answers} checks answered"
         )
-    speed, wall, cpu, events, answers = (statistics.median(col) for col in zip(*rows, strict=True))
+    speed, wall, cpu, events, answers = (median(col) for col in zip(*rows, strict=True))
     print(
         f"median of {len(rows)}: {speed:.2f} simulated s per wall s"
         f" ({args.seconds / cpu:.2f} per CPU s); {events / wall:,.0f} events/s;"

@@ -6,6 +6,7 @@ that docs/design.md and docs/simulator.md quote (one row per scenario).
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from meshlimit.sim.cli import shipped_scenarios
@@ -18,6 +19,7 @@ def _fmt_detection(d: dict) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     print(
         "| scenario | nodes, mode | peak admitted/capacity | owner / forwarded / local / degraded"
         " | under-admission (healthy) | detection (median) | false suspicions | violations |"

@@ -1,9 +1,11 @@
 """Checkers: they observe a simulated run and state its invariants in the mission's terms.
 
-They never change what they observe. The world reports every decision a
-node made (with the deciding node's wall clock, so windows are the ones the
-decider enforced), every membership change and every timeline action; at
-the end the checkers compare what was admitted with what the design
+They never change what they observe, and they never reach into the world: the
+world hands them every fact they judge by. It reports every decision a node
+made (with the deciding node's wall clock, so windows are the ones the
+decider enforced), every membership change (with the :class:`Liveness` of the
+node it is about), every timeline action and every exception that escaped a
+node; at the end the checkers compare what was admitted with what the design
 promises (``docs/design.md``, "Failure scenarios"):
 
 - **healthy strict mode**: per client and window, admitted <= capacity
@@ -30,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from meshlimit.cluster.node.config import NodeConfig
@@ -37,13 +40,11 @@ from meshlimit.cluster.wire.messages import MemberState
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 
-from .events import NS_PER_S
+from .events import NS_PER_S, SIM_EPOCH_NS
 from .scenario import Action, Scenario
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlimit.cluster.membership import MemberEvent
-
-    from .world import World
 
 #: Verbs that start a fault; ``heal`` ends the network ones, restarts end crashes.
 NETWORK_FAULTS = {"partition", "partition_oneway", "isolate", "flap", "loss", "duplicate",
@@ -63,6 +64,17 @@ CLOCK_SLACK_NS = 10 * NS_PER_S
 #: (a forwarded check decided a moment before one counted earlier reaches the tally).
 UNDER_ADMISSION_RATE = 0.01
 UNDER_ADMISSION_FLOOR = 3
+
+
+class Liveness(Enum):
+    """What the world knows of a node at the instant it reports news about that node."""
+
+    RUNNING = "running"
+    """Up and taking input."""
+    PAUSED = "paused"
+    """Up, but its process is stopped: datagrams wait in its socket buffer."""
+    DOWN = "down"
+    """Crashed or left (no node runs under that name), or not a node of this world."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +105,8 @@ class _WindowTally:
 class Checkers:
     """Every invariant of a run; ``violations`` is empty when the run is correct."""
 
-    def __init__(self, scenario: Scenario, world: World) -> None:
+    def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
-        self.world = world
         defaults = NodeConfig("x", ("x", 0))
         self.fraction = defaults.degraded_fraction
         self.violations: list[Violation] = []
@@ -129,6 +140,7 @@ class Checkers:
         self.admitted_series: dict[int, int] = Counter()  # second -> admitted (for reports)
         self.refused_series: dict[int, int] = Counter()
         self.rule_changes = 0
+        self._exceptions: list[str] = []  # escaped a node; each one is a violation
 
     # --- observations -----------------------------------------------------------------
 
@@ -218,23 +230,33 @@ class Checkers:
         elif verb in CLOCK_FAULTS and self._clock_fault_at is None:
             self._clock_fault_at = now
 
-    def on_membership(self, observer: str, event: MemberEvent, now: int) -> None:
-        """Detection times and false suspicions; any change moves ownership."""
+    def on_membership(
+        self, observer: str, event: MemberEvent, now: int, *, subject_liveness: Liveness
+    ) -> None:
+        """Detection times and false suspicions; any change moves ownership.
+
+        ``subject_liveness`` is the state of the node the event is about, as the
+        world knows it now (``observer`` can only guess it).
+        """
         subject = event.node
         if not self._ownership_changes or self._ownership_changes[-1] != now:
             self._ownership_changes.append(now)
             self._fault_spans.append((now, now + MEMBERSHIP_SETTLE_NS))
         if event.new_state == MemberState.DEAD and subject in self._crashed_at:
             key = (observer, subject)
-            if key not in self._dead_seen and self.world.nodes[subject].node is None:
+            if key not in self._dead_seen and subject_liveness is Liveness.DOWN:
                 self._dead_seen.add(key)
                 self.detection_ns.append(now - self._crashed_at[subject])
-        if event.new_state == MemberState.SUSPECT and self._was_healthy(subject, now):
+        if event.new_state == MemberState.SUSPECT and self._was_healthy(subject_liveness):
             self.false_suspicions += 1
 
-    def _was_healthy(self, node: str, now: int) -> bool:
-        sim = self.world.nodes.get(node)
-        if sim is None or sim.node is None or sim.paused_until is not None:
+    def on_exception(self, message: str) -> None:
+        """An exception escaped a node (``message`` names the node, instant and error)."""
+        self._exceptions.append(message)
+
+    def _was_healthy(self, liveness: Liveness) -> bool:
+        """A running node while no fault is open: suspecting it is a false suspicion."""
+        if liveness is not Liveness.RUNNING:
             return False
         return self._open_network_fault is None and self._clock_fault_at is None and not self._down
 
@@ -249,7 +271,7 @@ class Checkers:
         if self._clock_fault_at is not None:
             # A skewed clock names windows up to its skew away from true time.
             self._fault_spans.append((self._clock_fault_at - CLOCK_SLACK_NS, end_ns + 1))
-        for message in self.world.errors:
+        for message in self._exceptions:
             self.violations.append(Violation("exception", message))
         self._check_tallies("over_admission", self._tally)
         self._check_under_admission()
@@ -344,6 +366,4 @@ class Checkers:
 
 def _epoch_offset() -> int:
     """Wall clocks start at the simulator's epoch; windows are counted from wall zero."""
-    from .events import SIM_EPOCH_NS
-
     return SIM_EPOCH_NS

@@ -221,11 +221,14 @@ class _Swarm:
         """Heal the network, restore its settings, and bring every node back."""
         net = self.network
         self.add(at_ns, "heal")
-        restore = {"loss": ("loss", net.loss), "duplicate": ("duplicate", net.duplicate),
-                   "reorder": ("reorder", net.reorder, net.reorder_ns),
-                   "latency": ("latency", net.latency_ns, net.jitter_ns)}  # fmt: skip
+        restore: dict[str, tuple[float | int | None, ...]] = {
+            "loss": (net.loss,),
+            "duplicate": (net.duplicate,),
+            "reorder": (net.reorder, net.reorder_ns),
+            "latency": (net.latency_ns, net.jitter_ns),
+        }  # the verb that set each network fault, and the scenario's own values for it
         for kind in sorted(self.touched):
-            self.add(at_ns, *restore[kind])
+            self.add(at_ns, kind, *restore[kind])
         for node in sorted(self.crashed):
             self.add(at_ns, "restart", node)
         for node in sorted(self.left):

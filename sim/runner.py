@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from meshlimit.cluster.node import Node
+from meshlimit.core.decision import Decision
 
 from .events import NS_PER_MS, NS_PER_S
 from .fuzz import generate_fuzz_scenario
@@ -285,9 +286,11 @@ class _Recorder:
         on_decision, on_admissions = checkers.on_decision, checkers.on_admissions
         on_unavailable = checkers.on_unavailable
 
-        def decision(node: str, client: str, result: Any, started: int, now: int) -> None:
-            self._decision(result.allowed, result.path, now)
-            on_decision(node, client, result, started, now)
+        def record_decision(
+            node: str, client: str, decision: Decision, started: int, now: int
+        ) -> None:
+            self._decision(decision.allowed, decision.path, now)
+            on_decision(node, client, decision, started, now)
 
         def admissions(node: str, log: list[Any], now: int) -> None:
             self._admissions(log, now)
@@ -298,7 +301,7 @@ class _Recorder:
             self.unavailable_s[now // NS_PER_S] += 1
             on_unavailable(node, client, now)
 
-        checkers.on_decision = decision  # type: ignore[method-assign]
+        checkers.on_decision = record_decision  # type: ignore[method-assign]
         checkers.on_admissions = admissions  # type: ignore[method-assign]
         checkers.on_unavailable = unavailable  # type: ignore[method-assign]
 
@@ -374,18 +377,18 @@ class _Recorder:
     def series(self) -> dict[str, list[float]]:
         """Per second: admitted, refused, unavailable, and the peak ratio of active windows."""
         seconds = range(max(1, -(-self.duration_ns // NS_PER_S)))
-        peak: Counter[int] = Counter()
+        peak: dict[int, float] = {}  # a second without an active window reads 0
         for window in self.windows.values():
             if window.admitted:
                 ratio = window.admitted / window.capacity
                 for second in range(window.first_ns // NS_PER_S, window.last_ns // NS_PER_S + 1):
-                    peak[second] = max(peak[second], ratio)
+                    peak[second] = max(peak.get(second, 0), ratio)
         return {
             "second": [float(s) for s in seconds],
             "admitted": [float(self.admitted_s[s]) for s in seconds],
             "refused": [float(self.refused_s[s]) for s in seconds],
             "unavailable": [float(self.unavailable_s[s]) for s in seconds],
-            "peak_ratio": [round(peak[s], 4) for s in seconds],
+            "peak_ratio": [round(peak.get(s, 0), 4) for s in seconds],
         }
 
 

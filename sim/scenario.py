@@ -9,17 +9,20 @@ A scenario is a TOML file; the smallest useful one::
 
 The timeline may also be an array of tables, ``[[timeline]] at = "10s"
 do = "partition [n1 n2] [n3 n4 n5]"``. Each entry is one :class:`Action`; the
-grammar of every verb is the :data:`VERBS` table. Parsing is strict -- an
-unknown key, verb or node, a duration without a unit, a rule that does not
-parse -- and every problem is one :class:`ScenarioError` naming the file, the
-place (``timeline[3] (line 17)``) and what is wrong, because a typo in a
-scenario must not silently become a different experiment.
+grammar of every verb is the :data:`VERBS` table. Every other key is declared
+once, on the field it fills (``metadata=toml(...)``), and read by the house's
+settings reader (:mod:`meshlimit.core.settings`), as the daemon's config file
+is. Parsing is strict -- an unknown key, verb or node, a duration without a
+unit, a rule that does not parse -- and every problem is one
+:class:`ScenarioError` naming the file, the place (a dotted key such as
+``workload.rate``, or ``timeline[3] (line 17)``) and what is wrong, because a
+typo in a scenario must not silently become a different experiment.
 
-``generate_fuzz_scenario(seed)`` is swarm testing: the seed switches each kind
-of fault on or off with probability 1/2, schedules the enabled ones in a safety
-phase (the first 70% of the run), then heals everything for a liveness phase.
-``Scenario.to_toml()`` writes any scenario back out, so a failing fuzz seed can
-be kept as a file.
+``generate_fuzz_scenario(seed)`` (``sim/fuzz.py``) is swarm testing: the seed
+switches each kind of fault on or off with probability 1/2, schedules the
+enabled ones in a safety phase (the first 70% of the run), then heals
+everything for a liveness phase. ``Scenario.to_toml()`` writes any scenario
+back out, so a failing fuzz seed can be kept as a file.
 """
 
 from __future__ import annotations
@@ -28,13 +31,22 @@ import difflib
 import json
 import math
 import re
-import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from meshlimit.core.rules import parse_rule
+from meshlimit.core.settings import (
+    Reader,
+    Setting,
+    SettingsError,
+    dotted,
+    read_settings,
+    toml,
+)
 from meshlimit.sim.events import NS_PER_MS, NS_PER_S, NS_PER_US
 from meshlimit.sim.network import JITTER_DISTRIBUTIONS, LinkConfig
 
@@ -87,12 +99,14 @@ _FILLERS: dict[str, frozenset[str]] = {
 _TOKEN = re.compile(r"\[[^\[\]]*\]|[^\s\[\]]+|[\[\]]")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SettingsError):
     """A scenario that cannot be used: ``source: where: problem``."""
 
-    def __init__(self, source: str, where: str, problem: str) -> None:
-        self.source, self.where, self.problem = source, where, problem
-        super().__init__(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")
+    @property
+    def where(self) -> str:
+        """The place: a dotted key (``workload.rate``), a timeline entry (``timeline[3]
+        (line 17)``), or empty for the whole file."""
+        return self.key
 
 
 def parse_duration(text: str, *, signed: bool = False) -> int:
@@ -147,13 +161,88 @@ class Action:
         return " ".join(words)
 
 
+# --- how the settings are read (used by the declarations below) -------------------------
+
+_DURATION_TEXT = 'a duration as text with a unit, e.g. "60s"'
+_RULE_OR_TIER_TEXT = "a rule or a tier name as text"
+
+
+def _duration(key: str, check: Callable[[str], int] = parse_duration) -> Mapping[str, Setting]:
+    """Field metadata: a duration written as text at ``key``, stored in nanoseconds."""
+    return toml(key=key, kind=str, expected=_DURATION_TEXT, check=check)
+
+
+def _positive_duration(text: str) -> int:
+    ns = parse_duration(text)
+    if ns <= 0:
+        raise ValueError("must be positive")
+    return ns
+
+
+def _rule_only(text: str) -> str:
+    """Rule notation, returned as written (the simulator keeps rules as text)."""
+    parse_rule(text)
+    return text
+
+
+def _rule_or_tier(text: str, tiers: Mapping[str, str]) -> str:
+    """A tier name of ``[limits.tiers]`` or rule notation, returned as written."""
+    if text in tiers:
+        return text
+    try:
+        parse_rule(text)
+    except ValueError as exc:
+        names = ", ".join(tiers)
+        hint = f" (nor a tier: {names})" if names else " (and no tiers are defined)"
+        raise ValueError(f"{exc}{hint}") from None
+    return text
+
+
+def _tiers(earlier: Mapping[str, object]) -> dict[str, str]:
+    """The tiers read before a hook, as ``{name: rule text}``."""
+    tiers = earlier["tiers"]
+    assert isinstance(tiers, tuple)
+    return dict(tiers)
+
+
+def _read_default(reader: Reader, key: str, raw: object, earlier: Mapping[str, object]) -> str:
+    """``[limits] default``: a rule, or a tier of ``[limits.tiers]``."""
+    text = reader.typed(key, raw, str, _RULE_OR_TIER_TEXT)
+    return reader.checked(key, text, partial(_rule_or_tier, tiers=_tiers(earlier)))
+
+
+def _read_clients(
+    reader: Reader, key: str, raw: object, earlier: Mapping[str, object]
+) -> tuple[tuple[str, str], ...]:
+    """``[limits.clients]``: each client's rule, or tier of ``[limits.tiers]``."""
+    check = partial(_rule_or_tier, tiers=_tiers(earlier))
+    clients = []
+    for client, value in reader.typed(key, raw, dict).items():
+        entry = dotted(key, client)
+        text = reader.typed(entry, value, str, _RULE_OR_TIER_TEXT)
+        clients.append((client, reader.checked(entry, text, check)))
+    return tuple(clients)
+
+
+def _pairs(table: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(table.items())
+
+
+_RULE = Setting(kind=str, expected="a rule as text", check=_rule_only)
+
+
+# --- the scenario ------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsSpec:
     """The rules: a default, named tiers, and per-client tier names or rules (as text)."""
 
-    default: str = "100/s"
-    tiers: tuple[tuple[str, str], ...] = ()
-    clients: tuple[tuple[str, str], ...] = ()
+    default: str = field(default="100/s", metadata=toml(read=_read_default))
+    tiers: tuple[tuple[str, str], ...] = field(
+        default=(), metadata=toml(kind=dict, values=_RULE, check=_pairs)
+    )
+    clients: tuple[tuple[str, str], ...] = field(default=(), metadata=toml(read=_read_clients))
 
     def resolve(self, rule_or_tier: str) -> str:
         """Rule text for a tier name or rule text."""
@@ -168,28 +257,29 @@ class LimitsSpec:
 class WorkloadSpec:
     """Traffic: ``rate`` requests/s over ``clients`` Zipf-popular ids, plus a hot client."""
 
-    clients: int = 100
-    rate: float = 1000.0
-    zipf: float = 1.1
+    clients: int = field(default=100, metadata=toml(low=1, high=MAX_CLIENTS))
+    rate: float = field(default=1000.0, metadata=toml(low=0))
+    zipf: float = field(default=1.1, metadata=toml(low=0))
     """Zipf exponent of client popularity; 0 is uniform. Why 1.1: typical of API traffic."""
-    hot_client: str | None = None
-    hot_rate: float = 0.0
-    cost: int = 1
+    hot_client: str | None = field(default=None, metadata=toml())
+    hot_rate: float = field(default=0.0, metadata=toml(low=0))
+    cost: int = field(default=1, metadata=toml(low=1))
 
 
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
     """The default link of the run (TOML ``[network]``)."""
 
-    latency_ns: int = NS_PER_MS
-    jitter_ns: int = 0
-    jitter_dist: str = "lognormal"
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    reorder_ns: int = 10 * NS_PER_MS
+    latency_ns: int = field(default=NS_PER_MS, metadata=_duration("latency"))
+    jitter_ns: int = field(default=0, metadata=_duration("jitter"))
+    jitter_dist: str = field(default="lognormal", metadata=toml(choices=JITTER_DISTRIBUTIONS))
+    loss: float = field(default=0.0, metadata=toml(low=0, high=1))
+    duplicate: float = field(default=0.0, metadata=toml(low=0, high=1))
+    reorder: float = field(default=0.0, metadata=toml(low=0, high=1))
+    reorder_ns: int = field(default=10 * NS_PER_MS, metadata=_duration("reorder_delay"))
     """Why 10 ms: several gossip rounds' worth of overtaking, when reordering is switched on."""
-    bandwidth_bytes_per_s: int = 0
+    bandwidth_bytes_per_s: int = field(default=0, metadata=toml(key="bandwidth", low=0))
+    """Bytes per second on each link; 0 is unlimited."""
 
     def link_config(self) -> LinkConfig:
         """The :class:`LinkConfig` every link starts with."""
@@ -200,20 +290,31 @@ class NetworkSpec:
         )  # fmt: skip
 
 
+def _read_timeline(
+    reader: Reader, key: str, raw: object, earlier: Mapping[str, object]
+) -> tuple[Action, ...]:
+    """``timeline``: its entries checked against the nodes, the run's end and the tiers."""
+    nodes, duration_ns, limits = earlier["nodes"], earlier["duration_ns"], earlier["limits"]
+    assert isinstance(nodes, int) and isinstance(duration_ns, int)
+    assert isinstance(limits, LimitsSpec)
+    return _Timeline(reader, nodes, duration_ns, dict(limits.tiers)).actions(key, raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """One simulation run's setup. ``seed`` is a default the command line may override."""
 
-    name: str
-    duration_ns: int
-    nodes: int
-    description: str = ""
-    seed: int | None = None
-    mode: str = "strict"
-    limits: LimitsSpec = field(default_factory=LimitsSpec)
-    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
-    network: NetworkSpec = field(default_factory=NetworkSpec)
-    timeline: tuple[Action, ...] = ()
+    name: str = field(metadata=toml())
+    """Default: the file's name without its extension."""
+    duration_ns: int = field(metadata=_duration("duration", _positive_duration))
+    nodes: int = field(metadata=toml(low=1, high=MAX_NODES))
+    description: str = field(default="", metadata=toml())
+    seed: int | None = field(default=None, metadata=toml())
+    mode: str = field(default="strict", metadata=toml(choices=MODES))
+    limits: LimitsSpec = field(default_factory=LimitsSpec, metadata=toml())
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec, metadata=toml())
+    network: NetworkSpec = field(default_factory=NetworkSpec, metadata=toml())
+    timeline: tuple[Action, ...] = field(default=(), metadata=toml(read=_read_timeline))
     source: str = field(default="<string>", compare=False)
 
     @property
@@ -261,194 +362,51 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     """Parse scenario TOML text; ``source`` names it in errors."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, "", f"not valid TOML: {exc}") from exc
-    return _Parser(source, text).scenario(data)
+    defaults = {"name": Path(source).stem, "source": source}
+    return read_settings(Scenario, text, source=source, defaults=defaults, error=ScenarioError)
 
 
-class _Parser:
-    """Reads the decoded TOML tables, failing with the file and place on the first problem."""
+class _Timeline:
+    """Reads the timeline's entries, failing with the entry and its line on the first problem."""
 
-    def __init__(self, source: str, text: str) -> None:
-        self.source = source
-        self.lines = text.splitlines()
-        self.nodes = 0
-        self.duration_ns = 0
-        self.tiers: dict[str, str] = {}
+    def __init__(self, reader: Reader, nodes: int, duration_ns: int, tiers: dict[str, str]) -> None:
+        self.reader = reader
+        self.lines = reader.text.splitlines()
+        self.nodes = nodes
+        self.duration_ns = duration_ns
+        self.tiers = tiers
         self.found_line = 0  # where the search for the next timeline entry's line starts
 
-    def fail(self, where: str, problem: str) -> ScenarioError:
-        return ScenarioError(self.source, where, problem)
+    def fail(self, where: str, problem: str) -> SettingsError:
+        return self.reader.error(where, problem)
 
-    def table(self, data: dict[str, Any], where: str, keys: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise self.fail(where, "must be a table")
-        unknown = sorted(set(data) - set(keys))
-        if unknown:
-            raise self.fail(where, f"unknown key {unknown[0]!r} (known: {', '.join(keys)})")
-        return data
-
-    def value(self, data: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
-        if key not in data:
-            return default
-        value = data[key]
-        if kind is float and type(value) is int:
-            value = float(value)
-        if type(value) is not kind or (kind is float and not math.isfinite(value)):
-            raise self.fail(f"{where}{key}", f"expected {kind.__name__}, got {value!r}")
-        return value
-
-    def duration(self, data: dict[str, Any], key: str, default: int, where: str) -> int:
-        if key not in data:
-            return default
-        value = data[key]
-        if not isinstance(value, str):
-            raise self.fail(
-                f"{where}{key}", f"write durations as text with a unit, e.g. '60s', not {value!r}"
-            )
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise self.fail(f"{where}{key}", str(exc)) from None
-
-    def rule_text(self, text: Any, *, tier_ok: bool = True) -> str:
-        """A tier name or rule notation, returned as given; ``ValueError`` otherwise."""
-        if not isinstance(text, str):
-            raise ValueError(f"expected a rule or tier name as text, got {text!r}")
-        if tier_ok and text in self.tiers:
-            return text
-        try:
-            parse_rule(text)
-        except ValueError as exc:
-            tiers = ", ".join(self.tiers)
-            hint = f" (nor a tier: {tiers})" if tiers else " (and no tiers are defined)"
-            raise ValueError(f"{exc}{hint if tier_ok else ''}") from None
-        return text
-
-    def rule(self, text: Any, where: str, *, tier_ok: bool = True) -> str:
-        try:
-            return self.rule_text(text, tier_ok=tier_ok)
-        except ValueError as exc:
-            raise self.fail(where, str(exc)) from None
-
-    def scenario(self, data: dict[str, Any]) -> Scenario:
-        keys = ("name", "description", "seed", "duration", "nodes", "mode", "limits",
-                "workload", "network", "timeline")  # fmt: skip
-        self.table(data, "top level", keys)
-        if "duration" not in data or "nodes" not in data:
-            raise self.fail("top level", "'duration' and 'nodes' are required")
-        nodes = self.value(data, "nodes", int, 0, "")
-        if not 1 <= nodes <= MAX_NODES:
-            raise self.fail("nodes", f"must be from 1 to {MAX_NODES}, got {nodes}")
-        self.nodes = nodes
-        self.duration_ns = self.duration(data, "duration", 0, "")
-        if self.duration_ns <= 0:
-            raise self.fail("duration", "must be positive")
-        mode = self.value(data, "mode", str, "strict", "")
-        if mode not in MODES:
-            raise self.fail("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        limits = self.limits(data.get("limits", {}))
-        return Scenario(
-            name=self.value(data, "name", str, Path(self.source).stem, ""),
-            description=self.value(data, "description", str, "", ""),
-            seed=self.value(data, "seed", int, None, ""),
-            duration_ns=self.duration_ns, nodes=nodes, mode=mode, limits=limits,
-            workload=self.workload(data.get("workload", {})),
-            network=self.network(data.get("network", {})),
-            timeline=self.timeline(data.get("timeline", [])), source=self.source,
-        )  # fmt: skip
-
-    def limits(self, data: dict[str, Any]) -> LimitsSpec:
-        self.table(data, "[limits]", ("default", "tiers", "clients"))
-        tiers = data.get("tiers", {})
-        self.table(tiers, "[limits.tiers]", tuple(tiers) if isinstance(tiers, dict) else ())
-        for name, rule in tiers.items():
-            self.rule(rule, f"[limits.tiers] {name}", tier_ok=False)
-        self.tiers = dict(tiers)
-        clients = data.get("clients", {})
-        self.table(clients, "[limits.clients]", tuple(clients) if isinstance(clients, dict) else ())
-        for client, rule in clients.items():
-            self.rule(rule, f"[limits.clients] {client}")
-        default = self.rule(data.get("default", "100/s"), "[limits] default")
-        return LimitsSpec(default, tuple(tiers.items()), tuple(clients.items()))
-
-    def workload(self, data: dict[str, Any]) -> WorkloadSpec:
-        where = "[workload] "
-        self.table(
-            data, "[workload]", ("clients", "rate", "zipf", "hot_client", "hot_rate", "cost")
-        )
-        spec = WorkloadSpec(
-            clients=self.value(data, "clients", int, 100, where),
-            rate=self.value(data, "rate", float, 1000.0, where),
-            zipf=self.value(data, "zipf", float, 1.1, where),
-            hot_client=self.value(data, "hot_client", str, None, where),
-            hot_rate=self.value(data, "hot_rate", float, 0.0, where),
-            cost=self.value(data, "cost", int, 1, where),
-        )
-        checks = (("clients", 1 <= spec.clients <= MAX_CLIENTS), ("rate", spec.rate >= 0),
-                  ("cost", spec.cost >= 1), ("zipf", spec.zipf >= 0),
-                  ("hot_rate", spec.hot_rate >= 0))  # fmt: skip
-        for key, ok in checks:
-            if not ok:
-                raise self.fail(where + key, f"out of range: {getattr(spec, key)!r}")
-        return spec
-
-    def network(self, data: dict[str, Any]) -> NetworkSpec:
-        where = "[network] "
-        keys = ("latency", "jitter", "jitter_dist", "loss", "duplicate", "reorder",
-                "reorder_delay", "bandwidth")  # fmt: skip
-        self.table(data, "[network]", keys)
-        default = NetworkSpec()
-        spec = NetworkSpec(
-            latency_ns=self.duration(data, "latency", default.latency_ns, where),
-            jitter_ns=self.duration(data, "jitter", default.jitter_ns, where),
-            jitter_dist=self.value(data, "jitter_dist", str, default.jitter_dist, where),
-            loss=self.value(data, "loss", float, 0.0, where),
-            duplicate=self.value(data, "duplicate", float, 0.0, where),
-            reorder=self.value(data, "reorder", float, 0.0, where),
-            reorder_ns=self.duration(data, "reorder_delay", default.reorder_ns, where),
-            bandwidth_bytes_per_s=self.value(data, "bandwidth", int, 0, where),
-        )
-        for key in ("loss", "duplicate", "reorder"):
-            if not 0.0 <= getattr(spec, key) <= 1.0:
-                raise self.fail(
-                    where + key, f"must be a probability from 0 to 1, not {data[key]!r}"
-                )
-        if spec.jitter_dist not in JITTER_DISTRIBUTIONS:
-            raise self.fail(
-                where + "jitter_dist", f"must be one of {', '.join(JITTER_DISTRIBUTIONS)}"
-            )
-        if spec.bandwidth_bytes_per_s < 0:
-            raise self.fail(where + "bandwidth", "must be >= 0 bytes/s (0 is unlimited)")
-        return spec
-
-    def timeline(self, entries: Any) -> tuple[Action, ...]:
-        if not isinstance(entries, list):
-            raise self.fail("timeline", "must be an array of strings or of [[timeline]] tables")
+    def actions(self, key: str, raw: object) -> tuple[Action, ...]:
+        entries = self.reader.typed(key, raw, list, "an array of strings or of [[timeline]] tables")
         actions = []
         for index, entry in enumerate(entries):
             if isinstance(entry, str):
-                where = self.where(index, entry)
+                where = self.where(key, index, entry)
                 match = re.fullmatch(r"\s*at\s+(\S+)\s+(.*)", entry, re.DOTALL)
                 if not match:
                     raise self.fail(where, f"expected 'at TIME VERB ARGS...', got {entry!r}")
                 at_text, body = match.groups()
             elif isinstance(entry, dict):
-                where = self.where(index, entry.get("do"))
-                self.table(entry, where, ("at", "do"))
+                where = self.where(key, index, entry.get("do"))
+                unknown = sorted(set(entry) - {"at", "do"})
+                if unknown:
+                    raise self.fail(
+                        where,
+                        f"unknown key {unknown[0]!r}; the keys known in [[timeline]] are at, do",
+                    )
                 if not isinstance(entry.get("at"), str) or not isinstance(entry.get("do"), str):
                     raise self.fail(where, 'needs at = "TIME" and do = "VERB ARGS..." as strings')
                 at_text, body = entry["at"], entry["do"]
             else:
-                raise self.fail(
-                    f"timeline[{index}]", f"expected a string or a table, got {entry!r}"
-                )
+                raise self.fail(f"{key}[{index}]", f"expected a string or a table, got {entry!r}")
             actions.append(self.action(at_text, body, where))
         return tuple(sorted(actions, key=lambda action: action.at_ns))  # stable: file order in ties
 
-    def where(self, index: int, needle: Any) -> str:
+    def where(self, key: str, index: int, needle: object) -> str:
         """``timeline[i]``, plus the line number when the entry's text can be found.
 
         Entries are searched for in order, each after the previous one's line, so
@@ -459,8 +417,8 @@ class _Parser:
             for number in [*range(start, len(self.lines)), *range(start)]:
                 if needle.strip() in self.lines[number]:
                     self.found_line = number + 1
-                    return f"timeline[{index}] (line {number + 1})"
-        return f"timeline[{index}]"
+                    return f"{key}[{index}] (line {number + 1})"
+        return f"{key}[{index}]"
 
     def action(self, at_text: str, body: str, where: str) -> Action:
         try:
@@ -489,7 +447,7 @@ class _Parser:
             client, rule = (rest.split(None, 1) + ["", ""])[:2]
             if not rule.strip():
                 raise ValueError("expected CLIENT RULE, e.g. 'set_rule c1 100/s burst 10'")
-            return (client, self.rule_text(rule.strip()))
+            return (client, _rule_or_tier(rule.strip(), self.tiers))
         tokens = [t for t in _TOKEN.findall(rest) if t not in _FILLERS.get(verb, ())]
         if any(t in ("[", "]") for t in tokens):
             raise ValueError(f"unbalanced brackets in {rest!r}")

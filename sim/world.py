@@ -6,7 +6,9 @@ in virtual time; each event is a datagram delivery, a node's timer, a client
 request or a timeline action. After anything touches a node the world
 drains it — datagrams go into the simulated network, decisions and
 membership events go to the checkers — and re-arms its timer at the node's
-next deadline. Each node has its own :class:`~meshlimit.sim.events.NodeClock`
+next deadline. The checkers never look into the world: whatever they judge
+by (a node's liveness, an escaped exception) the world hands them, so the
+import goes one way, world to checkers. Each node has its own :class:`~meshlimit.sim.events.NodeClock`
 (skew, drift, jumps): nodes get their monotonic and wall readings from it.
 
 Every random choice derives from the run's seed, so a run is reproduced by
@@ -25,7 +27,7 @@ from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 
-from .checkers import Checkers
+from .checkers import Checkers, Liveness
 from .events import NS_PER_MS, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
 from .network import Delivery, Network
 from .scenario import Action, Scenario
@@ -75,7 +77,7 @@ class World:
             clock = NodeClock(epoch_ns=SIM_EPOCH_NS)
             self.nodes[name] = SimNode(name, (name, PORT), clock)
         self._by_addr = {sim.addr: sim for sim in self.nodes.values()}
-        self.checkers = Checkers(scenario, self)
+        self.checkers = Checkers(scenario)
         self.workload = Workload.from_spec(
             scenario.workload, list(self.nodes), derive_rng(seed, "workload")
         )
@@ -167,6 +169,13 @@ class World:
         self._guard(sim, lambda: node.start(seeds, now_ns=mono))
         self._drain(sim)
 
+    def liveness(self, name: str) -> Liveness:
+        """Whether the node called ``name`` runs, is paused, or is down (or unknown)."""
+        sim = self.nodes.get(name)
+        if sim is None or sim.node is None:
+            return Liveness.DOWN
+        return Liveness.RUNNING if sim.paused_until is None else Liveness.PAUSED
+
     def _live(self, sim: SimNode) -> Node | None:
         """The node if it is up and not paused."""
         return sim.node if sim.paused_until is None else None
@@ -177,6 +186,7 @@ class World:
         except Exception as error:  # noqa: BLE001 - any escape is a finding
             message = f"{sim.name} at {self.now} ns: {type(error).__name__}: {error}"
             self.errors.append(message)
+            self.checkers.on_exception(message)
             raise NodeCrashed(message) from error
 
     def _drain(self, sim: SimNode) -> None:
@@ -198,7 +208,12 @@ class World:
                         sim.name, started[1], event.decision, started[0], self.now
                     )
             elif isinstance(event, MembershipChanged):
-                self.checkers.on_membership(sim.name, event.event, self.now)
+                self.checkers.on_membership(
+                    sim.name,
+                    event.event,
+                    self.now,
+                    subject_liveness=self.liveness(event.event.node),
+                )
         if node.decision_log:
             self.checkers.on_admissions(sim.name, node.decision_log, self.now)
             node.decision_log.clear()
@@ -221,7 +236,7 @@ class World:
     def _deliver(self, delivery: Delivery) -> None:
         if not self.network.deliver(delivery, now_ns=self.now):
             return
-        sim = self.nodes[delivery.dst]
+        sim = self.nodes[str(delivery.dst)]  # the network carries any hashable name
         if sim.node is None:
             return
         if sim.paused_until is not None:
@@ -234,7 +249,7 @@ class World:
         node = sim.node
         assert node is not None
         mono, wall = sim.clock.mono_ns(self.now), sim.clock.wall_ns(self.now)
-        src_addr = self.nodes[delivery.src].addr
+        src_addr = self.nodes[str(delivery.src)].addr
         self._guard(
             sim, lambda: node.receive(delivery.payload, src_addr, now_ns=mono, wall_ns=wall)
         )

@@ -14,6 +14,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from meshlimit.core.algorithms import (
     BACKWARDS_GAP,
     WINDOW_MASK,

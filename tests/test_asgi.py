@@ -22,8 +22,6 @@ import anyio.from_thread
 import httpx
 import pytest
 import uvicorn
-from meshlimit.core.decision import Decision
-from meshlimit.core.rules import Rule
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -39,6 +37,8 @@ from meshlimit.asgi import (
     key_from_client_address,
     key_from_header,
 )
+from meshlimit.core.decision import Decision
+from meshlimit.core.rules import Rule
 
 S = 1_000_000_000
 T0 = 1_700_000_040 * S  # the start of a minute

@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from meshlimit.cluster.node import Node
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.wire.auth import TRAILER_BYTES, new_guard, parse_key_file

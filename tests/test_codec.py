@@ -9,6 +9,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from meshlimit.cluster.wire.codec import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,

@@ -1,4 +1,5 @@
-"""The daemon's config file (``cluster/daemon/config_file.py``): parsing, errors, flags, reloads.
+"""The daemon's config file (``cluster/daemon/config_file.py``, ``reload.py``): parsing, errors,
+flags, reloads.
 
 Parsing and diffing are pure and tested directly. Reloads are tested through a
 recording sink, through real runtimes on loopback (a two-node cluster in one
@@ -21,27 +22,29 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import meshlimit.cluster.daemon.main as daemon
 import pytest
+from runtimes import captured
+
+import meshlimit.cluster.daemon.main as daemon
 from meshlimit.cluster.daemon.config_file import (
     MAX_CONFIG_BYTES,
     ClusterSettings,
     ConfigError,
     DaemonConfig,
-    Reloader,
-    apply_changes,
-    diff_entries,
     effective_config,
     load_config,
     parse_config,
+)
+from meshlimit.cluster.daemon.reload import (
+    Reloader,
+    apply_changes,
+    diff_entries,
     restart_needed,
     start_changes,
 )
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.rules import parse_rule
-from runtimes import captured
-
 from meshlimit.processes import NodeProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

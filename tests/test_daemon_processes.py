@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from meshlimit.cluster.node.config import NodeConfig
 
 pytestmark = [pytest.mark.process, pytest.mark.loopback, pytest.mark.slow]

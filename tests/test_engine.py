@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from meshlimit.core.decision import NS_PER_S, PATHS, Decision, make_decision
 from meshlimit.core.engine import Engine
 from meshlimit.core.hlc import Stamp

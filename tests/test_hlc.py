@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from meshlimit.core.hlc import NS_PER_MS, ZERO, Stamp, drift_ms, next_stamp, observe
 
 nodes = st.sampled_from(["", "a", "b", "node-1"])

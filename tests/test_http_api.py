@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from runtimes import DAY_RULE, started_runtime
+
 from meshlimit.cluster.daemon.http_api import make_app, ratelimit_headers
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import parse_rule
-from runtimes import DAY_RULE, started_runtime
 
 pytestmark = pytest.mark.loopback
 
@@ -280,7 +281,7 @@ def test_put_rule_refuses_bad_notation_with_the_parsers_message(body: Any, fragm
             assert error == str(parsed.value)
         else:
             assert fragment in error
-        assert runtime.node.engine.registry.client_value("acme") is None, "nothing changed"
+        assert runtime.node.registry.client_value("acme") is None, "nothing changed"
 
     run(scenario)
 

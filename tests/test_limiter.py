@@ -8,9 +8,9 @@ import sys
 import threading
 
 import pytest
-from meshlimit.core.rules import MAX_COUNT, parse_rule
 
 from meshlimit import Decision, Limiter, Rule
+from meshlimit.core.rules import MAX_COUNT, parse_rule
 
 S = 1_000_000_000
 T0 = 1_700_000_040 * S  # the start of a minute

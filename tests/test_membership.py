@@ -16,17 +16,18 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.membership.swim import (
+
+from meshlimit.cluster.membership import (
     Member,
     MemberEvent,
     Membership,
     MembershipConfig,
-    _Broadcasts,
     expected_confirmations,
     lifeguard_timeout_ns,
     retransmit_limit,
     suspicion_timeout_ns,
 )
+from meshlimit.cluster.membership.broadcasts import BroadcastQueue
 from meshlimit.cluster.wire.messages import (
     Ack,
     Address,
@@ -254,7 +255,7 @@ def _u(node: str, inc: int = 0, state: int = ALIVE) -> MemberUpdate:
 def test_broadcasts_least_sent_first_and_limited() -> None:
     from collections import Counter
 
-    q = _Broadcasts(cap=10, dropped=Counter())
+    q = BroadcastQueue(cap=10, dropped=Counter())
     q.push(_u("a"))
     q.push(_u("b"))
     assert q.take(1, limit=2) == [_u("b")]  # newest first among the unsent
@@ -269,7 +270,7 @@ def test_broadcasts_newer_replaces_older_and_cap_drops_most_sent() -> None:
     from collections import Counter
 
     dropped: Counter[str] = Counter()
-    q = _Broadcasts(cap=2, dropped=dropped)
+    q = BroadcastQueue(cap=2, dropped=dropped)
     q.push(_u("a", 0))
     q.push(_u("a", 1, SUSPECT))
     assert len(q) == 1
@@ -356,7 +357,7 @@ def test_lifeguard_timer_starts_long_and_shrinks_with_confirmations() -> None:
         m.handle(peer, addr_of(i), Join(peer, addr_of(i), 0), now_ns=T0)
     suspect_e = MemberUpdate("e", addr_of(4), SUSPECT, 0)
     m.handle("b", addr_of(1), suspect_e, now_ns=T0)  # n = 5: base 2 s, max 12 s, K = 2
-    timer = m._suspicions["e"]
+    timer = m._table.suspicions["e"]
     assert timer.deadline == T0 + 12 * S  # a lone accuser: the long timeout
     m.handle("b", addr_of(1), suspect_e, now_ns=T0 + S)
     assert timer.deadline == T0 + 12 * S  # the same accuser again is no confirmation

@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from runtimes import captured
+
 from meshlimit.cluster.daemon.http_api import make_app, metrics_registry
 from meshlimit.cluster.daemon.metrics import (
     DegradedReporter,
@@ -32,9 +36,6 @@ from meshlimit.cluster.node import Node
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from runtimes import captured
 
 HOST = "127.0.0.1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

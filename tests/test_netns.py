@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlimit.cluster.node.config import NodeConfig, local_quota
 
+from meshlimit.cluster.node.config import NodeConfig, local_quota
 from meshlimit.processes import NodeProcess, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]

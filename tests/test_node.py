@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from meshlimit.cluster.node import Decided, Node
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.core.decision import Decision
@@ -115,6 +116,12 @@ def test_forward_timeout_decides_degraded() -> None:
     assert decided and decided[0].ticket == ticket and decided[0].decision.path == "degraded"
 
 
+def _now(result: Decision | int) -> Decision:
+    """A check the node decided at once (not a ticket)."""
+    assert isinstance(result, Decision), f"expected a decision, got ticket {result}"
+    return result
+
+
 def _pair() -> tuple[Node, Node]:
     import random
 
@@ -126,9 +133,9 @@ def _pair() -> tuple[Node, Node]:
 def test_shadow_rule_allows_and_reports() -> None:
     a, _ = _pair()
     a.set_rule("client:trial", "2/minute shadow", now_ns=1)
-    decisions = [a.check("trial", 1, now_ns=2 + i) for i in range(4)]
-    assert all(isinstance(d, Decision) and d.allowed for d in decisions)
-    assert [d.shadowed for d in decisions] == [False, False, True, True]  # type: ignore[union-attr]
+    decisions = [_now(a.check("trial", 1, now_ns=2 + i)) for i in range(4)]
+    assert all(d.allowed for d in decisions)
+    assert [d.shadowed for d in decisions] == [False, False, True, True]
     assert a.stats["shadow_refused"] == 2
 
 
@@ -136,13 +143,13 @@ def test_reset_clears_counts_and_ignores_stale_gossip() -> None:
     a, _ = _pair()
     for i in range(3):
         a.check("acme", 1, now_ns=10 + i)
-    assert not a.check("acme", 100, now_ns=20).allowed  # type: ignore[union-attr]
-    stale = a._slots_of(("sliding_window:60000000000", "acme"), 20, own_only=False)
+    assert not _now(a.check("acme", 100, now_ns=20)).allowed
+    stale = a.replication.slots_of(("sliding_window:60000000000", "acme"), 20, own_only=False)
     a.set_rule("reset:acme", None, now_ns=2_000_000)
-    assert a.check("acme", 100, now_ns=2_000_001).allowed  # type: ignore[union-attr]
+    assert _now(a.check("acme", 100, now_ns=2_000_001)).allowed
     from meshlimit.cluster.wire.messages import CounterDeltas
 
-    a._on_counter_deltas(CounterDeltas(tuple(stale)), 2_000_002)
+    a.replication.merge(CounterDeltas(tuple(stale)), 2_000_002)
     assert a.stats["stale_after_reset"] == len(stale) > 0
 
 
@@ -157,8 +164,7 @@ def test_key_flood_keeps_memory_bounded_and_legitimate_counts() -> None:
         now = 1_000_000 * (i + 1)
         node.check(f"flood-{rng.getrandbits(64):x}", 1, now_ns=now)
         if i % 100 == 0:
-            decision = node.check("legit", 1, now_ns=now)
-            admitted += decision.allowed  # type: ignore[union-attr]
+            admitted += _now(node.check("legit", 1, now_ns=now)).allowed
     assert len(node.counters) <= 1000
     assert node.counters.evicted_live > 0
     # 300 legit checks within one minute against 10/minute: its count survived the flood.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from meshlimit.core.hlc import ZERO, Stamp
 from meshlimit.core.registry import (
     MAX_CLIENT_BYTES,

@@ -1,4 +1,5 @@
-"""The RESP front-end (``cluster/daemon/resp.py``) and redis-cell's arithmetic (``cluster/daemon/throttle.py``).
+"""The RESP front-end (``cluster/daemon/resp*.py``, ``eager.py``) and redis-cell's arithmetic
+(``cluster/daemon/throttle.py``).
 
 The first half is pure: redis-cell's own ``it_rate_limits`` table (from
 ``src/cell/mod.rs`` of brandur/redis-cell, ported with an injected clock) run
@@ -33,15 +34,13 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meshlimit.cluster.daemon.resp import (
-    THROTTLE_PREFIX,
-    RespConfig,
-    RespServer,
-    check_reply,
-    command_size,
-    encode_error,
-    start_eagerly,
-)
+from redis.exceptions import ResponseError
+from runtimes import free_udp_port, started_runtime
+
+from meshlimit.cluster.daemon.eager import start_eagerly
+from meshlimit.cluster.daemon.resp import RespConfig, RespServer
+from meshlimit.cluster.daemon.resp_commands import THROTTLE_PREFIX, check_reply
+from meshlimit.cluster.daemon.resp_protocol import command_size, encode_error
 from meshlimit.cluster.daemon.throttle import (
     MAX_BURST,
     MAX_PERIOD_S,
@@ -57,8 +56,6 @@ from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.algorithms import token_bucket
 from meshlimit.core.decision import Decision, make_decision
 from meshlimit.core.rules import Rule, parse_rule
-from redis.exceptions import ResponseError
-from runtimes import free_udp_port, started_runtime
 
 loopback = pytest.mark.loopback
 
@@ -377,7 +374,7 @@ def test_throttle_decided_under_another_rule_is_retried_then_refused() -> None:
     runtime = SimpleNamespace(
         check=check,
         set_rule=lambda key, value: writes.append((key, value)),
-        node=SimpleNamespace(engine=SimpleNamespace(registry=registry)),
+        node=SimpleNamespace(registry=registry),
     )
     server = RespServer(runtime, RespConfig(rule_spread_wait_s=0))  # type: ignore[arg-type]
 
@@ -514,7 +511,7 @@ def test_cl_throttle_sequence_like_redis_cell() -> None:
         # ML.CHECK sees the same bucket under the same client id.
         assert (await client.execute_command("ML.CHECK", THROTTLE_PREFIX + "user123", 0))[2] == 15
         # Keys never fill the registry: past the share, new keys are refused, known ones work.
-        assert runtime.node.engine.registry.entry_count() == 2  # the default and user123
+        assert runtime.node.registry.entry_count() == 2  # the default and user123
         await client.execute_command("CL.THROTTLE", "second", 15, 30, 60)
         with pytest.raises(ResponseError, match="refuses new keys: the rule registry holds 3"):
             await client.execute_command("CL.THROTTLE", "third", 15, 30, 60)

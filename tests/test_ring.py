@@ -10,6 +10,7 @@ import mmh3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from meshlimit.core import ring as ring_module
 from meshlimit.core.ring import DEFAULT_VNODES, HASH_SPACE, HashRing, key_hash, vnode_token
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from meshlimit.sim.events import (
     NS_PER_MS,
     NS_PER_S,
@@ -475,12 +476,16 @@ def test_errors_name_file_entry_and_problem() -> None:
 
 
 def test_errors_outside_the_timeline() -> None:
-    assert _error('duration = "60s"\n').problem == "'duration' and 'nodes' are required"
+    """Places are dotted keys, as in the daemon's config file (``core/settings.py``)."""
+    missing = _error('duration = "60s"\n')
+    assert (missing.where, missing.problem) == ("nodes", "missing; this key is required")
     assert _error("duration = 60\nnodes = 3\n").where == "duration"
-    assert "unknown key 'colour'" in _error(HEAD + "colour = 1\n").problem
-    assert _error(HEAD + "[workload]\nrate = -1\n").where == "[workload] rate"
+    unknown = _error(HEAD + "colour = 1\n")
+    assert unknown.where == "colour"
+    assert unknown.problem.startswith("unknown key; the keys known in the top level are name, ")
+    assert _error(HEAD + "[workload]\nrate = -1\n").where == "workload.rate"
     assert "tier" in _error(HEAD + '[limits.clients]\nc1 = "platinum"\n').problem
-    assert _error(HEAD + "[network]\nloss = 2.0\n").where == "[network] loss"
+    assert _error(HEAD + "[network]\nloss = 2.0\n").where == "network.loss"
     err = _error(HEAD + 'timeline = [\n"at 1s heal",\n"at 2s heal",\n"at 3s heal x",\n]\n')
     assert err.where == "timeline[2] (line 6)"
     assert "not valid TOML" in _error("= nonsense").problem

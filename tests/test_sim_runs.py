@@ -19,6 +19,8 @@ from functools import cache, partial
 from pathlib import Path
 
 import pytest
+
+from meshlimit.cli import main
 from meshlimit.cluster.node import Node
 from meshlimit.core.ring import HashRing
 from meshlimit.sim import cli as sim_cli
@@ -34,8 +36,6 @@ from meshlimit.sim.runner import (
 )
 from meshlimit.sim.scenario import Scenario, load_scenario, parse_scenario
 from meshlimit.sim.world import World
-
-from meshlimit.cli import main
 
 SHIPPED = shipped_scenarios()
 FUZZ_BASE_SEED = 2026

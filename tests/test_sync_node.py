@@ -10,8 +10,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from meshlimit.core.rules import Rule
 
+from meshlimit.core.rules import Rule
 from meshlimit.sync import NodeStoppedError, SyncNode
 
 pytestmark = pytest.mark.loopback

@@ -17,6 +17,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+
 from meshlimit.core.table import ClientTable
 
 RECORD = struct.Struct("<qq")  # key, payload

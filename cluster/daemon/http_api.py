@@ -21,12 +21,6 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
-from meshlimit.cluster.daemon.metrics import Family, Histogram, LatencyHistogram, node_families
-from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision
-from meshlimit.core.headers import ratelimit_headers
-from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, RESET_PREFIX, check_tier_name
-from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
@@ -40,6 +34,13 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import choose_encoder
+
+from meshlimit.cluster.daemon.metrics import Family, Histogram, LatencyHistogram, node_families
+from meshlimit.cluster.runtime import Runtime
+from meshlimit.core.decision import Decision
+from meshlimit.core.headers import ratelimit_headers
+from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, RESET_PREFIX, check_tier_name
+from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
 
 log = logging.getLogger("meshlimit.http")
 
@@ -288,7 +289,7 @@ def decision_json(decision: Decision) -> dict[str, Any]:
 def rule_json(runtime: Runtime, client: str) -> dict[str, Any]:
     """The rule in force for ``client`` and where it comes from."""
     node = runtime.node
-    registry = node.engine.registry
+    registry = node.registry
     value = registry.client_value(client)
     if isinstance(value, Rule):
         source = "client"
@@ -303,7 +304,7 @@ def cluster_json(runtime: Runtime) -> dict[str, Any]:
     """This node's view of the cluster: members, ring shares, clock offsets, counters."""
     node = runtime.node
     membership = node.membership
-    registry = node.engine.registry
+    registry = node.registry
     rtts = membership.rtts()
     members = [
         {

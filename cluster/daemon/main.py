@@ -14,8 +14,9 @@ and RESP servers (in-flight checks finish), leaves the cluster gracefully
 Settings come from flags and, with ``--config FILE``, a TOML file
 (``cluster/daemon/config_file.py``); a flag wins over the file. The file's
 ``[limits]`` are re-applied on SIGHUP and when the file changes (polled every
-``--config-poll-s``); a bad file keeps the rules in force. With ``--http``,
-``GET /metrics`` serves Prometheus metrics (``cluster/daemon/metrics.py``).
+``--config-poll-s``; ``cluster/daemon/reload.py``); a bad file keeps the rules
+in force. With ``--http``, ``GET /metrics`` serves Prometheus metrics
+(``cluster/daemon/metrics.py``).
 
 Logs go to stderr, one ``key=value`` line per event; membership changes come
 from the runtime's ``meshlimit.cluster`` logger at INFO, reloads at INFO (a
@@ -35,24 +36,31 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshlimit.cluster.daemon.config_file import (
     MODES,
-    POLL_INTERVAL_S,
     PRESETS,
     DaemonConfig,
-    Reloader,
-    apply_changes,
     check_key_file,
     check_node_id,
     effective_config,
-    parse_udp_address,
+)
+from meshlimit.cluster.daemon.reload import (
+    POLL_INTERVAL_S,
+    Reloader,
+    apply_changes,
     start_changes,
 )
 from meshlimit.cluster.node.config import NodeConfig
-from meshlimit.cluster.wire.messages import Address
+from meshlimit.cluster.wire.addresses import Address, parse_address, parse_udp_address
 from meshlimit.core.rules import parse_rule
+
+if TYPE_CHECKING:
+    from meshlimit.cluster.daemon.resp import RespServer
+    from meshlimit.cluster.runtime import Runtime
+
+T = TypeVar("T")
 
 log = logging.getLogger("meshlimit.daemon")
 
@@ -144,12 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _address(text: str) -> Address:
-    from meshlimit.cluster.wire.addresses import parse_address
-
-    try:
-        return parse_address(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    return _argument(parse_address, text)
 
 
 def _udp_address(text: str) -> Address:
@@ -174,7 +177,7 @@ def _poll_interval(text: str) -> float:
     return value
 
 
-def _argument(check: Any, text: str) -> Any:
+def _argument(check: Callable[[str], T], text: str) -> T:
     """``check(text)`` with a ValueError turned into argparse's error (exit 2)."""
     try:
         return check(text)
@@ -208,7 +211,7 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields: dict[str, Any] = {
+        fields: dict[str, object] = {
             "ts": f"{ts}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -271,6 +274,7 @@ async def _serve(
     settings: tuple[DaemonConfig, DaemonConfig] | None = None,
 ) -> int:
     from aiohttp import web
+
     from meshlimit.cluster.daemon.http_api import make_app
     from meshlimit.cluster.runtime import Runtime
 
@@ -282,7 +286,7 @@ async def _serve(
     )
     runner: web.AppRunner | None = None
     http_addr = "off"
-    resp_server: Any = None  # a RespServer when --resp is given
+    resp_server: RespServer | None = None  # with --resp
     resp_ready = ""
     try:
         if args.http is not None:
@@ -350,7 +354,7 @@ class _Operator:
 
     def __init__(
         self,
-        runtime: Any,
+        runtime: Runtime,
         config: DaemonConfig,
         flags: DaemonConfig,
         *,

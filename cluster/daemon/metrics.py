@@ -265,7 +265,7 @@ def _state(node: Node) -> list[Family]:
             "meshlimit_rule_entries",
             "gauge",
             "Rule registry entries: default, tiers, client overrides, removals and resets.",
-            node.engine.registry.entry_count(),
+            node.registry.entry_count(),
         ),
     ]
 

@@ -1,61 +1,21 @@
 """The RESP front-end of a node: any Redis client can check limits (RESP2, or RESP3 via HELLO).
 
 Theory of operation. One :class:`asyncio.Protocol` per connection feeds the
-bytes it reads to a hiredis ``Reader`` and runs every complete command in
-the read at once (pipelining); replies go out in command order, each as soon
-as it and every reply before it are ready. Checks the node decides itself
-complete synchronously (the check coroutine is stepped eagerly, see
-:func:`start_eagerly`), so a pipelined burst of owner-local checks is
-answered with one write; a forwarded check's reply waits for the owner
-without holding back the parsing of later commands.
+bytes it reads to a :class:`~meshlimit.cluster.daemon.resp_protocol.CommandReader`
+(hiredis, within the frame bound) and runs every complete command in the read
+at once (pipelining); replies go out in command order, each as soon as it and
+every reply before it are ready. Checks the node decides itself complete
+synchronously (the check coroutine is stepped eagerly, see
+:func:`~meshlimit.cluster.daemon.eager.start_eagerly`), so a pipelined burst of
+owner-local checks is answered with one write; a forwarded check's reply waits
+for the owner without holding back the parsing of later commands.
 
-Commands (names are case-insensitive):
-
-- ``PING [message]``: ``+PONG``, or the message as a bulk string.
-- ``ML.CHECK client [cost]``: a check of ``client`` (cost 1 by default),
-  answered with ``[allowed, limit, remaining, reset_after_ms, retry_after_ms,
-  path]``: ``allowed`` 1 or 0; ``reset_after_ms`` and ``retry_after_ms``
-  whole milliseconds rounded up (never early); ``retry_after_ms`` is 0 when
-  allowed and -1 when the cost can never fit, as in the HTTP API; ``path`` a
-  bulk string, ``owner``, ``forwarded``, ``local`` or ``degraded``.
-- ``CL.THROTTLE key max_burst count_per_period period [quantity]``:
-  redis-cell's command and reply, ``[limited, limit, remaining, retry_after,
-  reset_after]`` (seconds, -1 when no retry applies); cluster-wide, see below.
-- ``QUIT``: ``+OK``, then the connection closes.
-- ``HELLO [2|3] [SETNAME name]``: the server's description (a map under 3,
-  a flat array under 2). Every reply this server sends is the same in RESP2
-  and RESP3 (integers, arrays, bulk and simple strings, errors: no maps,
-  nulls or doubles), so both are accepted; redis-py 8 and go-redis open
-  with ``HELLO 3``. ``AUTH`` is refused: the front-end has no users.
-- ``CLIENT SETNAME name``, ``CLIENT SETINFO attr value``: ``+OK``, ignored
-  (clients send them on connecting).
-
-CL.THROTTLE and the cluster. The key is checked as client ``cl.throttle:KEY``
-(at most 244 UTF-8 bytes) under the token-bucket rule
-:func:`~meshlimit.cluster.throttle.throttle_rule` derives from the arguments,
-which this node writes to the rule registry when the key's rule differs
-(once per key and arguments; ``stats["throttle_rule_writes"]``). So the
-limit is cluster-wide: the TAT lives on the key's owner like any counter,
-forwarded, replicated and handed over, and an operator sees the rule at
-``/v1/rules/cl.throttle:KEY``. ``throttle.py`` has the arithmetic, exact
-for intervals of whole milliseconds. What this design costs:
-
-- Every key is a client rule, held by every node and spread by gossip: right
-  for thousands to about a hundred thousand keys. New keys are refused once
-  the registry holds ``throttle_registry_share`` entries, so that they never
-  crowd out operators' rules; a check message carrying its own rule would
-  lift this.
-- A new key's first check on a node that is not its owner can reach the
-  owner before the rule does; the owner then decides under its old rule,
-  seen as another ``limit``: retried once after ``rule_spread_wait_s``, then
-  ``-TRYAGAIN``. An old rule with the same limit cannot be told apart, so
-  one decision may use it.
-- Callers of one key should pass the same arguments (as with redis-cell):
-  others rewrite the rule, last writer wins, and a rule of another interval
-  keeps its own TAT.
-- A degraded node decides every rule, this one too, as a fixed-window local
-  quota; a forwarded reply carries whole milliseconds (truncated), so a
-  reply's seconds can differ from redis-cell's at an exact boundary.
+Three modules, one job each: ``resp_protocol.py`` reads commands from the
+byte stream and encodes replies; ``resp_commands.py`` runs the commands
+(``PING``, ``ML.CHECK``, ``CL.THROTTLE``, ``HELLO``, ``CLIENT``; it documents
+each, and what CL.THROTTLE costs the cluster); this one serves them: the
+listening socket, the connections, the order of their replies, their bounds.
+``QUIT`` belongs to the connection: ``+OK``, then it closes.
 
 Bad input. Anything but an array of bulk strings, or a command frame larger
 than ``max_frame_bytes``, is answered ``-ERR Protocol error: ...`` after the
@@ -70,52 +30,21 @@ Bounds (:class:`RespConfig`): frame size, arguments per command, connections
 queued per connection (reading pauses until the client catches up, as it
 does when the client stops reading its replies), and an idle timeout.
 Refusals are counted in :attr:`RespServer.stats`.
-
-hiredis' ``maxbuf`` only sets when the reader frees an idle buffer; it is no
-bound. The frame bound is kept here: the bytes fed minus the exact encoded
-size of each command parsed (hiredis refuses non-canonical lengths, so the
-size of a parsed command is known) are the bytes of the one incomplete frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
-import math
-import re
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, cast
 
-import hiredis
-from meshlimit.cluster.daemon.throttle import (
-    check_params,
-    reply_from_decision,
-    seconds_to_ns,
-    throttle_rule,
-)
+from meshlimit.cluster.daemon.resp_commands import Reply, RespCommands
+from meshlimit.cluster.daemon.resp_protocol import OK, CommandReader, ProtocolError, encode_error
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision
-from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES
-from meshlimit.core.rules import MAX_COUNT, NS_PER_MS, Rule
 
 log = logging.getLogger("meshlimit.resp")
-
-#: CL.THROTTLE keys are checked as these clients, apart from ML.CHECK's own ids.
-THROTTLE_PREFIX = "cl.throttle:"
-MAX_KEY_BYTES = MAX_CLIENT_BYTES - len(THROTTLE_PREFIX)
-#: redis-cell parses its numbers as i64.
-_I64_MAX = 2**63 - 1
-_INTEGER = re.compile(rb"[+-]?[0-9]{1,19}")
-_NEED_MORE = object()  # hiredis' "no complete reply yet": False would be RESP3's #f
-try:
-    _VERSION = importlib.metadata.version("meshlimit").encode()
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare tree
-    _VERSION = b"0"
-
-Reply = bytes | asyncio.Future[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,130 +95,6 @@ class RespConfig:
             raise ValueError("idle_timeout_s must be positive, the other times not negative")
 
 
-class CommandError(ValueError):
-    """A client's mistake in one command: answered with ``-CODE message``, the connection lives."""
-
-    def __init__(self, message: str, code: str = "ERR") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --- encoding replies -----------------------------------------------------------------
-
-
-def encode_error(message: str, code: str = "ERR") -> bytes:
-    """``-CODE message``; line breaks in the message are flattened (they would end the reply)."""
-    text = f"{code} {message}".replace("\r", " ").replace("\n", " ")
-    return b"-" + text.encode("utf-8", "backslashreplace") + b"\r\n"
-
-
-def encode_bulk(data: bytes) -> bytes:
-    """A bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(data), data)
-
-
-def encode_integers(values: list[int]) -> bytes:
-    """An array of integers."""
-    return b"*%d\r\n" % len(values) + b"".join(b":%d\r\n" % v for v in values)
-
-
-def check_reply(decision: Decision) -> bytes:
-    """``ML.CHECK``'s reply: ``[allowed, limit, remaining, reset_after_ms, retry_after_ms, path]``."""
-    if decision.allowed:
-        retry_ms = 0
-    elif math.isinf(decision.retry_after):
-        retry_ms = -1
-    else:
-        retry_ms = _ceil_ms(decision.retry_after)
-    path = decision.path.encode()
-    return _CHECK_REPLY % (
-        decision.allowed,
-        decision.limit,
-        decision.remaining,
-        _ceil_ms(decision.reset_after),
-        retry_ms,
-        len(path),
-        path,
-    )
-
-
-_CHECK_REPLY = b"*6\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
-
-
-def _ceil_ms(seconds: float) -> int:
-    return -(-seconds_to_ns(seconds) // NS_PER_MS)
-
-
-def command_size(frame: object) -> int | None:
-    """The encoded size of a command, an array of bulk strings; None for anything else."""
-    if type(frame) is not list:
-        return None
-    size = len(b"*%d\r\n" % len(frame))
-    for arg in frame:
-        if type(arg) is not bytes:
-            return None
-        size += len(b"$%d\r\n" % len(arg)) + len(arg) + 2
-    return size
-
-
-def show(raw: bytes, limit: int = 40) -> str:
-    """An argument as it may appear inside an error: short, printable, one line."""
-    text = raw[:limit].decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return text + ("..." if len(raw) > limit else "")
-
-
-# --- running coroutines eagerly -------------------------------------------------------
-
-
-def start_eagerly(coro: Coroutine[Any, Any, bytes]) -> Reply:
-    """Run ``coro`` up to its first suspension: its result if it finished, else a task.
-
-    What Python 3.12's eager task factory does, for one coroutine: a check the
-    node decides at once costs no task and no loop iteration. The task, when
-    needed, resumes the very coroutine at the future it is waiting on.
-    """
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    return asyncio.ensure_future(_resume(coro, waiting_on))
-
-
-async def _resume(coro: Coroutine[Any, Any, bytes], waiting_on: Any) -> bytes:
-    return await _Resumed(coro, waiting_on)
-
-
-class _Resumed:
-    """An awaitable that continues a coroutine suspended on ``waiting_on`` (``yield from``
-    entered half-way): futures go up to the task unchanged, results and throws go down."""
-
-    __slots__ = ("coro", "waiting_on")
-
-    def __init__(self, coro: Coroutine[Any, Any, bytes], waiting_on: Any) -> None:
-        self.coro = coro
-        self.waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, Any, bytes]:
-        waiting_on = self.waiting_on
-        while True:
-            try:
-                sent = yield waiting_on
-            except BaseException as error:  # the task was cancelled: pass it down
-                try:
-                    waiting_on = self.coro.throw(error)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    waiting_on = self.coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-
-
-# --- the server -----------------------------------------------------------------------
-
-
 class RespServer:
     """Serves RESP on a TCP address over a started :class:`Runtime`."""
 
@@ -298,16 +103,18 @@ class RespServer:
         self.config = config or RespConfig()
         #: Connections, commands and refusals by kind (``protocol_errors``, ``oversized``...).
         self.stats: Counter[str] = Counter()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._commands: dict[bytes, tuple[Callable[[list[bytes]], Reply], int, int]] = {
-            b"PING": (self._ping, 1, 2),
-            b"ML.CHECK": (self._ml_check, 2, 3),
-            b"CL.THROTTLE": (self._cl_throttle, 5, 6),
-            b"CLIENT": (self._client, 2, 4),
-            b"HELLO": (self._hello, 1, 6),
-        }
-        self._next_id = 0
+        self.commands = RespCommands(
+            runtime,
+            self.stats,
+            throttle_registry_share=self.config.throttle_registry_share,
+            rule_spread_wait_s=self.config.rule_spread_wait_s,
+        )
+
+    def execute(self, args: list[bytes]) -> Reply:
+        """Run one command: its reply now, or a future of it. Never raises."""
+        return self.commands.execute(args)
 
     async def start(self, host: str, port: int, *, serve: bool = True) -> tuple[str, int]:
         """Bind ``host:port`` (port 0: any free one) and return the bound address.
@@ -349,146 +156,22 @@ class RespServer:
             connection.close()
         await server.wait_closed()
 
-    # --- commands ---------------------------------------------------------------------
-
-    def execute(self, args: list[bytes]) -> Reply:
-        """Run one command: its reply now, or a future of it. Never raises."""
-        self.stats["commands"] += 1
-        try:
-            spec = self._commands.get(args[0].upper())
-            if spec is None:
-                raise CommandError(f"unknown command '{show(args[0])}'")
-            handler, fewest, most = spec
-            if not fewest <= len(args) <= most:
-                name = args[0].decode("ascii").lower()
-                raise CommandError(f"wrong number of arguments for '{name}' command")
-            return handler(args)
-        except CommandError as error:
-            self.stats["command_errors"] += 1
-            return encode_error(str(error), error.code)
-        except Exception:
-            log.exception("unexpected error command=%s", show(args[0]))
-            return encode_error("internal error (logged by the node)")
-
-    def _hello(self, args: list[bytes]) -> Reply:
-        """``HELLO [protover [AUTH user pass] [SETNAME name]]``: the server's description."""
-        version = 2 if len(args) == 1 else _int_arg(args[1], "protocol version", 0, 2**31)
-        if version not in (2, 3):
-            raise CommandError("sorry, this protocol version is not supported", "NOPROTO")
-        options = [a.upper() for a in args[2:]]
-        if b"AUTH" in options:
-            raise CommandError("AUTH is not supported: this front-end has no users")
-        if len(args) not in (1, 2, 4) or (options and options[0] != b"SETNAME"):
-            raise CommandError("syntax error: HELLO [2|3] [SETNAME name]")
-        self._next_id += 1
-        fields = [
-            (b"server", encode_bulk(b"meshlimit")),
-            (b"version", encode_bulk(_VERSION)),
-            (b"proto", b":%d\r\n" % version),
-            (b"id", b":%d\r\n" % self._next_id),
-            (b"mode", encode_bulk(b"standalone")),
-            (b"role", encode_bulk(b"master")),
-            (b"modules", b"*0\r\n"),
-        ]
-        head = b"%%%d\r\n" % len(fields) if version == 3 else b"*%d\r\n" % (2 * len(fields))
-        return head + b"".join(encode_bulk(name) + value for name, value in fields)
-
-    def _client(self, args: list[bytes]) -> Reply:
-        sub = args[1].upper()
-        if (sub, len(args)) in ((b"SETNAME", 3), (b"SETINFO", 4)):
-            return b"+OK\r\n"  # accepted and ignored: nothing here shows client names
-        raise CommandError(f"unknown subcommand or wrong arguments for 'client|{show(args[1])}'")
-
-    def _ping(self, args: list[bytes]) -> Reply:
-        return b"+PONG\r\n" if len(args) == 1 else encode_bulk(args[1])
-
-    def _ml_check(self, args: list[bytes]) -> Reply:
-        client = _text_arg(args[1], "client id", MAX_CLIENT_BYTES)
-        cost = _int_arg(args[2], "cost", 0, MAX_COUNT) if len(args) == 3 else 1
-        return start_eagerly(self._check(client, cost))
-
-    async def _check(self, client: str, cost: int) -> bytes:
-        try:
-            decision = await self.runtime.check(client, cost)
-        except ValueError as error:  # validated above; the node has the last word
-            return encode_error(str(error))
-        return check_reply(decision)
-
-    def _cl_throttle(self, args: list[bytes]) -> Reply:
-        key = _text_arg(args[1], "key", MAX_KEY_BYTES)
-        max_burst = _int_arg(args[2], "max_burst", -_I64_MAX, _I64_MAX)
-        count = _int_arg(args[3], "count per period", -_I64_MAX, _I64_MAX)
-        period_s = _int_arg(args[4], "period", -_I64_MAX, _I64_MAX)
-        quantity = _int_arg(args[5], "quantity", -_I64_MAX, _I64_MAX) if len(args) == 6 else 1
-        try:
-            check_params(max_burst, count, period_s, quantity)
-            rule = throttle_rule(max_burst, count, period_s)
-        except ValueError as error:
-            raise CommandError(f"CL.THROTTLE {error}") from None
-        client = THROTTLE_PREFIX + key
-        self._ensure_rule(client, rule)
-        return start_eagerly(self._throttle(client, rule, quantity, max_burst))
-
-    def _ensure_rule(self, client: str, rule: Rule) -> None:
-        """Write ``client``'s rule to the registry unless it is there already."""
-        registry = self.runtime.node.engine.registry
-        current = registry.client_value(client)
-        if current == rule:
-            return
-        if current is None and registry.entry_count() >= self.config.throttle_registry_share:
-            self.stats["throttle_keys_refused"] += 1
-            raise CommandError(
-                f"CL.THROTTLE refuses new keys: the rule registry holds "
-                f"{registry.entry_count()} entries (bound {self.config.throttle_registry_share})"
-            )
-        try:
-            self.runtime.set_rule(CLIENT_PREFIX + client, rule)
-        except ValueError as error:  # e.g. the registry is full
-            raise CommandError(f"CL.THROTTLE cannot set the key's rule: {error}") from None
-        self.stats["throttle_rule_writes"] += 1
-
-    async def _throttle(self, client: str, rule: Rule, quantity: int, max_burst: int) -> bytes:
-        try:
-            decision = await self.runtime.check(client, quantity)
-            if decision.limit != rule.limit:
-                # The owner decided under another rule: ours has not reached it yet.
-                self.stats["throttle_rule_mismatch"] += 1
-                await asyncio.sleep(self.config.rule_spread_wait_s)
-                decision = await self.runtime.check(client, quantity)
-                if decision.limit != rule.limit:
-                    self.stats["throttle_tryagain"] += 1
-                    return encode_error(
-                        "the key's rule is still spreading to its owner; retry", "TRYAGAIN"
-                    )
-        except ValueError as error:
-            return encode_error(str(error))
-        return encode_integers(reply_from_decision(decision, max_burst))
-
-
-def _int_arg(raw: bytes, what: str, low: int, high: int) -> int:
-    if not _INTEGER.fullmatch(raw):
-        raise CommandError(f"{what} must be an integer, got '{show(raw)}'")
-    value = int(raw)
-    if not low <= value <= high:
-        raise CommandError(f"{what} must be an integer from {low} to {high}, got {value}")
-    return value
-
-
-def _text_arg(raw: bytes, what: str, max_bytes: int) -> str:
-    if not raw:
-        raise CommandError(f"{what} must not be empty")
-    if len(raw) > max_bytes:
-        raise CommandError(f"{what} is {len(raw)} bytes long; the limit is {max_bytes}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"{what} '{show(raw)}' is not UTF-8 text") from None
-
 
 # --- connections ----------------------------------------------------------------------
 
 _MAX_CLIENTS = encode_error("max number of clients reached")
 _SHUTTING_DOWN = encode_error("the node is shutting down")
+
+
+class _Transport(Protocol):
+    """What a connection uses of its transport: asyncio's ``Transport``, or uvloop's,
+    which has the same methods but is no subclass of it."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class _Connection(asyncio.Protocol):
@@ -498,9 +181,8 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.config = server.config
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader(notEnoughData=_NEED_MORE)
-        self.partial_bytes = 0  # bytes fed that no complete command has accounted for yet
+        self.transport: _Transport | None = None
+        self.reader = CommandReader(self.config.max_frame_bytes)
         self.replies: deque[Reply] = deque()
         self.waiting_on: asyncio.Future[bytes] | None = None
         self.paused: set[str] = set()
@@ -513,13 +195,13 @@ class _Connection(asyncio.Protocol):
     # --- asyncio callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.transport = cast(_Transport, transport)  # uvloop's is no asyncio.Transport
         stats = self.server.stats
         if len(self.server._connections) >= self.config.max_connections:
             stats["connections_refused"] += 1
             self.reading = False
-            transport.write(_MAX_CLIENTS)
-            transport.close()
+            self.transport.write(_MAX_CLIENTS)
+            self.transport.close()
             return
         stats["connections"] += 1
         self.server._connections.add(self)
@@ -539,7 +221,6 @@ class _Connection(asyncio.Protocol):
             return
         self.last_active = self.loop.time()
         self.reader.feed(data)
-        self.partial_bytes += len(data)
         self._run_commands()
         self._flush()
         if len(self.replies) >= self.config.max_pipeline:
@@ -589,45 +270,25 @@ class _Connection(asyncio.Protocol):
         config = self.config
         while self.reading:
             try:
-                frame = self.reader.gets()
-            except (hiredis.HiredisError, TypeError, ValueError, MemoryError) as error:
-                # TypeError: a RESP3 map whose key is an array (found by the fuzz
-                # campaign); MemoryError: an absurd declared size. Both are garbage.
-                text = str(error)  # hiredis' own messages start "Protocol error"
-                self._protocol_error(
-                    text if text.startswith("Protocol error") else f"Protocol error: {text}"
-                )
+                frame = self.reader.next_command()
+            except ProtocolError as error:
+                if error.oversized:
+                    self.server.stats["oversized"] += 1
+                self._protocol_error(str(error))
                 return
-            if frame is _NEED_MORE:
-                if self.partial_bytes > config.max_frame_bytes:
-                    self._oversized()
-                return
-            size = command_size(frame)
-            if size is None:
-                self._protocol_error("Protocol error: expected an array of bulk strings")
-                return
-            self.partial_bytes -= size
-            if size > config.max_frame_bytes:
-                self._oversized()
-                return
-            if not frame:
-                continue  # an empty array is no command (Redis skips it too)
+            if frame is None:
+                return  # the rest of the frame is yet to come
             if len(frame) > config.max_args:
                 self.server.stats["command_errors"] += 1
                 self.replies.append(
                     encode_error(f"too many arguments ({len(frame)}; at most {config.max_args})")
                 )
             elif frame[0].upper() == b"QUIT":
-                self.replies.append(b"+OK\r\n")
+                self.replies.append(OK)
                 self.reading = False
                 self.close_when_drained = True
             else:
-                self.replies.append(self.server.execute(frame))
-
-    def _oversized(self) -> None:
-        self.server.stats["oversized"] += 1
-        limit = self.config.max_frame_bytes
-        self._protocol_error(f"Protocol error: command larger than {limit} bytes")
+                self.replies.append(self.server.commands.execute(frame))
 
     def _protocol_error(self, message: str) -> None:
         """Answer what was read before, then the error, then close (as Redis does)."""
@@ -648,14 +309,14 @@ class _Connection(asyncio.Protocol):
         replies = self.replies
         while replies:
             head = replies[0]
-            if type(head) is bytes:
+            if isinstance(head, bytes):
                 out.append(head)
-            elif head.done():  # type: ignore[union-attr]
-                out.append(self._result(head))  # type: ignore[arg-type]
+            elif head.done():
+                out.append(self._result(head))
             else:
                 if self.waiting_on is not head:
-                    self.waiting_on = head  # type: ignore[assignment]
-                    head.add_done_callback(self._on_reply_ready)  # type: ignore[union-attr]
+                    self.waiting_on = head
+                    head.add_done_callback(self._on_reply_ready)
                 break
             replies.popleft()
         if out:

@@ -87,15 +87,19 @@ class Guard:
     def open(self, datagram: bytes, *, now_ns: int) -> bytes | None:
         """The payload if the datagram is authentic, fresh and new; else None (counted)."""
         if len(datagram) <= TRAILER_BYTES:
-            return self._drop("auth_short")
+            self._drop("auth_short")
+            return None
         head, mac = datagram[:-MAC_BYTES], datagram[-MAC_BYTES:]
         if not any(hmac.compare_digest(mac, _mac(key, head)) for key in self.keys):
-            return self._drop("auth_bad_mac")
+            self._drop("auth_bad_mac")
+            return None
         boot, seq, sent_ns = TRAILER.unpack_from(head, len(head) - TRAILER.size)
         if abs(now_ns - sent_ns) > self.max_age_ns:
-            return self._drop("auth_stale")
+            self._drop("auth_stale")
+            return None
         if not self._accept(boot, seq, now_ns):
-            return self._drop("auth_replay")
+            self._drop("auth_replay")
+            return None
         return head[: -TRAILER.size]
 
     def _accept(self, boot: int, seq: int, now_ns: int) -> bool:
@@ -132,7 +136,6 @@ class Guard:
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        return None
 
 
 def _mac(key: bytes, data: bytes) -> bytes:

@@ -1,0 +1,285 @@
+"""The member table: what one node believes about every member, and how news merges into it.
+
+Theory of operation. Every member is ALIVE, SUSPECT, DEAD or LEFT at some incarnation. News
+about a member is a :class:`MemberUpdate`; a higher incarnation wins and, at equal
+incarnation, the more severe state wins (the order of :class:`MemberState`), so updates merge
+in any order and duplicates are harmless. Only a member raises its own incarnation: to
+refute a suspicion or death about itself, and to leave. This is memberlist's aliveNode,
+suspectNode and deadNode in state.go.
+
+Every change the table accepts is queued for piggybacking, so it spreads on, and becomes a
+:class:`MemberEvent` for the node above. A SUSPECT member has a running
+:class:`~meshlimit.cluster.membership.suspicion.Suspicion`; the probe loop turns an expired
+one into DEAD. Dead and left members are remembered for ``dead_reap_ns``, so stale ALIVE
+gossip cannot resurrect them, then forgotten, which keeps the table bounded.
+
+Peer input is validated here too (the codec checks as well; this layer must not trust it).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshlimit.cluster.membership.broadcasts import BroadcastQueue
+from meshlimit.cluster.membership.suspicion import Suspicion
+from meshlimit.cluster.membership.timing import (
+    NEVER,
+    MembershipConfig,
+    expected_confirmations,
+    suspicion_timeout_ns,
+)
+from meshlimit.cluster.wire.messages import Address, MemberState, MemberUpdate
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
+LIVE = (ALIVE, SUSPECT)
+"""The states of a member that counts: probed, on the ring, ``n`` in the formulas."""
+MAX_INCARNATION = 2**63 - 2  # so that a refutation's +1 still fits the wire's u64
+_MAX_NODE_CHARS = 256  # the codec is stricter (64 bytes); this only keeps memory bounded
+
+
+@dataclass(slots=True)
+class Member:
+    """One row of the membership table (queries hand out copies)."""
+
+    node: str
+    addr: Address
+    state: int
+    incarnation: int
+    state_changed_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """A change in another member: new (``old_state`` None), state change or address change."""
+
+    node: str
+    addr: Address
+    old_state: int | None
+    new_state: int
+
+
+def update_of(m: Member) -> MemberUpdate:
+    """The news that states what we know of ``m``."""
+    return MemberUpdate(m.node, m.addr, m.state, m.incarnation)
+
+
+# --- validation of peer input (the codec checks too; this layer must not trust it) ---------
+
+
+def is_int(v: object, lo: int = 0, hi: int = 2**64) -> bool:
+    return type(v) is int and lo <= v < hi
+
+
+def is_node(v: object) -> bool:
+    return type(v) is str and 0 < len(v) <= _MAX_NODE_CHARS
+
+
+def is_addr(v: object) -> bool:
+    return (
+        type(v) is tuple
+        and len(v) == 2
+        and type(v[0]) is str
+        and 0 < len(v[0]) <= 255
+        and is_int(v[1], 0, 65536)
+    )
+
+
+def is_valid_update(m: object) -> bool:
+    return (
+        type(m) is MemberUpdate
+        and is_node(m.node)
+        and is_addr(m.addr)
+        and m.state in MemberState.NAMES
+        and type(m.state) is int
+        and is_int(m.incarnation, 0, MAX_INCARNATION + 1)
+    )
+
+
+# --- the table --------------------------------------------------------------------------
+
+
+class MemberTable:
+    """Members by node id, self included; merges news, runs suspicions, emits events.
+
+    ``queue``, ``stats`` and ``dropped`` are shared with the owning
+    :class:`~meshlimit.cluster.membership.swim.Membership`; ``on_live`` is called with each
+    member that becomes live (new or revived), so the probe loop can schedule it.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        addr: Address,
+        config: MembershipConfig,
+        *,
+        now_ns: int,
+        incarnation: int,
+        queue: BroadcastQueue,
+        stats: Counter[str],
+        dropped: Counter[str],
+        on_live: Callable[[str], None],
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.me = Member(node_id, addr, ALIVE, incarnation, now_ns)
+        self.members: dict[str, Member] = {node_id: self.me}
+        self.suspicions: dict[str, Suspicion] = {}
+        self.events: deque[MemberEvent] = deque()
+        self.live_count = 1  # ALIVE and SUSPECT members, self included (n in the formulas)
+        self.reap_at = NEVER  # no earlier than the first dead or left member may be forgotten
+        self._queue = queue
+        self._stats = stats
+        self._dropped = dropped
+        self._on_live = on_live
+
+    def gone(self) -> list[Member]:
+        """Dead and left members not yet forgotten."""
+        return [m for m in self.members.values() if m.state not in LIVE and m is not self.me]
+
+    # -- applying news ---------------------------------------------------------------------
+
+    def apply(self, u: MemberUpdate, sender: str, now: int) -> None:
+        """Merge news ``u`` relayed by ``sender``: newer news wins, a repeat may confirm."""
+        if u.node == self.node_id:
+            self._about_self(u)
+            return
+        m = self.members.get(u.node)
+        if m is None:
+            self._add(u, sender, now)
+        elif u.incarnation > m.incarnation or (
+            u.incarnation == m.incarnation and u.state > m.state
+        ):
+            self.change(m, u, sender, now)
+        elif u.state == SUSPECT and m.state == SUSPECT and u.incarnation == m.incarnation:
+            self.confirm(u.node, sender)
+
+    def _about_self(self, u: MemberUpdate) -> None:
+        me = self.me
+        if me.state == LEFT:
+            return  # we are leaving: let the news of our departure win
+        if u.incarnation < me.incarnation or (u.incarnation == me.incarnation and u.state == ALIVE):
+            return
+        me.incarnation = max(me.incarnation, u.incarnation) + 1
+        self._queue.push(update_of(me))
+        self._stats["refutations"] += 1
+
+    def _add(self, u: MemberUpdate, sender: str, now: int) -> None:
+        if u.state not in LIVE:
+            return  # the death of a stranger: nothing to remember
+        if len(self.members) >= self.config.max_members:
+            self._dropped["members_full"] += 1
+            return
+        m = Member(u.node, u.addr, u.state, u.incarnation, now)
+        self.members[u.node] = m
+        self.live_count += 1
+        self._on_live(u.node)
+        if u.state == SUSPECT:
+            self._start_suspicion(u.node, sender, now)
+        self._queue.push(u)
+        self._emit(m, None)
+
+    def change(self, m: Member, u: MemberUpdate, sender: str, now: int) -> None:
+        """Set ``m`` to what ``u`` says, without asking whether ``u`` is newer."""
+        old_state, old_addr = m.state, m.addr
+        m.state, m.incarnation, m.addr = u.state, u.incarnation, u.addr
+        self._queue.push(u)
+        if u.state == SUSPECT:
+            if m.node in self.suspicions:
+                self.confirm(m.node, sender)
+            else:
+                self._start_suspicion(m.node, sender, now)
+        else:
+            self.suspicions.pop(m.node, None)
+        if old_state == SUSPECT and u.state == ALIVE:
+            self._stats["false_suspicions"] += 1
+        if old_state not in LIVE and u.state in LIVE:
+            self._on_live(m.node)
+        if old_state != u.state:
+            m.state_changed_ns = now
+            self.live_count += (u.state in LIVE) - (old_state in LIVE)
+        if u.state not in LIVE:
+            self.reap_at = min(self.reap_at, now + self.config.dead_reap_ns)
+        if old_state != u.state or old_addr != u.addr:
+            self._emit(m, old_state)
+
+    def _start_suspicion(self, node: str, accuser: str, now: int) -> None:
+        n = self.live_count
+        base = suspicion_timeout_ns(self.config, n)
+        self.suspicions[node] = Suspicion.start(
+            now,
+            base,
+            base * self.config.suspicion_max_mult,
+            expected_confirmations(self.config, n),
+            accuser,
+        )
+        self._stats["suspicions"] += 1
+
+    def confirm(self, node: str, sender: str) -> None:
+        """``sender`` also suspects ``node``: shorten its suspicion's timer, if one runs."""
+        # Lifeguard counts independent accusers. MemberUpdate carries no accuser, so the
+        # member that relayed the suspicion to us stands in for one (see the report).
+        s = self.suspicions.get(node)
+        if s is not None:
+            s.confirm(sender)
+
+    def _emit(self, m: Member, old_state: int | None) -> None:
+        if len(self.events) >= 4 * self.config.max_members:
+            self.events.popleft()
+            self._dropped["events_overflow"] += 1
+        self.events.append(MemberEvent(m.node, m.addr, old_state, m.state))
+
+    # -- our own departure, and time passing ----------------------------------------------
+
+    def leave(self, now: int) -> MemberUpdate:
+        """Mark ourselves LEFT at a higher incarnation; returns the news (already queued)."""
+        me = self.me
+        me.state, me.incarnation, me.state_changed_ns = LEFT, me.incarnation + 1, now
+        self.live_count -= 1
+        self.suspicions.clear()
+        update = update_of(me)
+        self._queue.push(update)
+        return update
+
+    def expire_suspicions(self, now: int) -> None:
+        """Declare DEAD every suspect whose timer ran out."""
+        for node, s in list(self.suspicions.items()):
+            if now >= s.deadline:
+                m = self.members[node]
+                self.change(m, MemberUpdate(node, m.addr, DEAD, m.incarnation), self.node_id, now)
+                self._stats["declared_dead"] += 1
+
+    def reap(self, now: int) -> list[str]:
+        """Forget the dead and left members remembered long enough; returns their ids."""
+        if now < self.reap_at:
+            return []
+        self.reap_at = NEVER
+        forgotten = []
+        for m in self.gone():
+            forget_at = m.state_changed_ns + self.config.dead_reap_ns
+            if now >= forget_at:
+                del self.members[m.node]
+                forgotten.append(m.node)
+                self._stats["reaped"] += 1
+            else:
+                self.reap_at = min(self.reap_at, forget_at)
+        return forgotten
+
+    def _check(self) -> None:
+        """Assert the table's invariants (through ``Membership._check``)."""
+        assert self.members.get(self.node_id) is self.me
+        assert len(self.members) <= self.config.max_members
+        for node, s in self.suspicions.items():
+            assert self.members[node].state == SUSPECT and s.deadline >= s.started_ns
+        if self.me.state != LEFT:
+            for n, m in self.members.items():
+                assert m.state != SUSPECT or n in self.suspicions, n
+        assert self.live_count == sum(1 for m in self.members.values() if m.state in LIVE)
+        for m in self.gone():
+            assert self.reap_at <= m.state_changed_ns + self.config.dead_reap_ns

@@ -1,0 +1,133 @@
+"""SWIM's timing and bounds: the config with its presets, and the formulas derived from it.
+
+Everything here is a value or a pure function of the config and the cluster size ``n``, as
+memberlist keeps its presets in config.go and its formulas in util.go. Each formula has
+pinned values in the tests. Durations are nanoseconds of the caller's clock (``*_ns``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+_MS = 1_000_000
+_S = 1_000_000_000
+
+NEVER = 2**63 - 1
+"""A deadline that never comes: ``next_deadline`` when nothing is scheduled."""
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    """Timing and bounds of the SWIM protocol. The defaults are the LAN preset."""
+
+    probe_interval_ns: int = 1 * _S
+    """Time between two probes. Why 1 s: memberlist's LAN value; cheap and detects in seconds."""
+    probe_timeout_ns: int = 500 * _MS
+    """Wait for a direct Ack before asking others to probe. Why 500 ms: far above a LAN RTT,
+    and it leaves half the interval for the indirect probes."""
+    indirect_checks: int = 3
+    """Members asked to probe a silent target for us (SWIM's k). Why 3: memberlist's value;
+    enough that one bad link does not cause a suspicion."""
+    suspicion_mult: int = 2
+    """Base suspicion timeout is ``suspicion_mult * max(1, log10(n)) * probe_interval``. Why 2
+    (memberlist uses 4): a crash in a small LAN cluster is then declared dead within ~5 s
+    (first probe + one interval + 2 s); Lifeguard's max guards against early verdicts."""
+    suspicion_max_mult: int = 6
+    """Lifeguard: an unconfirmed suspicion waits this many base timeouts. Why 6: memberlist's
+    value; a lone, perhaps slow, accuser gives the suspect long enough to refute."""
+    suspicion_confirmations: int = 2
+    """Lifeguard's K: confirmations from other members that shrink the timeout to the base.
+    Why 2: memberlist's ``suspicion_mult - 2`` for its default; capped at ``n - 3``."""
+    retransmit_mult: int = 4
+    """Each update is sent ``retransmit_mult * ceil(log10(n + 1))`` times. Why 4: memberlist's
+    value; reaches every member with high probability."""
+    gossip_interval_ns: int = 200 * _MS
+    """Pending news is pushed to ``gossip_fanout`` members this often (only when there is
+    news). Why 200 ms: memberlist's value; spreads news faster than probe traffic alone."""
+    gossip_fanout: int = 3
+    """Members each gossip round (and a graceful leave) sends to. Why 3: memberlist's value."""
+    max_piggyback: int = 8
+    """Most updates attached to one datagram. Why 8: about 400 bytes, under a third of the
+    1,400-byte datagram budget, leaving room for the checks it carries."""
+    push_pull_interval_ns: int = 30 * _S
+    """Full-state exchange (a Join) with a seed we lost or a random member. Why 30 s:
+    memberlist's value; heals partitions that outlived the gossip of their news."""
+    dead_reap_ns: int = 30 * _S
+    """How long dead and left members are remembered, so stale ALIVE gossip cannot resurrect
+    them, before they are forgotten and the table stays bounded. Why 30 s: memberlist's
+    GossipToTheDeadTime; far longer than news takes to die out (retransmit limit x gossip)."""
+    max_members: int = 1024
+    """Most members in the table; news of more is dropped and counted. Why 1024: far beyond a
+    rate-limiting cluster, small enough that a flood of fake members costs little."""
+    max_relays: int = 64
+    """Most probes in flight on behalf of other members (PingReq). Why 64: a member gets
+    about ``indirect_checks`` requests per interval; 64 survives a burst of them."""
+    max_broadcasts: int = 1024
+    """Most pending updates; beyond it the most-sent is dropped and counted. Why 1024: one per
+    member already fits, since a newer update about a member replaces the older one."""
+
+    def __post_init__(self) -> None:
+        assert 0 < self.probe_timeout_ns < self.probe_interval_ns, "timeout must fit the interval"
+        assert self.suspicion_mult >= 1 and self.suspicion_max_mult >= 1
+        assert self.retransmit_mult >= 1 and self.max_piggyback >= 1
+        assert self.max_members >= 1 and self.max_relays >= 0 and self.max_broadcasts >= 1
+
+    @classmethod
+    def lan(cls) -> MembershipConfig:
+        """A data-centre LAN: 1 s probes, a crash declared dead within ~5 s in small clusters."""
+        return cls()
+
+    @classmethod
+    def local(cls) -> MembershipConfig:
+        """Loopback (demo, tests on one machine): five times faster than ``lan``."""
+        return cls(
+            probe_interval_ns=200 * _MS,
+            probe_timeout_ns=100 * _MS,
+            gossip_interval_ns=50 * _MS,
+            push_pull_interval_ns=5 * _S,
+            dead_reap_ns=10 * _S,
+        )
+
+    @classmethod
+    def wan(cls) -> MembershipConfig:
+        """Across data centres: memberlist's WAN timings, slower and more patient."""
+        return cls(
+            probe_interval_ns=5 * _S,
+            probe_timeout_ns=3 * _S,
+            suspicion_mult=6,
+            suspicion_confirmations=4,
+            gossip_interval_ns=500 * _MS,
+            gossip_fanout=4,
+            push_pull_interval_ns=60 * _S,
+            dead_reap_ns=120 * _S,
+        )
+
+    @classmethod
+    def sim(cls) -> MembershipConfig:
+        """The simulator's preset: the LAN timings, so its findings hold for production."""
+        return cls.lan()
+
+
+# --- formulas ---------------------------------------------------------------------------
+
+
+def suspicion_timeout_ns(config: MembershipConfig, n_members: int) -> int:
+    """The base (minimum) suspicion timeout: ``mult * max(1, log10(n)) * probe_interval``."""
+    scale = max(1.0, math.log10(max(1, n_members)))
+    return int(config.suspicion_mult * scale * config.probe_interval_ns)
+
+
+def retransmit_limit(config: MembershipConfig, n_members: int) -> int:
+    """How often one update is sent: ``retransmit_mult * ceil(log10(n + 1))``.
+
+    ``ceil(log10(n + 1))`` is the number of decimal digits of ``n`` (n >= 1), computed
+    exactly without floats.
+    """
+    return config.retransmit_mult * len(str(max(1, n_members)))
+
+
+def expected_confirmations(config: MembershipConfig, n_members: int) -> int:
+    """Lifeguard's K for a cluster of ``n``: at most the members other than self, the
+    suspect and the first accuser, who could confirm."""
+    return max(0, min(config.suspicion_confirmations, n_members - 3))

@@ -1,0 +1,188 @@
+"""Forwarding: checks sent to their client's owner in batches, and the owner's answers.
+
+Theory of operation. The asking side: ``forward`` gives a check a ticket, records it
+as pending with a deadline, and queues it in the batch for its owner. A batch leaves
+when the batch window closes (``flush_due``) or as soon as the next check might not
+fit one datagram. A reply resolves a pending check only when it comes from the owner
+asked; later or foreign replies are counted and ignored. A check still pending at its
+deadline is handed back (``expire``) for the node to decide degraded. Every forward
+gets the same timeout, so the pending map's insertion order is its deadline order.
+
+Tickets double as request ids on the wire, and owners de-duplicate by (sender, id):
+a restarted node must not reuse the ids of its previous life, or an owner would
+answer it from the cache without counting. The first ticket is therefore drawn at
+random by the node.
+
+The owner's side: ``answer`` decides each check of a batch once and replies with the
+results. It remembers the results per peer (``dedup_per_peer`` of them, for at most
+``max_members`` peers), so a duplicated datagram is answered again without counting
+twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.events import Decided
+from meshlimit.cluster.node.link import Link
+from meshlimit.cluster.wire.messages import CheckBatch, CheckResult, ReplyBatch
+from meshlimit.core.decision import Decision, make_decision
+
+_NEVER = 2**63 - 1
+#: Encoded size of one forwarded check beyond its client id: the request id (up to 9
+#: bytes), the cost (up to 9), the id's string header (up to 3) and the array header.
+CHECK_OVERHEAD_BYTES = 22
+#: The most one check can add to a batch (a 256-byte id plus framing).
+MAX_CHECK_BYTES = 256 + CHECK_OVERHEAD_BYTES
+
+#: How the owner decides one forwarded check: ``(client, cost, wall_ns, path)``.
+Decide = Callable[[str, int, int, str], Decision]
+
+
+@dataclass(slots=True)
+class PendingCheck:
+    """A forwarded check awaiting its owner's answer."""
+
+    client: str
+    cost: int
+    owner: str
+    deadline_ns: int
+
+
+class Forwarding:
+    """Pending forwarded checks, the batches being filled, and the owner's answer cache."""
+
+    def __init__(
+        self, config: NodeConfig, link: Link, *, stats: Counter[str], first_ticket: int
+    ) -> None:
+        self._config = config
+        self._link = link
+        self._stats = stats
+        self._next_ticket = first_ticket
+        #: Forwarded checks awaiting an answer, by ticket, in deadline order.
+        self.pending: dict[int, PendingCheck] = {}
+        self._batches: dict[str, list[tuple[int, str, int]]] = {}
+        self._batch_bytes: dict[str, int] = {}  # upper bound of each batch's encoded size
+        self._batch_due_ns = _NEVER
+        self._dedup: dict[str, OrderedDict[int, CheckResult]] = {}
+
+    @property
+    def full(self) -> bool:
+        """Whether ``max_pending`` checks already await an answer."""
+        return len(self.pending) >= self._config.max_pending
+
+    def next_deadline(self) -> int:
+        """When the open batch window closes or the oldest forward times out."""
+        deadline = self._batch_due_ns
+        if self.pending:
+            deadline = min(deadline, next(iter(self.pending.values())).deadline_ns)
+        return deadline
+
+    # --- the asking side --------------------------------------------------------------
+
+    def forward(self, client: str, cost: int, owner: str, now_ns: int) -> int:
+        """Queue a check for ``owner``; returns its ticket."""
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self.pending[ticket] = PendingCheck(
+            client, cost, owner, now_ns + self._config.forward_timeout_ns
+        )
+        batch = self._batches.setdefault(owner, [])
+        batch.append((ticket, client, cost))
+        if len(batch) == 1 and self._batch_due_ns == _NEVER:
+            self._batch_due_ns = now_ns + self._config.batch_window_ns
+        # A check costs its id plus at most ~20 bytes of framing (ticket, cost, array
+        # header): send as soon as the next one might not fit one datagram.
+        size = self._batch_bytes.get(owner, 0) + len(client.encode()) + CHECK_OVERHEAD_BYTES
+        if size + MAX_CHECK_BYTES > self._link.message_budget:
+            self._flush_batch(owner)
+        else:
+            self._batch_bytes[owner] = size
+        return ticket
+
+    def flush_due(self, now_ns: int) -> None:
+        """Send the batches if their window has closed."""
+        if now_ns >= self._batch_due_ns:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every batch now."""
+        for owner in list(self._batches):
+            self._flush_batch(owner)
+        self._batch_due_ns = _NEVER
+
+    def _flush_batch(self, owner: str) -> None:
+        self._batch_bytes.pop(owner, None)
+        batch = self._batches.pop(owner, None)
+        if batch:
+            self._stats["batches_sent"] += 1
+            self._stats["batched_checks"] += len(batch)
+            self._link.send(owner, CheckBatch(tuple(batch)))
+        if not self._batches:
+            self._batch_due_ns = _NEVER
+
+    def expire(self, now_ns: int) -> list[tuple[int, PendingCheck]]:
+        """Remove and return, oldest first, the checks whose owner did not answer in time."""
+        expired = []
+        while self.pending:
+            ticket, pending = next(iter(self.pending.items()))
+            if pending.deadline_ns > now_ns:
+                break
+            del self.pending[ticket]
+            self._stats["forward_timeouts"] += 1
+            expired.append((ticket, pending))
+        return expired
+
+    def resolve(self, sender: str, message: ReplyBatch) -> list[Decided]:
+        """The owner's answers: the checks they decide (replies from others are ignored)."""
+        decided = []
+        for result in message.results:
+            pending = self.pending.get(result.request_id)
+            if pending is None or pending.owner != sender:
+                self._stats["late_replies"] += 1
+                continue
+            del self.pending[result.request_id]
+            retry_ns = -1 if result.retry_after_ms < 0 else result.retry_after_ms * 1_000_000
+            decision = make_decision(
+                result.allowed,
+                result.limit,
+                result.remaining,
+                result.reset_after_ms * 1_000_000,
+                retry_ns,
+                "forwarded",
+            )
+            self._stats[f"forwarded_{'allowed' if result.allowed else 'refused'}"] += 1
+            decided.append(Decided(result.request_id, pending.client, decision))
+        return decided
+
+    # --- the owner's side -------------------------------------------------------------
+
+    def answer(self, sender: str, message: CheckBatch, wall: int, decide: Decide) -> None:
+        """Decide a batch forwarded by ``sender`` (each request id once) and reply."""
+        seen = self._dedup.setdefault(sender, OrderedDict())
+        if len(self._dedup) > self._config.membership.max_members:
+            self._dedup.pop(next(iter(self._dedup)))
+        results = []
+        for request_id, client, cost in message.checks:
+            cached = seen.get(request_id)
+            if cached is not None:
+                self._stats["duplicate_checks"] += 1
+                results.append(cached)
+                continue
+            decision = decide(client, cost, wall, "forwarded")
+            result = CheckResult(
+                request_id,
+                decision.allowed,
+                decision.limit,
+                decision.remaining,
+                int(decision.reset_after * 1000),
+                -1 if decision.retry_after == float("inf") else int(decision.retry_after * 1000),
+            )
+            seen[request_id] = result
+            if len(seen) > self._config.dedup_per_peer:
+                seen.popitem(last=False)
+            results.append(result)
+        self._link.send(sender, ReplyBatch(tuple(results)))
