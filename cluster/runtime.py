@@ -7,18 +7,32 @@ the node's next deadline. The same node runs unchanged under the simulator.
 
 Time: ``now_ns`` is ``time.monotonic_ns()`` (timeouts never jump) and
 ``wall_ns`` is ``time.time_ns()`` (windows align to wall time).
+
+Identity: every process life gets a boot id that cannot repeat (``new_boot_id``:
+the wall clock's seconds and 32 random bits from the OS), never drawn from the
+seeded RNG, which ``--seed-rng`` makes repeat across restarts.
+
+Names: seeds may be host names. They are resolved when the node starts and
+again whenever the node asks (``SeedsWanted``: with backoff while joining, now
+and then after); a name that does not resolve is logged and tried again later
+(``cluster/resolve.py``). The socket may bind one address (``bind``, e.g.
+``0.0.0.0``) while peers are told another (the node's ``config.addr``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import secrets
+import socket
 import time
 from collections.abc import Callable
 
-from meshlimit.cluster.node import Decided, MembershipChanged, Node
+from meshlimit.cluster.node import Decided, MembershipChanged, Node, SeedsWanted
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.resolve import format_address, is_ip_literal, resolve_seeds
 from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 
@@ -26,6 +40,13 @@ log = logging.getLogger("meshlimit.cluster")
 
 #: Datagrams waiting in the kernel beyond this are the kernel's to drop; ours is bounded too.
 MAX_DATAGRAM = 65_535
+
+
+def new_boot_id() -> int:
+    """A 64-bit identity for this process life: the wall clock's seconds above 32 random
+    bits from the OS. Two lives collide only if they start in the same second and draw
+    the same 32 bits; a seeded RNG would repeat it on every restart."""
+    return (time.time_ns() // 1_000_000_000 & 0xFFFF_FFFF) << 32 | secrets.randbits(32)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -42,9 +63,28 @@ class _Protocol(asyncio.DatagramProtocol):
 class Runtime:
     """Runs one node on an asyncio loop (uvloop when installed)."""
 
-    def __init__(self, config: NodeConfig, *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        seed: int | None = None,
+        bind: Address | None = None,
+        boot_id: int | None = None,
+    ) -> None:
+        """``seed`` seeds the node's RNG (probe order, reproducible runs); ``bind`` is the
+        address the socket binds (default: ``config.addr``, the one peers are told);
+        ``boot_id`` defaults to a new one (``new_boot_id``)."""
         now = time.monotonic_ns()
-        self.node = Node(config, random.Random(seed), now_ns=now, wall_ns=time.time_ns())
+        boot = new_boot_id() if boot_id is None else boot_id
+        self.node = Node(
+            config, random.Random(seed), now_ns=now, wall_ns=time.time_ns(), boot_id=boot
+        )
+        self.bind = config.addr if bind is None else bind
+        self._seeds: list[Address] = []  # as given: names or literal addresses
+        self._resolved: list[Address] = []
+        self._resolve_errors: dict[str, str] = {}
+        self._resolving: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._futures: dict[int, asyncio.Future[Decision]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -57,15 +97,52 @@ class Runtime:
         self.on_forwarded: Callable[[int, str], None] | None = None
 
     async def start(self, seeds: list[Address]) -> None:
-        """Bind the socket and join through ``seeds``."""
+        """Bind the socket and begin joining through ``seeds`` (names or addresses);
+        :meth:`wait_ready` waits for the join to complete."""
         self._loop = asyncio.get_running_loop()
-        host, port = self.node.config.addr
         transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(host, port)
+            lambda: _Protocol(self), local_addr=self.bind
         )
         self._transport = transport  # type: ignore[assignment]
-        self.node.start(seeds, now_ns=time.monotonic_ns())
+        self._seeds = list(seeds)
+        addresses = await self._resolve() if seeds else []
+        self.node.start(addresses, now_ns=time.monotonic_ns(), resolve=bool(seeds))
         self._pump()
+
+    @property
+    def ready(self) -> bool:
+        """Joined (or without seeds) and not left: see ``Node.ready``."""
+        return self.node.ready
+
+    async def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until the node has joined; False if ``timeout_s`` passed first."""
+        if not self.node.ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+        return self.node.ready  # False too once the node has left
+
+    def readiness(self) -> tuple[bool, str]:
+        """``(ready, reason)``: why the node is not ready, in words an operator can act on."""
+        node = self.node
+        if node.ready:
+            return True, "joined" if self._seeds else "no seeds: a cluster of one"
+        if self._transport is None or not node.joining.started:
+            return False, "not started"
+        if node.joining.left:
+            return False, "left the cluster (draining)"
+        names = ", ".join(format_address(s) for s in self._seeds)
+        if node.joining.awaiting_seeds:
+            errors = "; ".join(f"{k}: {v}" for k, v in self._resolve_errors.items())
+            return False, f"joining: no seed resolved to an address yet ({errors or names})"
+        tried = ", ".join(format_address(s) for s in node.joining.seeds)
+        return False, f"joining: no seed has answered yet (seeds {names}; tried {tried})"
+
+    def leave(self) -> None:
+        """Leave the cluster gracefully now (hand over counts, tell the others); the
+        socket stays open so that checks made meanwhile still reach their owners."""
+        if self._transport is not None and not self.node.joining.left:
+            self.node.leave(now_ns=time.monotonic_ns())
+            self._pump()
 
     async def check(self, client: str, cost: int = 1) -> Decision:
         """Decide a check, waiting for the owner when the check is forwarded."""
@@ -91,10 +168,12 @@ class Runtime:
 
     async def stop(self, *, leave: bool = True, linger_s: float = 0.2) -> None:
         """Leave gracefully (hand over counts, tell the others), then close the socket."""
-        if leave and self._transport is not None:
-            self.node.leave(now_ns=time.monotonic_ns())
-            self._pump()
+        if leave and self._transport is not None and not self.node.joining.left:
+            self.leave()
             await asyncio.sleep(linger_s)
+        if self._resolving is not None:
+            self._resolving.cancel()
+            self._resolving = None
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:
@@ -130,7 +209,10 @@ class Runtime:
         node = self.node
         if self._transport is not None:
             for datagram, addr in node.datagrams_to_send():
-                self._transport.sendto(datagram, addr)
+                try:
+                    self._transport.sendto(datagram, addr)
+                except (ValueError, OSError):  # a name, or another family: a peer's bad addr
+                    node.dropped["send_unroutable"] += 1
         for event in node.events():
             if isinstance(event, Decided):
                 future = self._futures.pop(event.ticket, None)
@@ -138,7 +220,46 @@ class Runtime:
                     future.set_result(event.decision)
             elif isinstance(event, MembershipChanged):
                 self._log_membership(event)
+            elif isinstance(event, SeedsWanted):
+                self._resolve_again(event)
+        if node.ready and not self._ready.is_set():
+            self._ready.set()
+            log.info("joined the cluster", extra={"members": len(node.membership.alive_nodes())})
         self._arm_timer()
+
+    # --- names ------------------------------------------------------------------------
+
+    async def _resolve(self) -> list[Address]:
+        """Every address of the seeds now; names that do not resolve are logged."""
+        family = socket.AF_UNSPEC
+        if self._transport is not None:
+            family = self._transport.get_extra_info("socket").family
+        addresses, errors = await resolve_seeds(self._seeds, family)
+        for seed, error in errors.items():
+            if self._resolve_errors.get(seed) != error:
+                log.warning("cannot resolve seed", extra={"seed": seed, "error": error})
+        if addresses != self._resolved and not all(is_ip_literal(h) for h, _ in self._seeds):
+            shown = " ".join(map(format_address, addresses))
+            log.info("seeds resolved", extra={"addresses": shown})
+        self._resolve_errors, self._resolved = errors, addresses
+        return addresses
+
+    def _resolve_again(self, event: SeedsWanted) -> None:
+        """The node asks for fresh seed addresses: resolve in the background."""
+        if not self.node.ready:
+            reason = self.readiness()[1]
+            log.warning(
+                "not joined yet; trying the seeds again",
+                extra={"attempt": event.attempt, "reason": reason},
+            )
+        if self._resolving is None or self._resolving.done():
+            self._resolving = asyncio.ensure_future(self._set_seeds())
+
+    async def _set_seeds(self) -> None:
+        addresses = await self._resolve()
+        if self._transport is not None:
+            self.node.set_seeds(addresses, now_ns=time.monotonic_ns())
+            self._pump()
 
     def _arm_timer(self) -> None:
         if self._loop is None:

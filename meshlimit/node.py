@@ -6,6 +6,15 @@ decision = await node.check("acme")
 await node.set_rule("acme", "500/minute")
 await node.stop()
 ```
+
+``Node.start`` returns once the node has joined its cluster (a seed answered),
+so the first check after it is decided by the client's owner; it waits at most
+``join_timeout`` seconds and then raises :class:`JoinTimeoutError`, having closed
+the socket. ``join_timeout=0`` returns at once instead: the node keeps trying its
+seeds and decides from its degraded quota until it has joined (``node.ready``,
+``await node.wait_ready()``). Seeds may be host names, resolved on every join
+attempt; ``advertise`` is the address peers are told when ``bind`` is
+``0.0.0.0``.
 """
 
 from __future__ import annotations
@@ -14,11 +23,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.resolve import is_unspecified, resolve_address
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.cluster.wire.addresses import Address, parse_address
+from meshlimit.cluster.wire.addresses import Address, parse_address, parse_udp_address
 from meshlimit.core.decision import Decision
 from meshlimit.core.registry import CLIENT_PREFIX, DEFAULT_KEY, TIER_PREFIX
 from meshlimit.core.rules import Rule, as_rule
+
+#: How long :meth:`Node.start` waits for a seed to answer by default. Why 10 s: several
+#: join attempts on any preset, short enough that a wrong seed is reported promptly.
+JOIN_TIMEOUT_S = 10.0
+
+
+class JoinTimeoutError(TimeoutError):
+    """No seed answered within ``join_timeout``: the node was stopped, its port freed."""
 
 
 class Node:
@@ -40,35 +58,68 @@ class Node:
         rules: dict[str, Rule | str] | None = None,
         tiers: dict[str, Rule | str] | None = None,
         seed: int | None = None,
+        advertise: str | None = None,
+        join_timeout: float | None = JOIN_TIMEOUT_S,
         **options: Any,
     ) -> Node:
-        """Bind ``bind``, join through ``seeds``, and return the running node.
+        """Bind ``bind``, join through ``seeds``, and return the node once it has joined.
 
         ``preset`` picks timings (``lan``, ``local`` for loopback, ``wan``);
         ``options`` override :class:`~meshlimit.cluster.config.NodeConfig` fields.
+        ``advertise`` (``HOST:PORT``) is the address peers reach this node at, when it
+        is not ``bind``. ``join_timeout``: seconds to wait for a seed's answer before
+        raising :class:`JoinTimeoutError` (None: wait for ever; 0: do not wait, the node
+        is then not ``ready`` at first). ``seed`` seeds the RNG (probe order) only: every
+        start is a new life with its own boot id, whatever the seed.
         """
-        addr = parse_address(bind)
+        bind_addr = await resolve_address(parse_address(bind))
+        if advertise is not None:
+            addr = await resolve_address(parse_udp_address(advertise))
+        elif is_unspecified(bind_addr[0]):
+            raise ValueError(f"bind {bind!r} is no address peers can reach: give advertise=")
+        else:
+            addr = bind_addr
         config = NodeConfig.preset(
             preset,
-            node_id or f"{addr[0]}:{addr[1]}",
+            node_id or "{}:{}".format(*parse_address(advertise or bind)),
             addr,
             mode=mode,
             default_rule=str(as_rule(default)),
             **options,
         )
-        runtime = Runtime(config, seed=seed)
+        runtime = Runtime(config, seed=seed, bind=bind_addr)
         await runtime.start([parse_address(s) for s in seeds])
         node = cls(runtime)
         for name, rule in (tiers or {}).items():
             await node.set_tier(name, rule)
         for client, rule in (rules or {}).items():
             await node.set_rule(client, rule)
+        try:
+            joined = join_timeout == 0 or await runtime.wait_ready(join_timeout)
+        except BaseException:  # cancelled while waiting: free the port all the same
+            await runtime.stop(leave=False)
+            raise
+        if not joined:
+            reason = runtime.readiness()[1]
+            await runtime.stop(leave=False)
+            raise JoinTimeoutError(
+                f"node {config.node_id} did not join in {join_timeout:g} s: {reason}"
+            )
         return node
 
     @property
     def node_id(self) -> str:
         """This node's id."""
         return self._runtime.node.node_id
+
+    @property
+    def ready(self) -> bool:
+        """Joined (or started without seeds) and not stopped: checks here know the ring."""
+        return self._runtime.ready
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the node has joined; False if ``timeout`` seconds passed first."""
+        return await self._runtime.wait_ready(timeout)
 
     @property
     def sans_io(self) -> Any:

@@ -30,14 +30,17 @@ from typing import Any, ParamSpec, TypeVar
 from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
-from meshlimit.node import Node
+from meshlimit.node import JOIN_TIMEOUT_S, JoinTimeoutError, Node
+
+__all__ = ["JoinTimeoutError", "NodeStoppedError", "SyncNode", "new_event_loop"]
 
 log = logging.getLogger("meshlimit.sync")
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
-#: How long :meth:`SyncNode.start` waits for the socket to bind and the join to begin.
+#: How long :meth:`SyncNode.start` waits for the socket to bind and the join to begin,
+#: on top of the join itself (``join_timeout``).
 START_TIMEOUT_S = 10.0
 #: How long :meth:`SyncNode.stop` waits for the graceful leave before closing anyway.
 STOP_TIMEOUT_S = 5.0
@@ -88,24 +91,28 @@ class SyncNode:
         *,
         use_uvloop: bool = True,
         start_timeout_s: float = START_TIMEOUT_S,
+        join_timeout: float | None = JOIN_TIMEOUT_S,
         **options: Any,
     ) -> SyncNode:
-        """Start the loop thread, then the node on it; return once the socket is bound.
+        """Start the loop thread, then the node on it; return once the node has joined.
 
-        ``bind``, ``seeds``, ``default`` and ``options`` (``node_id``, ``mode``,
-        ``preset``, ``rules``, ``tiers``, ``seed``, and
-        :class:`~meshlimit.cluster.config.NodeConfig` fields) are those of
-        :meth:`meshlimit.Node.start`. Its errors (a bad address, a port in use)
-        are raised here, and the thread is gone by then.
+        ``bind``, ``seeds``, ``default``, ``join_timeout`` and ``options``
+        (``node_id``, ``mode``, ``preset``, ``rules``, ``tiers``, ``seed``,
+        ``advertise``, and :class:`~meshlimit.cluster.config.NodeConfig` fields) are
+        those of :meth:`meshlimit.Node.start`. Its errors (a bad address, a port in
+        use, :class:`~meshlimit.node.JoinTimeoutError` when no seed answered within
+        ``join_timeout``) are raised here, and the thread is gone by then.
         """
         loop = new_event_loop(use_uvloop=use_uvloop)
         thread = threading.Thread(
             target=_run_loop, args=(loop,), name=f"meshlimit-node-{bind}", daemon=True
         )
         thread.start()
-        future = asyncio.run_coroutine_threadsafe(Node.start(bind, seeds, default, **options), loop)
+        start = Node.start(bind, seeds, default, join_timeout=join_timeout, **options)
+        future = asyncio.run_coroutine_threadsafe(start, loop)
+        wait_s = None if join_timeout is None else start_timeout_s + join_timeout
         try:
-            node = future.result(start_timeout_s)
+            node = future.result(wait_s)
         except BaseException:
             future.cancel()
             loop.call_soon_threadsafe(loop.stop)
@@ -119,6 +126,15 @@ class SyncNode:
     def node_id(self) -> str:
         """This node's id."""
         return self._node.node_id
+
+    @property
+    def ready(self) -> bool:
+        """Joined (or started without seeds): checks here know the ring."""
+        return self._node.ready
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the node has joined; False if ``timeout`` seconds passed first."""
+        return self._call(self._node.wait_ready(timeout), timeout + CALL_TIMEOUT_S)
 
     @property
     def running(self) -> bool:

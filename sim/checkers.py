@@ -1,37 +1,48 @@
 """Checkers: they observe a simulated run and state its invariants in the mission's terms.
 
-They never change what they observe, and they never reach into the world: the
-world hands them every fact they judge by. It reports every decision a node
-made (with the deciding node's wall clock, so windows are the ones the
-decider enforced), every membership change (with the :class:`Liveness` of the
-node it is about), every timeline action and every exception that escaped a
-node; at the end the checkers compare what was admitted with what the design
-promises (``docs/design.md``, "Failure scenarios"):
+They never change what they observe, and they never reach into the world: the world hands
+them every fact they judge by -- every decision a node made (with the deciding node's wall
+clock, so windows are the ones the decider enforced), every answer a client got, every
+membership change (with the :class:`Liveness` of the node it is about), every timeline
+action, every exception that escaped a node, and at the end the running nodes themselves.
+From the timeline they rebuild what truly happened (:mod:`~meshlimit.sim.history`), from
+each life's events what it believed (:mod:`~meshlimit.sim.views`), and hold the run to the
+design (``docs/design.md``; ``docs/simulator.md`` states every bound with its formula).
+Each of these is a verdict that fails the run:
 
-- **healthy strict mode**: per client and window, admitted <= capacity
-  (limit + burst);
-- **faults** (strict): admitted <= capacity * (1 + degraded_fraction), plus
-  one more capacity in a window where ownership changed (a join, leave,
-  crash or partition moves owners, and the counts replicated last gossip
-  round can lag by what the old owner admitted since);
-- **local mode**: admitted <= capacity * members (each node's own view
-  always includes its own admissions), plus one capacity in a window where a
-  member (re)joined; the overshoot is measured;
-- **under-admission**: refusals of requests one perfect node seeing every
-  admission would have admitted (window rules without burst), measured; in
-  healthy strict windows at most 1% of judged refusals (floor 3);
-- **liveness**: after the last heal, rules and membership converge;
-- **detection**: time from a crash to every live node declaring it dead, and
-  false suspicions of nodes that were up and reachable;
-- **accounting**: every "allowed" a client hears was counted by some node;
-- **safety of the code**: no exception ever escapes a node.
+- ``over_admission``: a client window admitted more than the bound its actual deciders
+  and faults allow (:mod:`~meshlimit.sim.windows`), or one full-capacity decider alone
+  more than the capacity; ``counts_lost``: more than the bound with the counts a later
+  decider must have received by hand-over or gossip (:mod:`~meshlimit.sim.knowledge`);
+  ``over_share``: a degraded decider more than its share;
+- ``degraded_without_cause``: a degraded decision in a run without faults, by a node whose
+  view has held every member alive for longer than a forward takes to time out;
+- ``not_owner``: a strict-mode decision at full capacity by a node that did not own the
+  client in its own view (its own checks) nor in any live node's when the check was sent
+  (forwarded ones); ``minority_decided_at_full``: one by a node whose own view held a
+  minority, or that had been cut off in a minority longer than detection takes
+  (:mod:`~meshlimit.sim.deciders`);
+- ``answered_twice``: a check answered after it was answered (or never asked);
+  ``decided_twice``: more forwarded checks decided by owners than were forwarded;
+  ``uncounted_admission``: more "allowed" answers than admissions counted, per node and
+  path, and per client;
+- ``under_admission``: in windows judged at the exact bound, refusals that the cluster-wide
+  count would have admitted, beyond 1% (floor 3); ``reset_not_kept``: a refusal after an
+  operator reset reached every node, that the admissions since the reset would not explain;
+- ``slow_detection``: a crashed node not declared dead by a live observer within the
+  detection bound; ``false_suspicion``: a running node suspected in a run without faults;
+- at the end (:mod:`~meshlimit.sim.endstate`): rules, membership, replicated counts and
+  clock-offset estimates each within their stated bound;
+- ``exception``: an exception escaped a node.
+
+Measured, not judged: detection times, false suspicions in faulty runs, under-admission
+outside exact windows, and how many windows were judged at which bound (``judged``).
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from bisect import bisect_right
+from collections import Counter
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -40,30 +51,28 @@ from meshlimit.cluster.wire.messages import MemberState
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 
-from .events import NS_PER_S, SIM_EPOCH_NS
+from . import endstate
+from .bounds import detection_bound_ns
+from .deciders import Deciders
+from .events import NS_PER_S
+from .history import History, Life
+from .knowledge import Knowledge
+from .refusals import Refusals
 from .scenario import Action, Scenario
+from .verdicts import Findings, Violation
+from .views import Rings, View
+from .windows import AT_MOST_CAPACITY, EXACT, LifeKey, WindowKey, WindowTally, judge
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlimit.cluster.membership import MemberEvent
+    from meshlimit.cluster.node import Node
 
-#: Verbs that start a fault; ``heal`` ends the network ones, restarts end crashes.
-NETWORK_FAULTS = {"partition", "partition_oneway", "isolate", "flap", "loss", "duplicate",
-                  "reorder", "latency"}  # fmt: skip
-NODE_FAULTS = {"crash", "pause", "leave", "join", "restart", "resume"}
-CLOCK_FAULTS = {"skew", "drift", "jump"}
-#: After a fault ends, windows this long afterwards still count as faulty (detection,
-#: reaping of dead members, re-ownership): the lan preset's reap time plus slack.
-SETTLE_NS = 5 * NS_PER_S
-#: A membership change (a join at boot included) moves ownership; counts follow within
-#: a gossip round or two, so windows this close to one are checked against the fault bound.
-MEMBERSHIP_SETTLE_NS = 5 * NS_PER_S
-#: How far a skewed or stepped clock may name windows from true time (the fuzzer and the
-#: shipped scenarios stay within a few seconds).
-CLOCK_SLACK_NS = 10 * NS_PER_S
 #: Healthy strict windows may refuse what one perfect node would admit only this rarely
 #: (a forwarded check decided a moment before one counted earlier reaches the tally).
 UNDER_ADMISSION_RATE = 0.01
 UNDER_ADMISSION_FLOOR = 3
+#: A clock stepped back makes at most this many of a client's windows uncertain.
+_MAX_UNCERTAIN_WINDOWS = 100
 
 
 class Liveness(Enum):
@@ -77,293 +86,421 @@ class Liveness(Enum):
     """Crashed or left (no node runs under that name), or not a node of this world."""
 
 
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """A broken invariant, with what is needed to find it again."""
-
-    kind: str
-    detail: str
-    client: str = ""
-    window: int = -1
-    nodes: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        where = f" client={self.client} window={self.window}" if self.client else ""
-        nodes = f" nodes={','.join(self.nodes)}" if self.nodes else ""
-        return f"{self.kind}:{where}{nodes} {self.detail}"
-
-
-@dataclass(slots=True)
-class _WindowTally:
-    admitted: int = 0
-    capacity: int = 0
-    limit: int = 0
-    deciders: set[str] = field(default_factory=set)
-    paths: Counter[str] = field(default_factory=Counter)
-
-
 class Checkers:
     """Every invariant of a run; ``violations`` is empty when the run is correct."""
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
-        defaults = NodeConfig("x", ("x", 0))
-        self.fraction = defaults.degraded_fraction
+        self.config = NodeConfig.preset("sim", "x", ("x", 0), mode=scenario.mode)
+        self.fraction = self.config.degraded_fraction
+        self.local = scenario.mode == "local"
+        self.history = History(scenario)
+        self.views: dict[LifeKey, View] = {}
+        self.rings = Rings()
+        self.windows: dict[WindowKey, WindowTally] = {}
         self.violations: list[Violation] = []
+        self.judged: Counter[str] = Counter()
+        """Client windows by the bound they were judged at (``windows.BOUNDS``)."""
         self.decisions: Counter[str] = Counter()  # path -> count
         self.allowed: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.unavailable = 0
         self.forward_latencies_ns: list[int] = []
-        self._tally: dict[tuple[str, str, int], _WindowTally] = defaultdict(_WindowTally)
-        #: Every "allowed" a client hears must have been counted by some node: catches
-        #: an owner that answers without counting (say, from a stale cache).
-        self._decided_allowed: Counter[str] = Counter()
-        #: Refusals one perfect node would have admitted: (client, series, window).
-        self._under: list[tuple[str, str, int]] = []
-        self.refusals_judged = 0
         self.under_admissions = 0
         self.under_admissions_healthy = 0
-        self._answered_allowed: Counter[str] = Counter()
-        self._window_ns: dict[str, int] = {}
-        self._fault_spans: list[tuple[int, int]] = []  # [start, end) of faulty periods
-        self._ownership_changes: list[int] = []
-        self._open_network_fault: int | None = None
-        self._down: dict[str, int] = {}  # node -> since (crashed, paused, left)
-        self._clock_fault_at: int | None = None
-        self._crashed_at: dict[str, int] = {}
         self.detection_ns: list[int] = []
         self.false_suspicions = 0
-        self._dead_seen: set[tuple[str, str]] = set()
         self.last_heal_at = 0
         self.timeline_rows: list[tuple[int, str]] = []
         self.admitted_series: dict[int, int] = Counter()  # second -> admitted (for reports)
         self.refused_series: dict[int, int] = Counter()
         self.rule_changes = 0
+        self.last_rule_at = 0
+        self._window_ns: dict[str, int] = {}
+        self._high_water: dict[LifeKey, int] = {}  # each life's latest wall reading
+        self._logged: Counter[tuple[str, str, str]] = Counter()  # (node, client, path) cost
+        self._answered: Counter[tuple[str, str, str]] = Counter()  # (node, client, path)
+        self._findings = Findings()
+        self._crashed_at: dict[str, int] = {}
+        self._dead_seen: set[tuple[str, str]] = set()
+        self._expect_dead: list[tuple[str, int, LifeKey, int]] = []  # subject, at, observer, by
+        self._rule_writes: dict[str, tuple[Any, Any]] = {}  # key -> (stamp, value), newest
+        self._final: dict[str, tuple[Node, int]] | None = None
+        self._final_at = 0
+        self._strays: list[str] = []
+        self._forwarded: Counter[str] = Counter()  # client -> checks forwarded
+        self._owner_decided: Counter[str] = Counter()  # client -> forwarded checks decided
+        self._first_seen: dict[tuple[str, str], int] = {}  # (client, series) -> first decided
         self._exceptions: list[str] = []  # escaped a node; each one is a violation
+        self._labels: dict[WindowKey, str] = {}
+        detect_ns = detection_bound_ns(self.config.membership, scenario.nodes)
+        self.deciders = Deciders(
+            self.history, self.views, self.rings, self.config, local=self.local,
+            detect_ns=detect_ns, finding=self._findings.add,
+        )  # fmt: skip
+        self.refusals = Refusals(self.history, self.windows, self._findings.add)
 
-    # --- observations -----------------------------------------------------------------
+    # --- observations: decisions ------------------------------------------------------
 
     def on_admissions(
         self, node: str, log: list[tuple[int, str, Rule, int, bool, str]], now: int
     ) -> None:
         """Decisions made at ``node``, each with the wall time it decided at."""
+        self.history.advance(now)
+        life = self._life(node)
+        key = life.key
+        view = self._view(life)
+        first_seen = self._first_seen
         for wall, client, rule, cost, allowed, path in log:
             self.decisions[path] += 1
-            if not allowed and cost and path != "degraded":
-                self._judge_refusal(wall, client, rule, cost)
-            if not allowed or not cost:
+            if path == "forwarded":
+                self._owner_decided[client] += 1
+            elif path == "degraded" and not self.history.faults_seen:
+                self.deciders.judge_degraded(life, view, client, now)
+            if cost and (client, rule.series) not in first_seen:
+                first_seen[(client, rule.series)] = now
+            full = path != "degraded"
+            index, relived = self._charged_window(key, wall, client, rule)
+            if not allowed:
+                if cost and full and not relived:
+                    self.refusals.judge(life, wall, client, rule, cost, now)
                 continue
-            self._decided_allowed[client] += cost
-            window = wall // rule.window_ns
-            tally = self._tally[(client, rule.series, window)]
-            tally.admitted += cost
-            tally.capacity = max(tally.capacity, rule.capacity)
-            tally.limit = max(tally.limit, rule.limit)
-            tally.deciders.add(node)
-            tally.paths[path] += cost
-            self._window_ns[rule.series] = rule.window_ns
+            if not cost:
+                continue
+            self._logged[(node, client, path)] += cost
+            self._logged[("", client, "")] += cost
+            window_ns = rule.window_ns
+            wkey = (client, rule.series, index)
+            window = self.windows.get(wkey)
+            if window is None:
+                window = self.windows[wkey] = WindowTally()
+                self._window_ns[rule.series] = window_ns
+            window.capacity = max(window.capacity, rule.capacity)
+            window.limit = max(window.limit, rule.limit)
+            tally = window.add(key, now, cost, full=full)
+            tally.relived |= relived
+            if full:
+                self.deciders.judge_full(life, view, client, path, now)
+            else:
+                share = self.deciders.share(view, client, rule, wall // window_ns)
+                tally.share = max(tally.share, share)
 
-    def _judge_refusal(self, wall: int, client: str, rule: Rule, cost: int) -> None:
-        """Would one perfect node, seeing every admission in the cluster, have refused too?
+    def _charged_window(
+        self, life: LifeKey, wall: int, client: str, rule: Rule
+    ) -> tuple[int, bool]:
+        """The window a decision is tallied in (its wall clock's), and whether that clock
+        had read a later window before (it stepped back).
 
-        Judged for window rules without a burst (the carry needs the whole history);
-        a refusal the cluster-wide count would have admitted is under-admission.
-        """
-        if rule.burst or rule.algo == "token_bucket":
-            return
+        A window algorithm never rolls back: after a step back the node charges the newer
+        window the client's counter had reached, which depends on merges and on when the
+        counter was made or swept -- unseen here. So the decision is tallied in its wall
+        clock's window, whose bound grows by one more capacity (or share) for that life
+        (``windows.CLOCK_STEPPED_BACK``), and the windows up to the life's latest reading
+        are uncertain for under-admission (they may hold counts the tally lacks)."""
         window_ns = rule.window_ns
-        window, elapsed = divmod(wall, window_ns)
-        cur = self._tally[(client, rule.series, window)].admitted
-        held = 0
-        if rule.algo == "sliding_window":
-            held = self._tally[(client, rule.series, window - 1)].admitted * (window_ns - elapsed)
-        self.refusals_judged += 1
-        if held + (cur + cost) * window_ns <= rule.capacity * window_ns:
-            self._under.append((client, rule.series, window))
+        index = wall // window_ns
+        high = self._high_water.get(life)
+        if high is None or wall > high:
+            self._high_water[life] = high = wall
+        reached = high // window_ns
+        if index >= reached:
+            return index, False
+        for k in range(index, min(reached, index + _MAX_UNCERTAIN_WINDOWS) + 1):
+            self.refusals.uncertain.add((client, rule.series, k))
+        return index, True
 
     def on_decision(
         self, node: str, client: str, decision: Decision, started: int, now: int
     ) -> None:
         """The answer a client got (the check's own path; forwarded ones arrive late)."""
-        (self.allowed if decision.allowed else self.refused)[decision.path] += 1
+        path = decision.path
+        (self.allowed if decision.allowed else self.refused)[path] += 1
         if decision.allowed:
-            self._answered_allowed[client] += 1
-        second = now // NS_PER_S
-        if decision.allowed:
-            self.admitted_series[second] += 1
+            if path != "forwarded":  # decided here; forwarded ones were counted elsewhere
+                self._answered[(node, client, path)] += 1
+            self._answered[("", client, "")] += 1
+            self.admitted_series[now // NS_PER_S] += 1
         else:
-            self.refused_series[second] += 1
-        if decision.path == "forwarded":
+            self.refused_series[now // NS_PER_S] += 1
+        if path == "forwarded":
             self.forward_latencies_ns.append(now - started)
+
+    def on_ticket(self, node: str, client: str, now: int) -> None:
+        """A check ``node`` forwarded to the client's owner (its answer comes later)."""
+        self._forwarded[client] += 1
+
+    def on_stray_answer(self, node: str, ticket: int, now: int) -> None:
+        """A node answered a check that was not waiting for an answer (already answered,
+        never asked, or asked of an earlier life): one check, two decisions."""
+        self._strays.append(f"{node} answered ticket {ticket} at {now / NS_PER_S:.6f} s")
 
     def on_unavailable(self, node: str, client: str, now: int) -> None:
         """A request reached a node that is down (the client would retry elsewhere)."""
         self.unavailable += 1
 
-    def on_rule_change(self, key: str, value: Any, now: int) -> None:
+    # --- observations: rules, actions, membership -------------------------------------
+
+    def on_rule_change(self, key: str, value: Any, now: int, stamp: Any = None) -> None:
+        """A registry entry written at a node; ``stamp`` is its HLC stamp, when given."""
         self.rule_changes += 1
+        self.last_rule_at = now
+        if stamp is not None and (
+            key not in self._rule_writes or stamp > self._rule_writes[key][0]
+        ):
+            self._rule_writes[key] = (stamp, value)
 
     def on_action(self, action: Action, now: int) -> None:
-        """Track which periods are faulty, for the bounds."""
-        verb = action.verb
+        """A timeline action, before the world carries it out."""
+        verb, args = action.verb, action.args
         self.timeline_rows.append((now, str(action)))
-        if verb in NETWORK_FAULTS:
-            if self._open_network_fault is None:
-                self._open_network_fault = now
-            self._ownership_changes.append(now)
-        elif verb == "heal":
-            if self._open_network_fault is not None:
-                self._fault_spans.append((self._open_network_fault, now + SETTLE_NS))
-                self._open_network_fault = None
+        if verb == "crash" and self.history.life(args[0]) is not None:
+            self._crashed(args[0], now)
+        self.history.apply(action, now)
+        if verb in ("restart", "join"):
+            self._expect_dead = [e for e in self._expect_dead if e[0] != args[0] or e[3] < now]
+        if verb in ("heal", "restart", "join", "resume"):
             self.last_heal_at = now
-        elif verb in ("crash", "pause", "leave"):
-            self._down.setdefault(action.args[0], now)
-            self._ownership_changes.append(now)
-            if verb == "crash":
-                self._crashed_at[action.args[0]] = now
-        elif verb in ("restart", "join", "resume"):
-            since = self._down.pop(action.args[0], now)
-            self._fault_spans.append((since, now + SETTLE_NS))
-            self._ownership_changes.append(now)
-            self.last_heal_at = max(self.last_heal_at, now)
-        elif verb in CLOCK_FAULTS and self._clock_fault_at is None:
-            self._clock_fault_at = now
+        if verb == "reset":
+            agreed = all(
+                self._view(life).live(other)
+                for name in self.history.running_nodes()
+                if (life := self.history.life(name)) is not None
+                for other in self.history.running_nodes()
+            )
+            self.refusals.on_reset(args[0], now, views_agreed=agreed)
+
+    def _crashed(self, name: str, now: int) -> None:
+        """Every running observer that holds ``name`` live must declare it dead in time."""
+        self._crashed_at[name] = now
+        by = now + detection_bound_ns(self.config.membership, len(self.history.members))
+        for other in self.history.running_nodes():
+            life = self.history.life(other)
+            if other != name and life is not None and self._view(life).live(name):
+                self._expect_dead.append((name, now, life.key, by))
 
     def on_membership(
         self, observer: str, event: MemberEvent, now: int, *, subject_liveness: Liveness
     ) -> None:
-        """Detection times and false suspicions; any change moves ownership.
-
-        ``subject_liveness`` is the state of the node the event is about, as the
-        world knows it now (``observer`` can only guess it).
-        """
+        """A membership change at ``observer``; ``subject_liveness`` is the state of the node
+        the event is about, as the world knows it now (``observer`` can only guess it)."""
+        self.history.advance(now)
+        life = self._life(observer)
+        self._view(life).apply(event.node, event.new_state, now)
         subject = event.node
-        if not self._ownership_changes or self._ownership_changes[-1] != now:
-            self._ownership_changes.append(now)
-            self._fault_spans.append((now, now + MEMBERSHIP_SETTLE_NS))
+        if event.new_state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self.history.heard(subject, now)
+        if event.new_state in (MemberState.DEAD, MemberState.LEFT):
+            self._expect_dead = [
+                e for e in self._expect_dead if not (e[0] == subject and e[2] == life.key)
+            ]
         if event.new_state == MemberState.DEAD and subject in self._crashed_at:
             key = (observer, subject)
             if key not in self._dead_seen and subject_liveness is Liveness.DOWN:
                 self._dead_seen.add(key)
                 self.detection_ns.append(now - self._crashed_at[subject])
-        if event.new_state == MemberState.SUSPECT and self._was_healthy(subject_liveness):
-            self.false_suspicions += 1
+        if event.new_state == MemberState.SUSPECT and subject_liveness is Liveness.RUNNING:
+            if not self.history.faults_seen:
+                self._findings.add(
+                    "false_suspicion", life, "", now, f"suspected {subject} in a run without faults"
+                )
+            if self._quiet(now):
+                self.false_suspicions += 1
+
+    def _quiet(self, now: int) -> bool:
+        """No fault open: every member running and no partition, loss or clock fault."""
+        history = self.history
+        running = set(history.running_nodes())
+        return (
+            running == history.members
+            and all(not changes for changes in history.clock_changes.values())
+            and all(history.link_clean(a, b, now, now) for a in running for b in running if a != b)
+        )
 
     def on_exception(self, message: str) -> None:
         """An exception escaped a node (``message`` names the node, instant and error)."""
         self._exceptions.append(message)
 
-    def _was_healthy(self, liveness: Liveness) -> bool:
-        """A running node while no fault is open: suspecting it is a false suspicion."""
-        if liveness is not Liveness.RUNNING:
-            return False
-        return self._open_network_fault is None and self._clock_fault_at is None and not self._down
+    def on_final_state(self, nodes: dict[str, tuple[Node, int]], now: int) -> None:
+        """The running nodes at the end, each with its wall clock's offset from true time:
+        for the end-state verdicts (read only)."""
+        self._final, self._final_at = nodes, now
+
+    @property
+    def reset_clients(self) -> set[str]:
+        """Clients an operator reset during the run."""
+        return set(self.refusals.resets)
+
+    # --- lives and views ----------------------------------------------------------------
+
+    def _life(self, node: str) -> Life:
+        """The node's latest life (a node that just left still drains its last decisions)."""
+        lives = self.history.lives.setdefault(node, [])
+        if not lives:  # a node the timeline never started: take it as started now
+            lives.append(Life(node, 1, self.history.now, seeded=True))
+        return lives[-1]
+
+    def _view(self, life: Life) -> View:
+        view = self.views.get(life.key)
+        if view is None:
+            view = self.views[life.key] = View(
+                life.node, life.started_at, knows_ring=not life.seeded,
+                config=self.config.membership,
+            )  # fmt: skip
+        return view
 
     # --- verdicts ---------------------------------------------------------------------
 
     def finish(self, end_ns: int) -> None:
-        """Check every window and the end state; fills ``violations``."""
-        if self._open_network_fault is not None:
-            self._fault_spans.append((self._open_network_fault, end_ns + 1))
-        for since in self._down.values():
-            self._fault_spans.append((since, end_ns + 1))
-        if self._clock_fault_at is not None:
-            # A skewed clock names windows up to its skew away from true time.
-            self._fault_spans.append((self._clock_fault_at - CLOCK_SLACK_NS, end_ns + 1))
+        """Judge every window, the accounting and the end state; fills ``violations``."""
+        self.history.advance(end_ns)
+        for view in self.views.values():
+            view.advance(end_ns)  # the reaping since each life's last event
         for message in self._exceptions:
             self.violations.append(Violation("exception", message))
-        self._check_tallies("over_admission", self._tally)
+        for stray in self._strays[:20]:
+            self.violations.append(Violation("answered_twice", stray))
+        self._judge_windows()
         self._check_under_admission()
-        for client, answered in self._answered_allowed.items():
-            counted = self._decided_allowed[client]
-            if answered > counted:
-                self.violations.append(
-                    Violation(
-                        "uncounted_admission",
-                        f"clients were told 'allowed' {answered} times but nodes counted {counted}",
-                        client,
-                    )
-                )
+        self._check_accounting()
+        self._check_detection(end_ns)
+        self.deciders.check_forwarded()
+        self.violations.extend(self._findings.violations())
+        if self._final is not None:
+            self.violations.extend(
+                endstate.judge(self, self._final, self._final_at, self._rule_writes)
+            )
+
+    def _judge_windows(self) -> None:
+        firsts = sorted(self._first_seen.values())
+        knowledge = Knowledge(
+            self.history, self.views, self.rings, local=self.local,
+            gossip_interval_ns=self.config.gossip_interval_ns,
+            membership=self.config.membership,
+            counters=lambda at: bisect_right(firsts, at),
+        )  # fmt: skip
+        end = self.history.now
+        for key, window in self.windows.items():
+            client, series, index = key
+            first = window.first_at
+
+            def known(a: LifeKey, b: LifeKey, c: str, until: int, first: int = first) -> int:
+                return knowledge.known_before(a, b, c, until, first)
+
+            verdict = judge(
+                key, window, token_bucket=series.startswith("token_bucket"), local=self.local,
+                resets=self.refusals.touches(client, window, end), known=known,
+            )  # fmt: skip
+            self.judged[verdict.label] += 1
+            self._labels[key] = verdict.label
+            nodes = tuple(sorted({life[0] for life in window.lives}))
+            if window.admitted > verdict.bound:
+                kind = "over_admission"
+                if window.admitted <= verdict.without_knowledge:
+                    kind = "counts_lost"  # held to what hand-over or gossip must have carried
+                self.violations.append(Violation(
+                    kind, f"admitted {window.admitted} > bound {verdict.bound} ({verdict.label};"
+                    f" capacity {window.capacity}, {window.paths()})", client, index, nodes,
+                ))  # fmt: skip
+            for (node, number), admitted, allowed in verdict.over_one:
+                full = window.lives[(node, number)].full
+                self.violations.append(Violation(
+                    "over_admission" if full else "over_share",
+                    f"{node} (life {number}) alone admitted {admitted} >"
+                    f" {'capacity' if full else 'its share'} {allowed}", client, index, (node,),
+                ))  # fmt: skip
 
     def _check_under_admission(self) -> None:
-        """Measure under-admission; in healthy strict windows it must stay rare."""
-        self.under_admissions = len(self._under)
-        healthy = [
-            key for key in self._under if not self._faulty(*self._window_span(key[1], key[2]))
-        ]
+        """Measure under-admission; in windows judged exact (strict) it must stay rare."""
+        under, judged = self.refusals.under, self.refusals.judged
+        self.under_admissions = len(under)
+        healthy = [key for key in under if self._labels.get(key) == EXACT]
         self.under_admissions_healthy = len(healthy)
-        allowance = max(UNDER_ADMISSION_FLOOR, UNDER_ADMISSION_RATE * self.refusals_judged)
-        if self.scenario.mode == "strict" and len(healthy) > allowance:
+        allowance = max(UNDER_ADMISSION_FLOOR, UNDER_ADMISSION_RATE * judged)
+        if not self.local and len(healthy) > allowance:
             client, _, window = healthy[0]
             self.violations.append(
                 Violation(
                     "under_admission",
-                    f"{len(healthy)} refusals in healthy windows that the cluster-wide count"
-                    f" would have admitted (allowance {allowance:.0f} of"
-                    f" {self.refusals_judged} judged)",
+                    f"{len(healthy)} refusals in exact windows that the cluster-wide count"
+                    f" would have admitted (allowance {allowance:.0f} of {judged} judged)",
                     client,
                     window,
                 )
             )
 
-    def _window_span(self, series: str, window: int) -> tuple[int, int]:
-        window_ns = self._window_ns.get(series) or int(series.split(":")[1])
-        start = window * window_ns - _epoch_offset()
-        return start, start + window_ns
+    def _check_accounting(self) -> None:
+        """Every "allowed" a client heard was counted: per node and path where the node
+        decided it itself, per client for all answers (forwarded ones included). And each
+        forwarded check was decided by an owner at most once (duplicates are answered from
+        the owner's cache): per client, no more forwarded decisions than checks forwarded."""
+        twice = sorted(
+            (client, decided)
+            for client, decided in self._owner_decided.items()
+            if self._forwarded and decided > self._forwarded[client]  # the world tells tickets
+        )
+        if twice:
+            client, decided = twice[0]
+            more = f" (and {len(twice) - 1} more clients)" if len(twice) > 1 else ""
+            self.violations.append(Violation(
+                "decided_twice",
+                f"owners decided {decided} forwarded checks of {client} but only"
+                f" {self._forwarded[client]} were forwarded{more}", client,
+            ))  # fmt: skip
+        cost = self.scenario.workload.cost
+        for (node, client, path), answered in sorted(self._answered.items()):
+            counted = self._logged[(node, client, path)]
+            if answered * cost > counted:
+                where = f" by {node} ({path})" if node else ""
+                self.violations.append(Violation(
+                    "uncounted_admission",
+                    f"clients were told 'allowed' {answered} times{where} but"
+                    f" {counted // max(1, cost)} were counted", client,
+                ))  # fmt: skip
 
-    def _check_tallies(self, kind: str, tallies: dict[tuple[str, str, int], _WindowTally]) -> None:
-        for (client, series, window), tally in tallies.items():
-            bound = self.bound(series, window, tally)
-            if tally.admitted > bound:
-                self.violations.append(
-                    Violation(
-                        kind,
-                        f"admitted {tally.admitted} > bound {bound} (capacity {tally.capacity},"
-                        f" paths {dict(tally.paths)})",
-                        client,
-                        window,
-                        tuple(sorted(tally.deciders)),
-                    )
-                )
+    def window_ns(self, series: str) -> int:
+        """The window length of a counting series seen in the run."""
+        return self._window_ns.get(series) or int(series.split(":")[1])
 
-    def bound(self, series: str, window: int, tally: _WindowTally) -> int:
-        """The most the design lets through in this window (see the module docstring)."""
-        capacity = tally.capacity
-        if series.startswith("token_bucket"):
-            # GCRA: a full bucket, then a window's worth of refill, fit in one window.
-            capacity += tally.limit
-        # A clock stepped back charges admissions to the newer window the node had
-        # reached, which the checker (by the decider's clock) sees as the older one.
-        clock_factor = 2 if self._clock_fault_at is not None else 1
-        window_ns = self._window_ns[series]
-        start = window * window_ns - _epoch_offset()
-        end = start + window_ns
-        moved = any(start - SETTLE_NS <= t < end for t in self._ownership_changes)
-        if self.scenario.mode == "local":
-            # A member that (re)joins starts from the counts its peers push to it, which
-            # lag their admissions by up to a gossip round: one more capacity at most.
-            return (capacity * self.scenario.nodes + capacity * moved) * clock_factor
-        if not self._faulty(start, end):
-            return capacity
-        bound = math.floor(capacity * (1 + self.fraction))
-        if moved:
-            bound += capacity
-        return bound * clock_factor
+    def _check_detection(self, end_ns: int) -> None:
+        """Crashed nodes declared dead by every observer that kept running, in time."""
+        history = self.history
+        for subject, at, observer, by in self._expect_dead:
+            lives = history.lives.get(observer[0], [])
+            life = lives[observer[1] - 1] if observer[1] <= len(lives) else None
+            if by > end_ns or life is None or not life.running_through(at, by):
+                continue
+            subject_lives = history.lives.get(subject, [])
+            if any(at < s.started_at <= by for s in subject_lives):
+                continue
+            self.violations.append(Violation(
+                "slow_detection",
+                f"{observer[0]} had not declared {subject} dead {(by - at) / NS_PER_S:.1f} s"
+                f" after its crash at {at / NS_PER_S:.3f} s (the detection bound)",
+                nodes=(observer[0], subject),
+            ))  # fmt: skip
 
-    def _faulty(self, start: int, end: int) -> bool:
-        return any(s < end and start < e for s, e in self._fault_spans)
+    # --- measures for reports -----------------------------------------------------------
+
+    @property
+    def refusals_judged(self) -> int:
+        """Refusals judged against the cluster-wide count (for reports)."""
+        return self.refusals.judged
+
+    def summary(self) -> dict[str, Any]:
+        """How many windows were judged at which bound, and the share held to at most the
+        capacity (the exact bound, or the tighter degraded-only one)."""
+        total = sum(self.judged.values())
+        at_most = sum(self.judged[label] for label in AT_MOST_CAPACITY)
+        return {
+            "windows_by_bound": dict(sorted(self.judged.items())),
+            "windows_at_most_capacity": round(at_most / total, 4) if total else None,
+        }
 
     def peak_ratio(self) -> float:
         """The highest admitted/capacity over all client windows."""
         return max(
-            (t.admitted / t.capacity for t in self._tally.values() if t.capacity), default=0.0
+            (w.admitted / w.capacity for w in self.windows.values() if w.capacity), default=0.0
         )
 
     def windows_checked(self) -> int:
-        return len(self._tally)
-
-
-def _epoch_offset() -> int:
-    """Wall clocks start at the simulator's epoch; windows are counted from wall zero."""
-    return SIM_EPOCH_NS
+        return len(self.windows)

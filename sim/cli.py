@@ -3,8 +3,8 @@
 Usage::
 
     meshlimit sim SCENARIO [--seed N] [--report FILE.json|FILE.png] [--progress]
-    meshlimit sim --fuzz --runs N [--seed N]
-    meshlimit sim --fuzz --one SEED [--report FILE] [--save-scenario FILE.toml]
+    meshlimit sim --fuzz [--long] --runs N [--seed N]
+    meshlimit sim --fuzz [--long] --one SEED [--report FILE] [--save-scenario FILE.toml]
     meshlimit sim --list
 
 ``SCENARIO`` is a path to a TOML file or the name of a shipped scenario
@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write FILE: .json (the run as JSON) or .png (a plot, and FILE.json beside)",
     )  # fmt: skip
     parser.add_argument("--fuzz", action="store_true", help="swarm-fuzz: generated scenarios")
+    parser.add_argument(
+        "--long", action="store_true",
+        help="with --fuzz: long schedules (60-300 simulated s, faults past detection and reaping)",
+    )  # fmt: skip
     parser.add_argument(
         "--runs", type=int, default=DEFAULT_RUNS, help=f"fuzz runs (default {DEFAULT_RUNS})"
     )
@@ -116,6 +120,8 @@ def _check_args(args: argparse.Namespace) -> str:
     """What is wrong with the arguments, or ``""``."""
     if args.one is not None and not args.fuzz:
         return "--one needs --fuzz"
+    if args.long and not args.fuzz:
+        return "--long needs --fuzz"
     if args.fuzz and args.scenario:
         return "give either SCENARIO or --fuzz, not both"
     if not args.fuzz and not args.scenario:
@@ -139,7 +145,8 @@ def _check_args(args: argparse.Namespace) -> str:
 def _single(args: argparse.Namespace) -> tuple[Scenario, int, str]:
     """The scenario, seed and reproducing command of a single run."""
     if args.fuzz:
-        return fuzz_scenario(args.one), args.one, fuzz_command(args.one)
+        scenario = fuzz_scenario(args.one, long=args.long)
+        return scenario, args.one, fuzz_command(args.one, long=args.long)
     path = resolve_scenario(args.scenario)
     scenario = load_scenario(path)
     seed = next(s for s in (args.seed, scenario.seed, 1) if s is not None)
@@ -150,7 +157,7 @@ def _run_batch(args: argparse.Namespace, out: TextIO, bar: ProgressBar | None) -
     base = args.seed if args.seed is not None else secrets.randbelow(2**32)
     out.write(f"seed={base}\n")
     out.flush()
-    results = run_fuzz(args.runs, base, progress=bar, stopwatch=time.perf_counter)
+    results = run_fuzz(args.runs, base, progress=bar, stopwatch=time.perf_counter, long=args.long)
     if bar is not None:
         bar.done()
     out.write(report.format_fuzz(results, base, seed_line=False))

@@ -62,7 +62,7 @@ def derive_rng(seed: int, *names: str) -> random.Random:
 class EventQueue(Generic[E]):
     """A min-heap of ``(time_ns, seq, event)``: earliest first, FIFO among equal times.
 
-    Complexity: ``push`` and ``pop`` are O(log n), ``peek_time`` and ``len`` O(1).
+    Complexity: ``push``, ``pop`` and ``pop_due`` are O(log n), ``peek_time`` and ``len`` O(1).
     Scheduling into the past (before the last popped time) is a driver bug and
     asserts, because it would let an effect precede its cause.
     """
@@ -86,6 +86,16 @@ class EventQueue(Generic[E]):
     def pop(self) -> tuple[int, E]:
         """Remove and return the earliest ``(time_ns, event)``; ``IndexError`` when empty."""
         at_ns, _, event = heapq.heappop(self._heap)
+        self._last_popped_ns = at_ns
+        return at_ns, event
+
+    def pop_due(self, end_ns: int) -> tuple[int, E] | None:
+        """``pop()`` if the earliest event is due by ``end_ns``, else ``None`` (one call
+        where a driver's loop would make two)."""
+        heap = self._heap
+        if not heap or heap[0][0] > end_ns:
+            return None
+        at_ns, _, event = heapq.heappop(heap)
         self._last_popped_ns = at_ns
         return at_ns, event
 
@@ -160,6 +170,11 @@ class NodeClock:
     def wall_ns(self, true_ns: int) -> int:
         """The node's wall-clock reading at true time ``true_ns``: offset, drift and jumps."""
         return self.mono_ns(true_ns) + self._wall_minus_mono_ns
+
+    def readings(self, true_ns: int) -> tuple[int, int]:
+        """``(mono_ns(true_ns), wall_ns(true_ns))``, computed once: a driver passes both."""
+        mono = self.mono_ns(true_ns)
+        return mono, mono + self._wall_minus_mono_ns
 
     def skew_ns(self, true_ns: int) -> int:
         """How far the wall clock is ahead of true time (plus epoch) at ``true_ns``."""

@@ -162,6 +162,9 @@ class Network:
         self._link_free_ns: dict[tuple[Node, Node], int] = {}
         self._egress_free_ns: dict[Node, int] = {}
         self._ingress_free_ns: dict[Node, int] = {}
+        #: Whether any partition, cut, isolation or flap is in force: without one every
+        #: datagram gets through and ``reachable`` need not be asked (the common case).
+        self._cuts = False
         self.stats = NetworkStats()
 
     # --- configuration ------------------------------------------------------------------
@@ -207,25 +210,30 @@ class Network:
                 assert node not in group_of, f"{node!r} is in two partition groups"
                 group_of[node] = index
         self._group_of = group_of
+        self._cuts = True
 
     def partition_one_way(self, src_group: Iterable[Node], dst_group: Iterable[Node]) -> None:
         """Cut datagrams from any node of ``src_group`` to any of ``dst_group``, not back."""
         self._one_way.append((frozenset(src_group), frozenset(dst_group)))
+        self._cuts = True
 
     def isolate(self, node: Node) -> None:
         """Cut every link to and from ``node``."""
         self._isolated.add(node)
+        self._cuts = True
 
     def cut(self, a: Node, b: Node, *, both_ways: bool = True) -> None:
         """Cut the link ``a -> b`` (and ``b -> a`` unless ``both_ways`` is false)."""
         self._cut.add((a, b))
         if both_ways:
             self._cut.add((b, a))
+        self._cuts = True
 
     def flap(self, a: Node, b: Node, *, start_ns: int, period_ns: int, until_ns: int) -> None:
         """Take the ``a <-> b`` link down for ``period_ns``, then up as long, ... until then."""
         assert period_ns > 0 and until_ns >= start_ns
         self._flaps.append(_Flap(a, b, start_ns, period_ns, until_ns))
+        self._cuts = True
 
     def heal(self) -> None:
         """Remove every partition, isolation, cut and flap; link configs and clogs stay."""
@@ -234,6 +242,7 @@ class Network:
         self._isolated.clear()
         self._cut.clear()
         self._flaps.clear()
+        self._cuts = False
 
     def reachable(self, src: Node, dst: Node, *, now_ns: int) -> bool:
         """Whether a datagram from ``src`` to ``dst`` gets through the faults at ``now_ns``."""
@@ -258,11 +267,14 @@ class Network:
         stats = self.stats
         stats.sent += 1
         stats.bytes_sent += len(payload)
-        if not self.reachable(src, dst, now_ns=now_ns):
+        if self._cuts and not self.reachable(src, dst, now_ns=now_ns):
             stats.dropped_partition += 1
             return []
-        config = self.link(src, dst)
-        depart_ns = self._departure_ns(src, dst, len(payload), config, now_ns)
+        config = self._links.get((src, dst), self._default) if self._links else self._default
+        if self._clog or config.bandwidth_bytes_per_s:
+            depart_ns = self._departure_ns(src, dst, len(payload), config, now_ns)
+        else:
+            depart_ns = now_ns
         rng = self._rng
         if config.loss and rng.random() < config.loss:
             stats.dropped_loss += 1
@@ -272,7 +284,9 @@ class Network:
         stats.in_flight += copies
         deliveries = []
         for copy in range(copies):
-            at_ns = self._arrival_ns(dst, len(payload), depart_ns + self._delay_ns(config))
+            at_ns = depart_ns + self._delay_ns(config)
+            if self._clog:
+                at_ns = self._arrival_ns(dst, len(payload), at_ns)
             deliveries.append((at_ns, Delivery(src, dst, payload, now_ns, copy)))
         return deliveries
 
@@ -281,7 +295,7 @@ class Network:
         stats = self.stats
         assert stats.in_flight > 0, "deliver() without a matching send()"
         stats.in_flight -= 1
-        if not self.reachable(delivery.src, delivery.dst, now_ns=now_ns):
+        if self._cuts and not self.reachable(delivery.src, delivery.dst, now_ns=now_ns):
             stats.dropped_partition += 1
             return False
         stats.delivered += 1

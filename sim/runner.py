@@ -14,7 +14,10 @@ the seed ``fuzz_seed(S, i) = S * 1_000_003 + i`` both to generate its scenario
 and to drive its world, so ``meshlimit sim --fuzz --one SEED`` reproduces any
 single run from the seed it printed. Fuzz scenarios are :data:`FUZZ_DURATION_NS`
 long with the offered load capped at :data:`FUZZ_MAX_RATE` requests/s (see
-:func:`fuzz_scenario`), which keeps a batch of 200 inside a minute of CI.
+:func:`fuzz_scenario`), which keeps a batch of 200 inside a minute of CI; long
+ones (``long=True``, the slow lane) last 60-300 s at most :data:`LONG_FUZZ_MAX_RATE`.
+A run the world's progress guard stopped reports the guard's message as its
+first violation.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from meshlimit.cluster.node import Node
 from meshlimit.core.decision import Decision
 
 from .events import NS_PER_MS, NS_PER_S
-from .fuzz import generate_fuzz_scenario
+from .fuzz import generate_fuzz_scenario, generate_long_fuzz_scenario
 from .scenario import Action, Scenario
-from .world import NodeCrashed, World
+from .world import NodeCrashed, RunStalled, World
 
 #: Where the shipped scenarios live (``meshlimit sim healthy`` finds ``healthy.toml`` here).
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -45,6 +48,10 @@ FUZZ_DURATION_NS = 6 * NS_PER_S
 #: actions are scaled by the same factor). Why 300: run time is linear in events, and at 300/s
 #: every tiny limit (5 per 250 ms) is still driven far over capacity by the Zipf head.
 FUZZ_MAX_RATE = 200.0
+#: Most requests/s offered to a long fuzz run (60-300 s, ``generate_long_fuzz_scenario``).
+#: Why 100: the runs are 10-50 times longer; every limit of the fuzz mix is still driven
+#: over capacity by the Zipf head, and a 300 s run stays near 10 wall seconds.
+LONG_FUZZ_MAX_RATE = 100.0
 #: The multiplier of the fuzz seed derivation ``base * FUZZ_SEED_STRIDE + i`` (a prime, so
 #: batches with neighbouring base seeds share no runs for fewer than a million runs).
 FUZZ_SEED_STRIDE = 1_000_003
@@ -147,6 +154,9 @@ def run_scenario(
         world.run(progress=tick)
     except NodeCrashed:
         world.checkers.finish(world.now)  # adds the node's exception as a violation
+    except RunStalled as error:
+        crash = str(error)  # the progress guard: scenario, seed, instant, last events
+        world.checkers.finish(world.now)
     except Exception as error:  # noqa: BLE001 - a simulator bug is a finding too
         crash = _describe(error, world.now)
         world.checkers.finish(world.now)
@@ -176,16 +186,23 @@ def fuzz_seed(base_seed: int, index: int) -> int:
     return base_seed * FUZZ_SEED_STRIDE + index
 
 
-def fuzz_scenario(seed: int, *, duration_ns: int = FUZZ_DURATION_NS) -> Scenario:
-    """The swarm scenario of one fuzz run: ``generate_fuzz_scenario`` with the load capped.
+def fuzz_scenario(
+    seed: int, *, duration_ns: int = FUZZ_DURATION_NS, long: bool = False
+) -> Scenario:
+    """The swarm scenario of one fuzz run: ``generate_fuzz_scenario`` (or, ``long``,
+    ``generate_long_fuzz_scenario``, whose length the seed draws) with the load capped.
 
     Every offered rate (workload, hot client, ``rate``/``hot`` actions) is scaled by one
-    factor so the total starts at most :data:`FUZZ_MAX_RATE`; relative load changes keep
-    their shape. The result is a plain scenario (``to_toml`` can keep it as a file).
+    factor so the total starts at most :data:`FUZZ_MAX_RATE` (:data:`LONG_FUZZ_MAX_RATE`);
+    relative load changes keep their shape. The result is a plain scenario (``to_toml``
+    can keep it as a file).
     """
-    scenario = generate_fuzz_scenario(seed, duration_ns=duration_ns)
+    if long:
+        scenario, cap = generate_long_fuzz_scenario(seed), LONG_FUZZ_MAX_RATE
+    else:
+        scenario, cap = generate_fuzz_scenario(seed, duration_ns=duration_ns), FUZZ_MAX_RATE
     spec = scenario.workload
-    factor = min(1.0, FUZZ_MAX_RATE / max(1.0, spec.rate + spec.hot_rate))
+    factor = min(1.0, cap / max(1.0, spec.rate + spec.hot_rate))
     if factor == 1.0:
         return scenario
     timeline = tuple(_scale_action(action, factor) for action in scenario.timeline)
@@ -209,29 +226,46 @@ def run_fuzz(
     progress: Progress | None = None,
     duration_ns: int = FUZZ_DURATION_NS,
     stopwatch: Stopwatch | None = None,
+    long: bool = False,
 ) -> list[RunResult]:
-    """Run ``runs`` swarm scenarios derived from the base ``seed`` (see :func:`fuzz_seed`)."""
+    """Run ``runs`` swarm scenarios derived from the base ``seed`` (see :func:`fuzz_seed`);
+    ``long``: the long schedules of ``generate_long_fuzz_scenario``."""
     results = []
     for index in range(runs):
         run_seed = fuzz_seed(seed, index)
-        scenario = fuzz_scenario(run_seed, duration_ns=duration_ns)
+        scenario = fuzz_scenario(run_seed, duration_ns=duration_ns, long=long)
+        command = fuzz_command(run_seed, long=long)
+        label = f"fuzz {index + 1}/{runs} seed={run_seed}"
+        within = None if progress is None else _within_batch(progress, index, runs, label)
         results.append(
-            run_scenario(scenario, run_seed, reproduce=fuzz_command(run_seed), stopwatch=stopwatch)
+            run_scenario(
+                scenario, run_seed, progress=within, reproduce=command, stopwatch=stopwatch
+            )
         )
         if progress is not None:
-            progress((index + 1) / runs, f"fuzz {index + 1}/{runs} seed={run_seed}")
+            progress((index + 1) / runs, label)
     return results
 
 
-def fuzz_command(seed: int) -> str:
+def _within_batch(progress: Progress, index: int, runs: int, label: str) -> Progress:
+    """Progress of run ``index`` of a batch as a fraction of the whole batch, so the bar
+    moves during long runs too."""
+
+    def report(fraction: float, _name: str) -> None:
+        progress((index + fraction) / runs, label)
+
+    return report
+
+
+def fuzz_command(seed: int, *, long: bool = False) -> str:
     """The command that reruns exactly the fuzz run with ``seed``."""
-    return f"meshlimit sim --fuzz --one {seed}"
+    return f"meshlimit sim --fuzz {'--long ' if long else ''}--one {seed}"
 
 
 def reproduce_command(scenario: Scenario, seed: int) -> str:
     """``meshlimit sim NAME_OR_PATH --seed N`` (shipped scenarios by name)."""
-    if scenario.source.startswith("<fuzz"):
-        return fuzz_command(seed)
+    if scenario.source.startswith(("<fuzz", "<long-fuzz")):
+        return fuzz_command(seed, long=scenario.source.startswith("<long-fuzz"))
     path = Path(scenario.source)
     if path.parent == SCENARIO_DIR and path.suffix == ".toml":
         return f"meshlimit sim {path.stem} --seed {seed}"

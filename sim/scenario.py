@@ -63,21 +63,23 @@ _DURATION = re.compile(r"([+-]?)([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*(ns|us|µs|ms|s
 _FORMAT_UNITS = ((3600 * NS_PER_S, "h"), (60 * NS_PER_S, "m"), (NS_PER_S, "s"),
                  (NS_PER_MS, "ms"), (NS_PER_US, "us"), (1, "ns"))  # fmt: skip
 
-#: Verb -> its argument kinds in order; a trailing ``?`` marks an optional last argument
-#: (``None`` when absent: "leave that setting as it is"). A ``duration`` is positive, a
-#: ``delay`` may be zero, an ``instant`` is a time after the action's. ``groups`` takes all
-#: the remaining bracketed groups; ``rule`` (a tier name or rule) takes the rest of the line.
+#: Verb -> its argument kinds in order; ``?`` marks an optional one (``None`` when left out:
+#: "as it is", "the default"; skipped when the token has not its shape, see ``_has_shape``).
+#: A ``duration`` is positive, a ``delay`` may be zero, an ``instant`` is after the action;
+#: ``groups`` takes every bracketed group left; ``rule`` (a tier or rule) the rest of the
+#: line; an ``identity`` is one of :data:`IDENTITIES`; ``seeds`` a group written ``via
+#: [..]``; ``early`` a delay written ``serve_before_join 500ms``.
 VERBS: dict[str, tuple[str, ...]] = {
     "partition": ("groups",),
     "partition_oneway": ("group", "group"),
     "isolate": ("node",),
     "heal": (),
     "crash": ("node",),
-    "restart": ("node",),
+    "restart": ("node", "identity?", "seeds?", "early?"),
     "pause": ("node", "duration"),
     "resume": ("node",),
     "leave": ("node",),
-    "join": ("node",),
+    "join": ("node", "seeds?", "early?"),
     "skew": ("node", "signed_duration"),
     "drift": ("node", "ppm"),
     "jump": ("node", "signed_duration"),
@@ -88,6 +90,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "flap": ("node", "node", "duration", "instant"),
     "set_rule": ("client", "rule"),
     "remove_rule": ("client",),
+    "reset": ("client",),
     "hot": ("client", "rate"),
     "rate": ("rate",),
 }
@@ -95,7 +98,13 @@ VERBS: dict[str, tuple[str, ...]] = {
 _FILLERS: dict[str, frozenset[str]] = {
     "pause": frozenset({"for"}),
     "flap": frozenset({"every", "until"}),
+    "restart": frozenset({"via", "serve_before_join"}),
+    "join": frozenset({"via", "serve_before_join"}),
 }
+#: How a restarted node's new life relates to its old one (the node id is always kept):
+#: ``new_seed`` (the default) seeds its RNG afresh, as a new process would; ``same_seed``
+#: seeds it exactly as the life before (a daemon restarted with the same ``--seed-rng``).
+IDENTITIES = ("new_seed", "same_seed")
 _TOKEN = re.compile(r"\[[^\[\]]*\]|[^\s\[\]]+|[\[\]]")
 
 
@@ -143,6 +152,13 @@ class Action:
     verb: str
     args: tuple[Any, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Optional arguments left out are None however it was built: code equals parsed text.
+        kinds = VERBS[self.verb]
+        if kinds != ("groups",) and len(self.args) < len(kinds):
+            missing = len(kinds) - len(self.args)
+            object.__setattr__(self, "args", (*self.args, *(None,) * missing))
+
     def __str__(self) -> str:
         """The compact form, ``at 10s partition [n1 n2] [n3]``, which parses back equal."""
         words = ["at", format_duration(self.at_ns), self.verb]
@@ -152,7 +168,11 @@ class Action:
         for kind, arg in zip(kinds, self.args, strict=False):
             if arg is None:
                 continue
-            if kind == "group":
+            if kind.rstrip("?") == "seeds":
+                words += ["via", "[" + " ".join(arg) + "]"]
+            elif kind.rstrip("?") == "early":
+                words += ["serve_before_join", format_duration(arg)]
+            elif kind == "group":
                 words.append("[" + " ".join(arg) + "]")
             elif kind.rstrip("?") in ("duration", "delay", "signed_duration", "instant"):
                 words.append(format_duration(arg))
@@ -300,6 +320,24 @@ def _read_timeline(
     return _Timeline(reader, nodes, duration_ns, dict(limits.tiers)).actions(key, raw)
 
 
+def _read_absent(
+    reader: Reader, key: str, raw: object, earlier: Mapping[str, object]
+) -> tuple[str, ...]:
+    """``absent``: nodes of the scenario that do not boot at 0 s (each distinct, not all)."""
+    nodes = earlier["nodes"]
+    assert isinstance(nodes, int)
+    absent: list[str] = []
+    for index, name in enumerate(reader.typed(key, raw, list, "an array of node names")):
+        where = f"{key}[{index}]"
+        text = reader.checked(where, reader.typed(where, name, str), partial(_node, nodes=nodes))
+        if text in absent:
+            raise reader.error(where, f"{text} is named twice")
+        absent.append(text)
+    if len(absent) >= nodes:
+        raise reader.error(key, "at least one node must boot at 0 s")
+    return tuple(absent)
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """One simulation run's setup. ``seed`` is a default the command line may override."""
@@ -311,9 +349,16 @@ class Scenario:
     description: str = field(default="", metadata=toml())
     seed: int | None = field(default=None, metadata=toml())
     mode: str = field(default="strict", metadata=toml(choices=MODES))
+    authenticated: bool = field(default=False, metadata=toml())
+    """Cluster datagrams sealed with a shared key (``cluster_keys``): MACs, boot ids and
+    replay windows in play, as in a keyed production cluster. Why off: it costs an HMAC
+    per datagram, and only scenarios about authentication need it."""
     limits: LimitsSpec = field(default_factory=LimitsSpec, metadata=toml())
     workload: WorkloadSpec = field(default_factory=WorkloadSpec, metadata=toml())
     network: NetworkSpec = field(default_factory=NetworkSpec, metadata=toml())
+    absent: tuple[str, ...] = field(default=(), metadata=toml(read=_read_absent))
+    """Nodes that do not boot at 0 s: each stays down until a ``join`` or ``restart``
+    starts it (a node that joins later, for instance into one side of a partition)."""
     timeline: tuple[Action, ...] = field(default=(), metadata=toml(read=_read_timeline))
     source: str = field(default="<string>", compare=False)
 
@@ -330,7 +375,12 @@ class Scenario:
         if self.seed is not None:
             lines.append(f"seed = {self.seed}")
         lines += [f'duration = "{format_duration(self.duration_ns)}"', f"nodes = {self.nodes}",
-                  f"mode = {q(self.mode)}", "timeline = ["]  # fmt: skip
+                  f"mode = {q(self.mode)}"]  # fmt: skip
+        if self.authenticated:
+            lines.append("authenticated = true")
+        if self.absent:
+            lines.append(f"absent = {json.dumps(list(self.absent))}")
+        lines.append("timeline = [")
         lines += [f"  {q(str(action))}," for action in self.timeline]
         lines += ["]", "", "[limits]", f"default = {q(self.limits.default)}", "[limits.tiers]"]
         lines += [f"{q(k)} = {q(v)}" for k, v in self.limits.tiers]
@@ -455,13 +505,17 @@ class _Timeline:
             kinds = ("group",) * max(1, len(tokens))
         required = sum(1 for kind in kinds if not kind.endswith("?"))
         if not required <= len(tokens) <= len(kinds):
-            usage = " ".join(k.upper() for k in kinds)
-            raise ValueError(f"expected {usage or 'no arguments'}, got {rest!r}")
-        args = [
-            self.argument(kind.rstrip("?"), token, at_ns)
-            for kind, token in zip(kinds, tokens, strict=False)
-        ]
-        args += [None] * (len(kinds) - len(tokens))
+            raise ValueError(f"expected {_usage(kinds)}, got {rest!r}")
+        args: list[Any] = []
+        left = list(tokens)
+        for kind in kinds:
+            bare = kind.rstrip("?")
+            if kind.endswith("?") and not (left and _has_shape(bare, left[0])):
+                args.append(None)  # an optional argument left out
+            else:
+                args.append(self.argument(bare, left.pop(0), at_ns))
+        if left:
+            raise ValueError(f"expected {_usage(kinds)}, got {rest!r}")
         if verb.startswith("partition"):
             seen = [node for group in args for node in group]
             if len(seen) != len(set(seen)):
@@ -471,7 +525,11 @@ class _Timeline:
         return tuple(args)
 
     def argument(self, kind: str, token: str, at_ns: int) -> Any:
-        if kind == "group":
+        if kind == "identity":
+            if token not in IDENTITIES:
+                raise ValueError(f"expected {' or '.join(IDENTITIES)}, got {token!r}")
+            return token
+        if kind in ("group", "seeds"):
             if not token.startswith("["):
                 raise ValueError(f"expected a [group of nodes], got {token!r}")
             names = token[1:-1].replace(",", " ").split()
@@ -479,9 +537,9 @@ class _Timeline:
                 raise ValueError("empty group []")
             return tuple(self.argument("node", name, at_ns) for name in names)
         if kind == "node":
-            if not re.fullmatch(r"n[1-9][0-9]*", token) or int(token[1:]) > self.nodes:
-                raise ValueError(f"unknown node {token!r} (nodes are n1..n{self.nodes})")
-            return token
+            return _node(token, self.nodes)
+        if kind == "early":
+            kind = "delay"
         if kind in ("duration", "delay", "signed_duration", "instant"):
             value = parse_duration(token, signed=kind == "signed_duration")
             if kind == "duration" and value <= 0:
@@ -499,6 +557,33 @@ class _Timeline:
         if kind == "ppm" and not -1e6 < number < 1e6:
             raise ValueError(f"drift {token!r} ppm is not a clock rate")
         return number
+
+
+def _node(token: str, nodes: int) -> str:
+    if not re.fullmatch(r"n[1-9][0-9]*", token) or int(token[1:]) > nodes:
+        raise ValueError(f"unknown node {token!r} (nodes are n1..n{nodes})")
+    return token
+
+
+def _has_shape(kind: str, token: str) -> bool:
+    """Whether ``token`` may be an argument of ``kind`` (so that optional ones may be left
+    out): a group is bracketed, an identity a word, an early start a duration."""
+    if kind in ("group", "seeds"):
+        return token.startswith("[")
+    if kind == "identity":
+        return token.isidentifier()
+    if kind == "early":
+        try:
+            parse_duration(token)
+        except ValueError:
+            return False
+    return True
+
+
+def _usage(kinds: tuple[str, ...]) -> str:
+    words = {"identity?": f"[{'|'.join(IDENTITIES)}]", "seeds?": "[via [NODES]]",
+             "early?": "[serve_before_join DELAY]"}  # fmt: skip
+    return " ".join(words.get(kind, kind.upper()) for kind in kinds) or "no arguments"
 
 
 def _number(token: str) -> float:

@@ -7,17 +7,27 @@ request or a timeline action. After anything touches a node the world
 drains it — datagrams go into the simulated network, decisions and
 membership events go to the checkers — and re-arms its timer at the node's
 next deadline. The checkers never look into the world: whatever they judge
-by (a node's liveness, an escaped exception) the world hands them, so the
-import goes one way, world to checkers. Each node has its own :class:`~meshlimit.sim.events.NodeClock`
-(skew, drift, jumps): nodes get their monotonic and wall readings from it.
+by (a node's liveness, an escaped exception, the nodes left at the end) the
+world hands them, so the import goes one way, world to checkers. Each node has
+its own :class:`~meshlimit.sim.events.NodeClock` (skew, drift, jumps): nodes get
+their monotonic and wall readings from it.
+
+A simulated machine lives one life per boot: a restart kills the node and boots
+a new one under the same name, with its own timers, tickets and RNG stream (or,
+restarted ``same_seed``, the last life's stream again). A node may also boot
+late (``absent``), join through named seeds, or take checks before it starts to
+join (``serve_before_join``: no datagrams in or out, no timer, until then).
 
 Every random choice derives from the run's seed, so a run is reproduced by
-its seed alone; ``trace_digest`` hashes every event in order to prove it.
+its seed alone; ``trace_digest`` hashes every event in order to prove it. A
+progress guard fails a run at once, naming its scenario, seed and last events,
+when virtual time stops advancing or the events outrun the schedule.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,7 +38,7 @@ from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 
 from .checkers import Checkers, Liveness
-from .events import NS_PER_MS, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
+from .events import NS_PER_MS, NS_PER_S, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
 from .network import Delivery, Network
 from .scenario import Action, Scenario
 from .workload import Request, Workload
@@ -36,6 +46,28 @@ from .workload import Request, Workload
 PORT = 7400
 #: A paused node's socket buffer: datagrams beyond it are dropped, as a kernel would.
 PAUSE_BACKLOG = 10_000
+#: The shared key of an ``authenticated`` scenario's cluster.
+CLUSTER_KEY = b"meshlimit-simulated-cluster-key"
+
+# The progress guard. A bug that re-arms a timer at ``now`` forever, or two nodes that
+# answer each other at once forever, would make a run spin without end; the world stops
+# it at once with a :class:`RunStalled` naming the scenario, seed and last events.
+#: Stalled: this many events in a row inside :data:`STALL_SPAN_NS` of virtual time. Why
+#: 10,000 in 1 ms: ten million events per simulated second, over 1,000 times the busiest
+#: shipped scenario (about 8 events per ms at 2,000 requests/s); a timer re-armed at
+#: ``now`` (run 1 ns later) trips it after 10,000 events, well under a wall second.
+STALL_EVENTS = 10_000
+STALL_SPAN_NS = NS_PER_MS
+#: The event budget of a run: ``EVENT_BUDGET_FACTOR x duration_s x nodes x (peak offered
+#: rate + BACKGROUND_EVENTS_PER_S) + BOOT_EVENTS``. Measured (shipped scenarios, default
+#: fuzz), a run takes 0.2-0.9 events per simulated second per node per request/s offered
+#: (plus timers, gossip and probes: about 20 per node per second with no load at all); why
+#: a factor of 20: far beyond any correct run, far below a spinning one.
+EVENT_BUDGET_FACTOR = 20
+BACKGROUND_EVENTS_PER_S = 50
+BOOT_EVENTS = 10_000
+#: Events remembered for the guard's message.
+LAST_EVENTS = 8
 
 
 @dataclass(slots=True)
@@ -47,13 +79,43 @@ class SimNode:
     clock: NodeClock
     node: Node | None = None
     generation: int = 0
+    """Lives so far: each start makes a new one (its timers and tickets are its own)."""
+    rng_generation: int = 0
+    """The life whose RNG stream the current life uses: its own, unless restarted
+    ``same_seed`` (then the previous life's, so both draw the same numbers)."""
     paused_until: int | None = None
     backlog: list[Delivery] = field(default_factory=list)
     timer_at: int = -1
+    runtime_up: bool = True
+    """False while a node booted ``serve_before_join`` has no cluster runtime yet: it
+    decides checks, but neither sends, receives nor ticks (its socket is not open)."""
 
 
 class NodeCrashed(Exception):
     """An exception escaped a node: always a bug, reported with the seed."""
+
+
+class RunStalled(Exception):
+    """The progress guard stopped a run that would not end: virtual time stopped
+    advancing, or the run ran far more events than its schedule can explain."""
+
+
+def event_budget(scenario: Scenario) -> int:
+    """The most events a correct run of ``scenario`` may take (see :data:`EVENT_BUDGET_FACTOR`).
+
+    The offered rate is the peak over the timeline (``rate`` and ``hot`` actions change it).
+    """
+    background, hot = scenario.workload.rate, scenario.workload.hot_rate
+    peak = background + hot
+    for action in scenario.timeline:
+        if action.verb == "rate":
+            background = action.args[0]
+        elif action.verb == "hot":
+            hot = action.args[1]
+        peak = max(peak, background + hot)
+    seconds = scenario.duration_ns / NS_PER_S
+    rate = peak + BACKGROUND_EVENTS_PER_S
+    return int(EVENT_BUDGET_FACTOR * seconds * scenario.nodes * rate) + BOOT_EVENTS
 
 
 class World:
@@ -82,10 +144,14 @@ class World:
             scenario.workload, list(self.nodes), derive_rng(seed, "workload")
         )
         self._digest = hashlib.blake2b(digest_size=16)
-        self._tickets: dict[tuple[str, int], tuple[int, str]] = {}
+        #: Checks awaiting their node's answer: (node, life, ticket) -> (asked at, client).
+        #: A ticket of a life that ended is never answered (its client would retry).
+        self._tickets: dict[tuple[str, int, int], tuple[int, str]] = {}
         self.errors: list[str] = []
         self._request_generation = 0
         self.events_run = 0
+        self.event_budget = event_budget(scenario)
+        self.last_events: deque[str] = deque(maxlen=LAST_EVENTS)
 
     # --- running ----------------------------------------------------------------------
 
@@ -97,28 +163,69 @@ class World:
         if self.now == 0:
             self._boot()
         next_progress = 0
+        queue, digest, last_events = self.queue, self._digest, self.last_events
+        budget = self.event_budget
+        stall_from, stall_events = -STALL_SPAN_NS, 0
         while True:
-            at = self.queue.peek_time()
-            if at is None or at > end:
+            due = queue.pop_due(end)
+            if due is None:
                 break
-            at, event = self.queue.pop()
+            at, event = due
             self.now = at
             self.events_run += 1
-            self._digest.update(repr((at, event[0], event[1] if len(event) > 1 else "")).encode())
-            self._handle(event)
+            kind = event[0]
+            if kind == "deliver":  # the digest takes the datagram's bytes as they are
+                d = event[1]
+                text = f"{at} deliver {d.src}>{d.dst} #{d.copy} sent {d.sent_at_ns}"
+                digest.update(text.encode())
+                digest.update(d.payload)
+            else:
+                text = f"{at} {kind} {event[1]}"
+                digest.update(text.encode())
+            last_events.append(text)
+            if at - stall_from < STALL_SPAN_NS:
+                stall_events += 1
+                if stall_events >= STALL_EVENTS:
+                    raise self._stalled(f"{STALL_EVENTS} events within {STALL_SPAN_NS} ns")
+            else:
+                stall_from, stall_events = at, 0
+            if self.events_run > budget:
+                raise self._stalled(f"over the event budget of {budget} events")
+            if kind == "deliver":
+                self._deliver(event[1])
+            elif kind == "tick":
+                self._tick(event[1], event[2])
+            else:
+                self._handle(event)
             if progress is not None and at >= next_progress:
                 progress(at)
                 next_progress = at + end // 100
         self.now = end
+        running = {
+            sim.name: (sim.node, sim.clock.skew_ns(end))
+            for sim in self.nodes.values()
+            if sim.node is not None
+        }
+        self.checkers.on_final_state(running, end)
         self.checkers.finish(end)
+
+    def _stalled(self, why: str) -> RunStalled:
+        """The guard's verdict: scenario, seed, instant, why, and the last events."""
+        last = "\n  ".join(text[:200] for text in self.last_events)
+        return RunStalled(
+            f"progress: scenario={self.scenario.name} seed={self.seed} at {self.now} ns:"
+            f" {why} (virtual time stopped advancing or the run spins);"
+            f" last events:\n  {last}"
+        )
 
     def trace_digest(self) -> str:
         """A hash of every event run so far, in order: equal runs give equal digests."""
         return self._digest.hexdigest()
 
     def _boot(self) -> None:
-        first = next(iter(self.nodes))
-        for name in self.nodes:
+        booting = [name for name in self.nodes if name not in self.scenario.absent]
+        first = booting[0]
+        for name in booting:
             self._start_node(name, seeds=[] if name == first else [self.nodes[first].addr])
         limits = self.scenario.limits
         starter = self.nodes[first]
@@ -142,6 +249,8 @@ class World:
             self._act(event[1])
         elif kind == "resume":
             self._resume(event[1])
+        elif kind == "start":
+            self._join_late(event[1], event[2], event[3])
 
     # --- nodes ------------------------------------------------------------------------
 
@@ -152,22 +261,61 @@ class World:
             sim.addr,
             mode=self.scenario.mode,
             default_rule=self.scenario.limits.default,
+            cluster_keys=(CLUSTER_KEY,) if self.scenario.authenticated else (),
         )
 
-    def _start_node(self, name: str, *, seeds: list[Address]) -> None:
+    def _start_node(
+        self,
+        name: str,
+        *,
+        seeds: list[Address],
+        same_seed: bool = False,
+        join_after_ns: int | None = None,
+    ) -> None:
+        """Boot a new life of ``name`` joining through ``seeds``; its RNG is its own stream,
+        or with ``same_seed`` the previous life's stream again (seeded the same). With
+        ``join_after_ns`` the node takes checks that long before it starts to join (a
+        daemon whose front-ends open before its cluster runtime starts)."""
         sim = self.nodes[name]
         sim.generation += 1
-        rng = derive_rng(self.seed, "node", name, str(sim.generation))
-        mono, wall = sim.clock.mono_ns(self.now), sim.clock.wall_ns(self.now)
-        node = Node(self._config(sim), rng, now_ns=mono, wall_ns=wall)
+        if not same_seed or sim.rng_generation == 0:
+            sim.rng_generation = sim.generation
+        rng = derive_rng(self.seed, "node", name, str(sim.rng_generation))
+        mono, wall = sim.clock.readings(self.now)
+        # The boot id is per life even with ``same_seed``: drawn from its own stream.
+        boot_id = derive_rng(self.seed, "boot", name, str(sim.generation)).getrandbits(64)
+        node = Node(self._config(sim), rng, now_ns=mono, wall_ns=wall, boot_id=boot_id)
         node.decision_log = []
         if self._plant is not None:
             self._plant(node)
         sim.node = node
         sim.paused_until = None
         sim.backlog.clear()
-        self._guard(sim, lambda: node.start(seeds, now_ns=mono))
+        sim.timer_at = -1  # the last life's timer is stale: arm this life's own
+        sim.runtime_up = join_after_ns is None
+        if join_after_ns is None:
+            self._guard(sim, lambda: node.start(seeds, now_ns=mono))
+        else:
+            self.queue.push(self.now + join_after_ns, ("start", name, sim.generation, seeds))
         self._drain(sim)
+
+    def _join_late(self, name: str, generation: int, seeds: list[Address]) -> None:
+        """A node booted with ``join_after_ns`` starts joining now (if that life still runs)."""
+        sim = self.nodes[name]
+        node = sim.node
+        if node is None or generation != sim.generation:
+            return
+        sim.runtime_up = True
+        self._guard(sim, lambda: node.start(seeds, now_ns=sim.clock.mono_ns(self.now)))
+        self._drain(sim)
+
+    def _stop_node(self, sim: SimNode) -> None:
+        """The node's process dies at once (kill -9): its state, queue and timer are gone."""
+        sim.node = None
+        sim.runtime_up = True
+        sim.backlog.clear()
+        sim.paused_until = None
+        sim.timer_at = -1
 
     def liveness(self, name: str) -> Liveness:
         """Whether the node called ``name`` runs, is paused, or is down (or unknown)."""
@@ -184,29 +332,38 @@ class World:
         try:
             return action()
         except Exception as error:  # noqa: BLE001 - any escape is a finding
-            message = f"{sim.name} at {self.now} ns: {type(error).__name__}: {error}"
-            self.errors.append(message)
-            self.checkers.on_exception(message)
-            raise NodeCrashed(message) from error
+            raise self._escaped(sim, error) from error
+
+    def _escaped(self, sim: SimNode, error: Exception) -> NodeCrashed:
+        """An exception escaped ``sim``'s node: recorded, and the run ends with it."""
+        message = f"{sim.name} at {self.now} ns: {type(error).__name__}: {error}"
+        self.errors.append(message)
+        self.checkers.on_exception(message)
+        return NodeCrashed(message)
 
     def _drain(self, sim: SimNode) -> None:
         """Collect everything a node produced and re-arm its timer."""
         node = sim.node
         if node is None:
             return
-        for datagram, addr in node.datagrams_to_send():
-            dst = self._by_addr.get(addr)
-            if dst is None:
-                continue
-            for at, delivery in self.network.send(sim.name, dst.name, datagram, now_ns=self.now):
-                self.queue.push(at, ("deliver", delivery))
+        now = self.now
+        datagrams = node.datagrams_to_send()
+        if datagrams and sim.runtime_up:  # without a runtime they are dropped unsent
+            send, push, by_addr, name = self.network.send, self.queue.push, self._by_addr, sim.name
+            for datagram, addr in datagrams:
+                dst = by_addr.get(addr)
+                if dst is not None:
+                    for at, delivery in send(name, dst.name, datagram, now_ns=now):
+                        push(at, ("deliver", delivery))
         for event in node.events():
             if isinstance(event, Decided):
-                started = self._tickets.pop((sim.name, event.ticket), None)
+                started = self._tickets.pop((sim.name, sim.generation, event.ticket), None)
                 if started is not None:
                     self.checkers.on_decision(
                         sim.name, started[1], event.decision, started[0], self.now
                     )
+                else:  # answered twice, never asked, or asked of an earlier life
+                    self.checkers.on_stray_answer(sim.name, event.ticket, self.now)
             elif isinstance(event, MembershipChanged):
                 self.checkers.on_membership(
                     sim.name,
@@ -217,27 +374,32 @@ class World:
         if node.decision_log:
             self.checkers.on_admissions(sim.name, node.decision_log, self.now)
             node.decision_log.clear()
-        deadline_mono = node.next_deadline()
-        mono = sim.clock.mono_ns(self.now)
-        at = self.now + max(1, deadline_mono - mono)
-        if sim.timer_at <= self.now or at < sim.timer_at:
+        if not sim.runtime_up:
+            return  # no runtime, no timer: it is armed when the node starts to join
+        at = now + max(1, node.next_deadline() - sim.clock.mono_ns(now))
+        if sim.timer_at <= now or at < sim.timer_at:
             sim.timer_at = at
             self.queue.push(at, ("tick", sim.name, sim.generation))
 
     def _tick(self, name: str, generation: int) -> None:
         sim = self.nodes[name]
-        node = self._live(sim)
-        if node is None or generation != sim.generation or self.now != sim.timer_at:
+        node = sim.node
+        if node is None or sim.paused_until is not None:
             return
-        mono, wall = sim.clock.mono_ns(self.now), sim.clock.wall_ns(self.now)
-        self._guard(sim, lambda: node.tick(now_ns=mono, wall_ns=wall))
+        if generation != sim.generation or self.now != sim.timer_at:
+            return
+        mono, wall = sim.clock.readings(self.now)
+        try:
+            node.tick(now_ns=mono, wall_ns=wall)
+        except Exception as error:  # noqa: BLE001 - any escape is a finding
+            raise self._escaped(sim, error) from error
         self._drain(sim)
 
     def _deliver(self, delivery: Delivery) -> None:
         if not self.network.deliver(delivery, now_ns=self.now):
             return
         sim = self.nodes[str(delivery.dst)]  # the network carries any hashable name
-        if sim.node is None:
+        if sim.node is None or not sim.runtime_up:
             return
         if sim.paused_until is not None:
             if len(sim.backlog) < PAUSE_BACKLOG:
@@ -248,11 +410,12 @@ class World:
     def _receive(self, sim: SimNode, delivery: Delivery) -> None:
         node = sim.node
         assert node is not None
-        mono, wall = sim.clock.mono_ns(self.now), sim.clock.wall_ns(self.now)
+        mono, wall = sim.clock.readings(self.now)
         src_addr = self.nodes[str(delivery.src)].addr
-        self._guard(
-            sim, lambda: node.receive(delivery.payload, src_addr, now_ns=mono, wall_ns=wall)
-        )
+        try:
+            node.receive(delivery.payload, src_addr, now_ns=mono, wall_ns=wall)
+        except Exception as error:  # noqa: BLE001 - any escape is a finding
+            raise self._escaped(sim, error) from error
         self._drain(sim)
 
     def _resume(self, name: str) -> None:
@@ -290,19 +453,24 @@ class World:
         if node is None:
             self.checkers.on_unavailable(sim.name, request.client, self.now)
             return
-        mono, wall = sim.clock.mono_ns(self.now), sim.clock.wall_ns(self.now)
-        result = self._guard(
-            sim, lambda: node.check(request.client, request.cost, now_ns=mono, wall_ns=wall)
-        )
+        mono, wall = sim.clock.readings(self.now)
+        try:
+            result = node.check(request.client, request.cost, now_ns=mono, wall_ns=wall)
+        except Exception as error:  # noqa: BLE001 - any escape is a finding
+            raise self._escaped(sim, error) from error
         if isinstance(result, Decision):
             self.checkers.on_decision(sim.name, request.client, result, self.now, self.now)
         else:
-            self._tickets[(sim.name, result)] = (self.now, request.client)
+            self._tickets[(sim.name, sim.generation, result)] = (self.now, request.client)
+            self.checkers.on_ticket(sim.name, request.client, self.now)
         self._drain(sim)
 
     # --- the timeline -----------------------------------------------------------------
 
     def _act(self, action: Action) -> None:
+        if action.verb == "restart" and self.nodes[action.args[0]].node is not None:
+            # Restarting a running node kills it first: the checkers see both halves.
+            self.checkers.on_action(Action(action.at_ns, "crash", action.args[:1]), self.now)
         self.checkers.on_action(action, self.now)
         verb, args = action.verb, action.args
         network = self.network
@@ -335,13 +503,9 @@ class World:
         if verb in ("crash", "restart", "pause", "resume", "leave", "join"):
             sim = self.nodes[args[0]]
             if verb == "crash":
-                sim.node = None
-                sim.backlog.clear()
-                sim.paused_until = None
+                self._stop_node(sim)
             elif verb in ("restart", "join"):
-                if sim.node is None:
-                    seeds = [s.addr for s in self.nodes.values() if s.node is not None]
-                    self._start_node(sim.name, seeds=seeds)
+                self._restart_or_join(sim, verb, args)
             elif verb == "pause":
                 if sim.node is not None and sim.paused_until is None:
                     sim.paused_until = self.now + args[1]
@@ -362,10 +526,13 @@ class World:
                 clock.jump(args[1])
         elif verb == "drift":
             self.nodes[args[0]].clock.set_drift(args[1], at_true_ns=self.now)
-        elif verb in ("set_rule", "remove_rule"):
+        elif verb in ("set_rule", "remove_rule", "reset"):
             live = [s for s in self.nodes.values() if self._live(s) is not None]
             if live:
                 sim = live[int(self.now // NS_PER_MS) % len(live)]
+                if verb == "reset":  # an operator reset: the node's ``reset:ID`` entry
+                    self._set_rule(sim, f"reset:{args[0]}", None)
+                    return
                 value = None if verb == "remove_rule" else args[1]
                 if isinstance(value, str) and "/" not in value:
                     value = "@" + value
@@ -377,6 +544,25 @@ class World:
             self.workload.set_rate(args[0], now_ns=self.now)
             self._reschedule_requests()
 
+    def _restart_or_join(self, sim: SimNode, verb: str, args: tuple[Any, ...]) -> None:
+        """``restart`` kills a running node first (kill -9, then boot); ``join`` starts a
+        node that is down and leaves a running one alone. The new life joins through the
+        ``via`` nodes if named (up or not: a seed that is down never answers), else
+        through every node that is up, at once or ``serve_before_join`` later; the network
+        puts it on the side of a partition that names it (or, unnamed, in the remainder),
+        as it does any node."""
+        same_seed = verb == "restart" and args[1] == "same_seed"
+        via, join_after_ns = args[-2], args[-1]
+        if verb == "restart" and sim.node is not None:
+            self._stop_node(sim)
+        if sim.node is not None:
+            return
+        if via is not None:
+            seeds = [self.nodes[name].addr for name in via if name != sim.name]
+        else:
+            seeds = [s.addr for s in self.nodes.values() if s.node is not None]
+        self._start_node(sim.name, seeds=seeds, same_seed=same_seed, join_after_ns=join_after_ns)
+
     def _reschedule_requests(self) -> None:
         self._schedule_request()  # the marker already queued is now stale
 
@@ -384,7 +570,9 @@ class World:
         node = self._live(sim)
         if node is None:
             return
-        mono, wall = sim.clock.mono_ns(self.now), sim.clock.wall_ns(self.now)
+        mono, wall = sim.clock.readings(self.now)
         self._guard(sim, lambda: node.set_rule(key, value, now_ns=mono, wall_ns=wall))
-        self.checkers.on_rule_change(key, value, self.now)
+        entry = node.registry.entry(key)
+        stamp = None if entry is None else entry.stamp
+        self.checkers.on_rule_change(key, value, self.now, stamp)
         self._drain(sim)

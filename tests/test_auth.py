@@ -99,6 +99,7 @@ def _exchange(nodes: list[Node], now: int, rounds: int = 6) -> None:
 
 def test_keyed_nodes_form_a_cluster_and_an_unkeyed_or_wrong_keyed_node_cannot_join() -> None:
     a, b = _node("a", (KEY,), 1), _node("b", (KEY,), 2)
+    a.start([], now_ns=1)
     b.start([("a", 1)], now_ns=1)
     _exchange([a, b], 2)
     assert {m[0] for m in a.members()} == {"a", "b"}
@@ -111,6 +112,7 @@ def test_keyed_nodes_form_a_cluster_and_an_unkeyed_or_wrong_keyed_node_cannot_jo
 
 def test_a_replayed_forwarded_check_does_not_consume_quota() -> None:
     a, b = _node("a", (KEY,), 1), _node("b", (KEY,), 2)
+    a.start([], now_ns=1)
     b.start([("a", 1)], now_ns=1)
     _exchange([a, b], 2)
     client = next(c for c in (f"c{i}" for i in range(200)) if b.owner(c) == "a")
@@ -135,3 +137,15 @@ def test_a_huge_sequence_jump_is_accepted_without_building_a_huge_window() -> No
     assert receiver.open(sender.seal(b"a", now_ns=NOW), now_ns=NOW) == b"a"
     sender.seq = 2**63  # found by the fuzz campaign: a MemoryError before the fix
     assert receiver.open(sender.seal(b"b", now_ns=NOW), now_ns=NOW) == b"b"
+
+
+def test_a_new_life_of_a_sender_gets_a_fresh_replay_window() -> None:
+    receiver = new_guard([KEY], 1)
+    old_life = new_guard([KEY], 7)
+    for _ in range(5):
+        assert receiver.open(old_life.seal(b"x", now_ns=NOW), now_ns=NOW) == b"x"
+    same_boot = new_guard([KEY], 7)  # a restart that drew the same boot id: seq 1 again
+    assert receiver.open(same_boot.seal(b"y", now_ns=NOW), now_ns=NOW) is None
+    assert receiver.dropped["auth_replay"] == 1
+    new_life = new_guard([KEY], 8)
+    assert receiver.open(new_life.seal(b"z", now_ns=NOW), now_ns=NOW) == b"z"

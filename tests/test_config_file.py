@@ -128,7 +128,8 @@ def test_unset_keys_fall_back_to_the_node_defaults() -> None:
     node = config.node_config()
     default = NodeConfig.preset("lan", "127.0.0.1:7400", (HOST, 7400))
     assert node == default
-    assert config.rule_entries() == {"default": rule(default.default_rule)}
+    assert config.default_rule == rule(default.default_rule)
+    assert config.rule_entries() == {}  # the file sets no rule, so it writes none
     assert parse_config("").limits.default is None
 
 
@@ -308,17 +309,23 @@ def test_diff_writes_only_what_changed_in_a_safe_order() -> None:
 
 
 def test_start_changes_and_restart_needed() -> None:
-    config = parse_config(FULL)
-    assert [key for key, _ in start_changes(config)] == [
+    config = parse_config(FULL, version_ns=1_700_000_000_123_456_789)
+    writes = start_changes(config)
+    assert [key for key, _, _ in writes] == [
+        "default",
         "tier:free",
         "tier:gold",
         "client:acme",
         "client:beta",
         "client:tenant/42",
     ]
+    assert {version for _, _, version in writes} == {1_700_000_000_123_456_789}
     moved = ClusterSettings(**{**_fields(config.cluster), "bind": (HOST, 1), "mode": "strict"})
     assert restart_needed(config.cluster, moved) == ["cluster.bind", "cluster.mode"]
     assert restart_needed(config.cluster, config.cluster) == []
+    # Flags alone write nothing: their default is the node's own, in its config.
+    flags_only, _ = effective_config(node_args("--bind", "127.0.0.1:1", "--default", "1/s"))
+    assert start_changes(flags_only) == []
 
 
 def _fields(settings: ClusterSettings) -> dict[str, Any]:
@@ -329,16 +336,19 @@ def _fields(settings: ClusterSettings) -> dict[str, Any]:
 
 
 class Sink:
-    """Records rule writes; refuses the keys in ``refuse``."""
+    """Records rule writes as ``(key, value)`` and their versions; refuses the keys in
+    ``refuse``."""
 
     def __init__(self) -> None:
         self.writes: list[tuple[str, object]] = []
+        self.versions: list[int] = []
         self.refuse: set[str] = set()
 
-    def set_rule(self, key: str, value: object) -> bool:
+    def put_rule(self, key: str, value: object, version_ns: int) -> bool:
         if key in self.refuse:
             raise ValueError("rule registry is full (1 entries)")
         self.writes.append((key, value))
+        self.versions.append(version_ns)
         return True
 
 
@@ -361,32 +371,52 @@ bob = "7/day"
 """
 
 
-def test_a_reload_applies_only_the_changes_and_logs_them(tmp_path: Path) -> None:
+def test_a_reload_writes_the_whole_file_at_its_version_and_logs_the_changes(
+    tmp_path: Path,
+) -> None:
     path = write(tmp_path / "node.toml", BASE)
     sink = Sink()
     reloader = reloader_for(path, sink)
     assert sink.writes == [
+        ("default", rule("100/day")),
         ("tier:gold", rule("5/day")),
         ("client:acme", "@gold"),
         ("client:bob", rule("7/day")),
     ]
+    assert set(sink.versions) == {path.stat().st_mtime_ns}  # the file's version, not now
     sink.writes.clear()
+    sink.versions.clear()
     write(path, BASE.replace('"5/day"', '"10/day"').replace('bob = "7/day"', 'carol = "@gold"'))
+    edited_ns = time.time_ns() - 1000
+    os.utime(path, ns=(edited_ns, edited_ns))  # newer than the first, however coarse the fs
     with captured("meshlimit.config") as records:
         assert reloader.reload("sighup") is True
-    assert sink.writes == [
+    assert sink.writes == [  # every rule re-asserted at the new version, and one removal
+        ("default", rule("100/day")),
         ("tier:gold", rule("10/day")),
+        ("client:acme", "@gold"),
         ("client:bob", None),
         ("client:carol", "@gold"),
     ]
+    assert set(sink.versions) == {path.stat().st_mtime_ns}
     assert dict(reloader.results) == {"ok": 1, "error": 0}
     (record,) = records
     assert record.levelno == logging.INFO and record.getMessage() == "config reloaded"
     assert vars(record)["reason"] == "sighup" and vars(record)["changed"] == 3
     assert vars(record)["keys"] == "tier:gold,client:bob,client:carol"
     assert reloader.entries()["client:carol"] == "@gold" and "client:bob" not in reloader.entries()
+    # A SIGHUP with the file unchanged writes the same rules at the same version: a no-op
+    # for the registry, which keeps any newer change.
+    version = path.stat().st_mtime_ns
     sink.writes.clear()
-    assert reloader.reload() is True and sink.writes == []  # nothing changed: nothing written
+    sink.versions.clear()
+    assert reloader.reload() is True and set(sink.versions) == {version}
+    # An older copy put in place (its mtime not newer) is stamped later than the last
+    # version, so that it wins over what that version wrote.
+    write(path, BASE)
+    os.utime(path, ns=(version - 10**9, version - 10**9))
+    sink.versions.clear()
+    assert reloader.reload() is True and min(sink.versions) > version
 
 
 def test_a_bad_reload_keeps_the_rules_and_warns(tmp_path: Path) -> None:
@@ -419,7 +449,7 @@ def test_flags_keep_precedence_and_cluster_changes_need_a_restart(tmp_path: Path
     )
     with captured("meshlimit.config") as records:
         assert reloader.reload() is True
-    assert sink.writes == []  # --default wins over the file's default, now as at start
+    assert "default" not in dict(sink.writes)  # --default wins over the file's, as at start
     warning = next(r for r in records if r.levelno == logging.WARNING)
     assert "need a restart" in warning.getMessage()
     assert vars(warning)["keys"] == "cluster.bind,cluster.mode"
@@ -434,11 +464,12 @@ def test_rules_a_node_refuses_count_as_an_error_and_are_retried(tmp_path: Path) 
     sink.refuse = {"client:carol"}
     write(path, BASE + 'carol = "1/day"\ndave = "2/day"\n')
     assert reloader.reload() is False
-    assert sink.writes == [("client:dave", rule("2/day"))]
+    assert ("client:dave", rule("2/day")) in sink.writes
+    assert "client:carol" not in dict(sink.writes) and "client:carol" not in reloader.entries()
     assert dict(reloader.results) == {"ok": 0, "error": 1}
     sink.refuse = set()
     assert reloader.reload() is True
-    assert sink.writes[-1] == ("client:carol", rule("1/day"))
+    assert ("client:carol", rule("1/day")) in sink.writes
 
 
 def test_poll_reloads_only_when_the_file_changed(tmp_path: Path) -> None:

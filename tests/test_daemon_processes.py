@@ -289,6 +289,9 @@ def run_meshlimit(*argv: str, timeout_s: float = 20) -> subprocess.CompletedProc
         (["--bind", "nonsense"], "is not HOST:PORT"),
         (["--bind", "127.0.0.1:0"], "cannot be 0"),
         (["--bind", "0.0.0.0:7400"], "peers are told this address"),
+        (["--bind", "0.0.0.0:7400"], "--advertise HOST:PORT"),
+        (["--bind", "0.0.0.0:7400", "--advertise", "0.0.0.0:7400"], "peers are told this"),
+        (["--bind", "127.0.0.1:7400", "--advertise", "nonsense"], "is not HOST:PORT"),
         (["--bind", "127.0.0.1:7400", "--default", "10/parsec"], "window unit 'parsec'"),
         (["--bind", "127.0.0.1:7400", "--mode", "loose"], "invalid choice: 'loose'"),
         (["--bind", "127.0.0.1:7400", "--preset", "moon"], "invalid choice: 'moon'"),
@@ -344,7 +347,8 @@ def test_ctl_talks_to_a_node(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         code, out, _ = ctl("status")
         assert code == 0
         assert "node solo" in out and "members 1/1 alive" in out
-        header, row = out.splitlines()[3:5]
+        assert out.splitlines()[1] == "ready", "no seeds: ready at once"
+        header, row = out.splitlines()[4:6]
         for column in ("NODE", "ADDR", "STATE", "INCARNATION", "RING %", "CLOCK OFFSET ms"):
             assert column in header
         assert row.split()[:6] == ["solo", "*", f"{HOST}:{node.udp}", "alive", "0", "100.0"]

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from runtimes import DAY_RULE, started_runtime
 
 from meshlimit.cluster.daemon.http_api import make_app, ratelimit_headers
+from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import parse_rule
@@ -327,7 +328,10 @@ def test_cluster_health_and_owner_of_a_single_node():
 
         response = await client.get("/healthz")
         assert response.status == 200
-        assert await response.json() == {"status": "ok", "node": "n1", "members": 1}
+        assert await response.json() == {"status": "ok", "node": "n1", "members": 1, "ready": True}
+        response = await client.get("/readyz")  # no seeds: ready at once
+        assert response.status == 200
+        assert (await response.json())["status"] == "ready"
         response = await client.get("/v1/owner/acme")
         assert await response.json() == {"client": "acme", "owner": "n1"}
 
@@ -399,3 +403,49 @@ def test_delete_counters_resets_a_client_cluster_wide() -> None:
             assert again["allowed"] is True
 
     asyncio.run(scenario())
+
+
+def test_readyz_is_503_with_a_reason_until_a_seed_answers_then_200() -> None:
+    from runtimes import free_udp_port
+
+    async def main() -> None:
+        silent = ("127.0.0.1", free_udp_port())  # nobody listens there yet
+        async with (
+            started_runtime("n2", seeds=[silent], default_rule="1/day") as joining,
+            api_client(joining) as api,
+        ):
+            response = await api.get("/readyz")
+            body = await response.json()
+            assert response.status == 503 and body["status"] == "not ready"
+            assert "no seed has answered" in body["reason"], body
+            assert (await api.get("/healthz")).status == 200, "live while joining"
+            status = await (await api.get("/v1/cluster")).json()
+            assert status["ready"] is False and status["readiness"] == body["reason"]
+            # The degraded share of 1/day is nothing: refused, but not "retry never".
+            _, decision, _ = await post_check(api, {"client": "acme"})
+            assert decision["path"] == "degraded" and not decision["allowed"]
+            assert 0 < decision["retry_after"] <= 1, decision
+            seed = Runtime(NodeConfig.preset("local", "n1", silent, default_rule="1/day"))
+            try:
+                await seed.start([])  # the seed comes up where the joiner keeps knocking
+                assert await joining.wait_ready(5), "joined once a seed answered"
+                response = await api.get("/readyz")
+                assert response.status == 200 and (await response.json())["status"] == "ready"
+            finally:
+                await seed.stop(leave=False)
+
+    asyncio.run(main())
+
+
+def test_a_seed_name_that_does_not_resolve_leaves_the_node_joining() -> None:
+    async def main() -> None:
+        async with (
+            started_runtime("n2", seeds=[("no-such-host.invalid", 7400)]) as joining,
+            api_client(joining) as api,
+        ):
+            response = await api.get("/readyz")
+            body = await response.json()
+            assert response.status == 503 and "no seed resolved" in body["reason"], body
+            assert "no-such-host.invalid:7400" in body["reason"]
+
+    asyncio.run(main())

@@ -697,3 +697,100 @@ def test_member_copies_do_not_leak_state() -> None:
     copies[0].state = DEAD
     assert all(isinstance(m, Member) for m in copies)
     assert net.state("n0", copies[0].node) == ALIVE
+
+
+# --- the roster: the cluster's size outlives reaping ---------------------------------------
+
+
+def reaped(net: Net, victim: str) -> None:
+    """Crash ``victim`` and run until every other member has reaped it."""
+    net.crash(victim)
+    net.run(10 * S + net.config.dead_reap_ns)
+    for o in net.up():
+        assert net.nodes[o].addr_of(victim) is None, f"{o} has not reaped {victim}"
+
+
+def test_a_reaped_dead_member_still_counts_and_a_newcomer_learns_it() -> None:
+    net = healthy_cluster(5, seed=21)
+    reaped(net, "n1")
+    n0 = net.nodes["n0"]
+    assert n0.quorum() == ("n0", "n1", "n2", "n3", "n4"), (
+        "roster: the reaped member stopped counting"
+    )
+    assert [(u.node, u.state) for u in n0.remembered()] == [("n1", DEAD)]
+    newcomer = net.add("n5", addr_of(5), (addr_of(2),))
+    net.run(2 * S)
+    assert newcomer.quorum() == ("n0", "n1", "n2", "n3", "n4", "n5"), "join reply lacks n1"
+    assert all(m.node != "n1" for m in newcomer.members()), "a remembered member is not probed"
+
+
+def test_the_join_reply_carries_the_dead_before_the_living() -> None:
+    m = _node()
+    m.handle("b", addr_of(1), MemberUpdate("dead", addr_of(9), DEAD, 4), now_ns=T0)
+    out = m.handle("c", addr_of(2), Join("c", addr_of(2), 0), now_ns=T0)
+    replies = [msg for _, msg in out if isinstance(msg, JoinReply)]
+    assert len(replies) == 1
+    states = [(u.node, u.state) for u in replies[0].members]
+    assert states[0] == ("dead", DEAD) and set(states[1:]) == {("a", ALIVE), ("c", ALIVE)}
+
+
+def test_forgetting_spreads_and_its_tombstone_keeps_stale_news_out() -> None:
+    net = healthy_cluster(5, seed=22)
+    reaped(net, "n1")
+    n0 = net.nodes["n0"]
+    assert n0.forget("n1", now_ns=net.local("n0")) == "forgotten"
+    assert "n1" not in n0.quorum()
+    net.run(2 * S)
+    for o in net.up():
+        assert "n1" not in net.nodes[o].quorum(), f"{o} never heard that n1 was forgotten"
+    n2 = net.nodes["n2"]
+    n2.handle("n3", addr_of(3), MemberUpdate("n1", addr_of(1), DEAD, 0), now_ns=net.local("n2"))
+    assert "n1" not in n2.quorum(), "stale news of n1's death made it count again"
+    assert n0.forget("n1", now_ns=net.local("n0")) == "gone"
+    assert n0.forget("n2", now_ns=net.local("n0")) == "alive"
+    assert n0.forget("n0", now_ns=net.local("n0")) == "self"
+    assert n0.forget("nobody", now_ns=net.local("n0")) == "unknown"
+
+
+def test_forgetting_a_suspect_or_dead_member_in_the_table_makes_it_left() -> None:
+    net = healthy_cluster(5, seed=23)
+    net.crash("n1")
+    net.run(10 * S)
+    assert net.state("n0", "n1") == DEAD
+    assert net.nodes["n0"].forget("n1", now_ns=net.local("n0")) == "forgotten"
+    net.run(2 * S)
+    for o in net.up():
+        assert net.state(o, "n1") == LEFT and "n1" not in net.nodes[o].quorum(), o
+
+
+def test_a_member_dead_past_the_forget_time_is_forgotten_then_its_tombstone_dropped() -> None:
+    config = replace(MembershipConfig.lan(), forget_after_ns=100 * S)
+    net = healthy_cluster(5, seed=24, config=config)
+    reaped(net, "n1")
+    assert "n1" in net.nodes["n0"].quorum()
+    net.run(70 * S)  # about 110 s after it died
+    for o in net.up():
+        assert "n1" not in net.nodes[o].quorum(), f"{o} still counts n1"
+        assert [(u.node, u.state) for u in net.nodes[o].remembered()] == [("n1", LEFT)]
+    net.run(110 * S)
+    assert all(net.nodes[o].remembered() == [] for o in net.up()), "tombstones are kept forever"
+
+
+def test_the_roster_is_bounded() -> None:
+    m = _node(max_members=4)
+    for i in range(10):
+        m.handle("b", addr_of(1), MemberUpdate(f"d{i}", addr_of(i), DEAD, 0), now_ns=T0 + i)
+        m._check()
+    assert len(m.remembered()) == 4 and m.dropped["roster_full"] == 6
+    assert set(m.quorum()) == {"a", "d6", "d7", "d8", "d9"}, "the first to expire goes first"
+
+
+def test_a_remembered_member_that_comes_back_refutes_and_rejoins() -> None:
+    net = healthy_cluster(5, seed=25)
+    reaped(net, "n1")
+    reborn = net.add("n1", addr_of(1), (addr_of(0),))  # a fresh process: incarnation 0
+    net.run(5 * S)
+    assert reborn.incarnation >= 1, "the roster's DEAD at incarnation 0 was not refuted"
+    ids = ["n0", "n1", "n2", "n3", "n4"]
+    assert converged(net, ids)
+    assert all(net.nodes[o].remembered() == [] for o in ids)

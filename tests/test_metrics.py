@@ -98,6 +98,30 @@ def test_families_read_the_node_counters() -> None:
     assert {f.kind for f in families.values()} == {"counter", "gauge"}
 
 
+def test_registry_families_count_what_left_the_registry_and_why() -> None:
+    node = sans_io_node()
+    node.registry.max_calls = 2
+    wall = 1_000_000_000
+    for n in range(3):  # the third per-call entry evicts one
+        node.set_rule(f"client:cl.throttle:k{n}", "1/2s burst 15 algo token_bucket", now_ns=0)
+    node.set_rule("client:acme", "5/day", now_ns=0)
+    node.set_rule("client:acme", None, now_ns=0)
+    node.registry.collect(now_ms=wall // 10**6 + 25 * 3600 * 1000)  # a day and an hour later
+    families = by_family(node_families(node))
+    assert families["meshlimit_rule_entries"].samples == (((), 1),)  # only the default left
+    assert families["meshlimit_rule_graves"].samples == (((), 0),)
+    assert families["meshlimit_rule_call_entries"].samples == (((), 0),)
+    assert families["meshlimit_rule_call_entries_max"].samples == (((), 2),)
+    collected = dict(families["meshlimit_rule_entries_collected"].samples)
+    assert collected == {
+        ("calls_expired",): 2,
+        ("calls_evicted",): 1,
+        ("calls_refused_expired",): 0,
+        ("graves_purged",): 1,
+        ("graves_refused_old",): 0,
+    }
+
+
 def test_latency_histogram_buckets_are_upper_bounds_and_bounded() -> None:
     histogram = LatencyHistogram((0.001, 0.01))
     for elapsed_ns in (500_000, 1_000_000, 1_000_001, 20_000_000):

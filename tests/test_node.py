@@ -78,6 +78,7 @@ def test_duplicated_datagrams_never_count_twice() -> None:
 def test_owner_path_is_immediate_and_forwarded_path_resolves_by_event() -> None:
     config_a = NodeConfig.preset("sim", "a", ("a", 1))
     node = Node(config_a, __import__("random").Random(1), now_ns=0)
+    node.start([], now_ns=0)
     decision = node.check("acme", 1, now_ns=1)
     assert isinstance(decision, Decision) and decision.path == "owner"
 
@@ -86,6 +87,7 @@ def test_bad_input_raises_clear_errors_and_garbage_datagrams_are_counted() -> No
     import random
 
     node = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(1), now_ns=0)
+    node.start([], now_ns=0)
     with pytest.raises(ValueError):
         node.check("", 1, now_ns=1)
     with pytest.raises(ValueError):
@@ -102,6 +104,7 @@ def test_forward_timeout_decides_degraded() -> None:
     import random
 
     a = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(1), now_ns=0)
+    a.start([], now_ns=0)
     # Pretend b joined and owns some client, then never answers.
     b = Node(NodeConfig.preset("sim", "b", ("b", 1)), random.Random(2), now_ns=0)
     b.start([("a", 1)], now_ns=0)
@@ -127,6 +130,8 @@ def _pair() -> tuple[Node, Node]:
 
     a = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(1), now_ns=0)
     b = Node(NodeConfig.preset("sim", "b", ("b", 1)), random.Random(2), now_ns=0)
+    a.start([], now_ns=0)
+    b.start([], now_ns=0)
     return a, b
 
 
@@ -158,6 +163,7 @@ def test_key_flood_keeps_memory_bounded_and_legitimate_counts() -> None:
 
     config = NodeConfig.preset("sim", "a", ("a", 1), max_clients=1000, default_rule="10/minute")
     node = Node(config, random_module.Random(1), now_ns=0)
+    node.start([], now_ns=0)
     rng = random_module.Random(7)
     admitted = 0
     for i in range(30_000):

@@ -8,11 +8,13 @@ from hypothesis import strategies as st
 
 from meshlimit.core.hlc import ZERO, Stamp
 from meshlimit.core.registry import (
+    CALL_LIFETIME_FLOOR_MS,
     MAX_CLIENT_BYTES,
     Entry,
     RuleRegistry,
     check_client_id,
     check_tier_name,
+    drain_ns,
     value_text,
 )
 from meshlimit.core.rules import Rule, parse_rule
@@ -28,7 +30,8 @@ def stamp(wall_ms: int, counter: int = 0, node: str = "n1") -> Stamp:
 
 
 def snapshot(registry: RuleRegistry) -> tuple[dict[str, Entry], int]:
-    return dict(registry.entries()), registry.digest
+    registry._check()
+    return dict(registry.entries()) | dict(registry.call_entries()), registry.digest
 
 
 # -- resolution --------------------------------------------------------------------------
@@ -263,26 +266,155 @@ def test_max_entries_bounds_new_keys_but_not_updates():
     assert reg.entry_count() == 3
 
 
-def test_purge_tombstones_drops_only_old_removals_and_keeps_the_digest_right():
+def test_purge_graves_drops_only_old_removals_and_keeps_the_digest_right():
+    # Stamps a whole number of seconds apart: graves are kept by the second (and may be
+    # purged up to a second late, never early).
     reg = RuleRegistry(DEFAULT)
-    reg.set_tier("gold", GOLD, stamp(1))
-    reg.set_tier("gold", None, stamp(10))
-    reg.set_client("a", OWN, stamp(2))
-    reg.set_client("a", None, stamp(20))
-    reg.set_client("b", OWN, stamp(3))
-    assert reg.purge_tombstones(before_wall_ms=15) == 1
+    reg.set_tier("gold", GOLD, stamp(1000))
+    reg.set_tier("gold", None, stamp(10_000))
+    reg.set_client("a", OWN, stamp(2000))
+    reg.set_client("a", None, stamp(20_000))
+    reg.set_client("b", OWN, stamp(3000))
+    assert reg.purge_graves(before_wall_ms=15_000) == 1
     assert reg.entry("tier:gold") is None
-    assert reg.entry("client:a") == Entry(None, stamp(20))
-    assert reg.purge_tombstones(before_wall_ms=15) == 0
-    assert reg.purge_tombstones(before_wall_ms=21) == 1
+    assert reg.entry("client:a") == Entry(None, stamp(20_000))
+    assert reg.purge_graves(before_wall_ms=15_000) == 0
+    assert reg.purge_graves(before_wall_ms=20_000) == 0  # not early
+    assert reg.purge_graves(before_wall_ms=20_001) == 1
     fresh = RuleRegistry(DEFAULT)
-    fresh.set_client("b", OWN, stamp(3))
+    fresh.set_client("b", OWN, stamp(3000))
     assert snapshot(reg) == snapshot(fresh)
+
+
+# -- how entries end: graves and per-call entries ---------------------------------------
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+THROTTLE = parse_rule("1/2s burst 15 algo token_bucket")  # CL.THROTTLE k 15 30 60
+
+
+def test_drain_time_and_call_lifetime_pinned():
+    assert drain_ns(parse_rule("100/minute")) == 120 * 10**9  # this window and the next
+    assert drain_ns(parse_rule("10/minute burst 25")) == 5 * 60 * 10**9  # 2 + ceil(25/10)
+    # The bucket refills in 16 emission intervals of 2 s; the windows' carry (2 + 15
+    # windows of 2 s) is longer, and the larger of the two holds for every algorithm.
+    assert drain_ns(THROTTLE) == 17 * 2 * 10**9
+    assert drain_ns(parse_rule("1/hour burst 99 algo token_bucket")) == 101 * HOUR_MS * 10**6
+    reg = RuleRegistry(DEFAULT)
+    assert reg.call_lifetime_ms(THROTTLE) == CALL_LIFETIME_FLOOR_MS == 10 * 60_000
+    assert reg.call_lifetime_ms(None) == CALL_LIFETIME_FLOOR_MS
+    assert reg.call_lifetime_ms(parse_rule("1/hour burst 99 algo token_bucket")) == 202 * HOUR_MS
+
+
+def test_graves_are_purged_after_the_horizon_and_only_then():
+    reg = RuleRegistry(DEFAULT)
+    reg.set_client("a", OWN, stamp(1000))
+    reg.set_client("a", None, stamp(10_000))
+    reg.set_tier("gold", None, stamp(20_000))
+    reg.apply("reset:a", None, stamp(30_000))
+    reg.set_client("b", OWN, stamp(5000))
+    assert reg.grave_count() == 3 and reg.entry_count() == 5
+    assert reg.collect(now_ms=DAY_MS + 10_000) == 0  # the oldest grave is exactly a day old
+    assert reg.collect(now_ms=DAY_MS + 21_000) == 2
+    assert reg.entry("client:a") is None and reg.entry("tier:gold") is None
+    assert reg.reset_wall_ms("a") == 30_000 and reg.stats["graves_purged"] == 2
+    assert reg.collect(now_ms=DAY_MS + 31_000) == 1 and reg.reset_wall_ms("a") == -1
+    fresh = RuleRegistry(DEFAULT)
+    fresh.set_client("b", OWN, stamp(5000))
+    assert snapshot(reg) == snapshot(fresh) and reg.grave_count() == 0
+
+
+def test_a_grave_older_than_the_horizon_is_not_stored_but_still_removes_an_older_rule():
+    reg = RuleRegistry(DEFAULT)
+    now = 10 * DAY_MS
+    reg.set_client("a", OWN, stamp(1))
+    assert reg.apply("client:a", None, stamp(2), now_ms=now)  # removes the older rule...
+    assert reg.entry("client:a") is None and reg.grave_count() == 0  # ...and is not kept
+    assert not reg.apply("client:b", None, stamp(2), now_ms=now)  # nothing to remove
+    assert not reg.apply("reset:c", None, stamp(2), now_ms=now)  # a reset that old: ignored
+    assert reg.reset_wall_ms("c") == -1 and reg.stats["graves_refused_old"] == 3
+    assert reg.apply("client:d", None, stamp(now - DAY_MS), now_ms=now)  # within: kept
+    assert reg.grave_count() == 1 and reg.entry_count() == 2
+    reg._check()
+
+
+def test_rewriting_one_grave_many_times_keeps_the_heap_bounded():
+    reg = RuleRegistry(DEFAULT)
+    for n in range(20_000):
+        reg.apply("reset:a", None, stamp(n))
+    assert len(reg._graves) <= 2 * reg.grave_count() + 1024  # stale items are dropped
+    reg._check()
+
+
+def test_per_call_entries_expire_after_their_lifetime_and_stay_out_of_the_digest():
+    reg = RuleRegistry(DEFAULT)
+    digest = reg.digest
+    life = reg.call_lifetime_ms(THROTTLE)
+    assert reg.apply("client:cl.throttle:k", THROTTLE, stamp(1000), now_ms=1000)
+    assert reg.resolve("cl.throttle:k") == THROTTLE and reg.client_value("cl.throttle:k")
+    assert reg.digest == digest and reg.entry_count() == 1 and reg.call_count() == 1
+    assert [key for key, _ in reg.call_entries()] == ["client:cl.throttle:k"]
+    assert reg.collect(now_ms=1000 + life - 1) == 0
+    assert reg.collect(now_ms=1000 + life) == 1 and reg.call_count() == 0
+    assert reg.resolve("cl.throttle:k") == DEFAULT and reg.stats["calls_expired"] == 1
+    # An entry already expired when it arrives (a late gossip) is not stored.
+    assert not reg.apply("client:cl.throttle:k", THROTTLE, stamp(1000), now_ms=1000 + life)
+    assert reg.stats["calls_refused_expired"] == 1 and reg.call_count() == 0
+    reg._check()
+
+
+def test_a_call_renews_its_entry_past_half_its_lifetime():
+    reg = RuleRegistry(DEFAULT)
+    life = reg.call_lifetime_ms(THROTTLE)
+    assert reg.call_needs_write("cl.throttle:k", THROTTLE, now_ms=0)  # missing
+    reg.apply("client:cl.throttle:k", THROTTLE, stamp(0))
+    assert not reg.call_needs_write("cl.throttle:k", THROTTLE, now_ms=life // 2 - 1)
+    assert reg.call_needs_write("cl.throttle:k", THROTTLE, now_ms=life // 2)  # renew
+    assert reg.call_needs_write("cl.throttle:k", OWN, now_ms=1)  # other arguments
+    reg.apply("client:cl.throttle:k", THROTTLE, stamp(life // 2))
+    assert reg.collect(now_ms=life) == 0  # renewed in use: it does not expire
+    assert reg.resolve("cl.throttle:k") == THROTTLE
+
+
+def test_past_the_bound_the_call_closest_to_expiry_is_evicted_never_the_new_one():
+    reg = RuleRegistry(DEFAULT, max_calls=3)
+    long_life = parse_rule("1/hour burst 99 algo token_bucket")
+    reg.apply("client:cl.throttle:long", long_life, stamp(0))
+    for n in range(1, 4):  # a second apart: expiry is kept by the second
+        assert reg.apply(f"client:cl.throttle:k{n}", THROTTLE, stamp(n * 1000))
+    assert reg.call_count() == 3 and reg.stats["calls_evicted"] == 1
+    assert reg.client_value("cl.throttle:k1") is None  # the soonest to expire went
+    assert reg.client_value("cl.throttle:long") == long_life  # older, but lives longer
+    # Many entries expiring in the same millisecond: still never the one just written.
+    for n in range(100):
+        assert reg.apply(f"client:cl.throttle:same{n}", THROTTLE, stamp(5000))
+        assert reg.client_value(f"cl.throttle:same{n}") == THROTTLE
+    assert reg.call_count() == 3
+    reg._check()
+
+
+def test_a_flood_of_per_call_keys_stays_bounded_and_new_keys_always_apply():
+    reg = RuleRegistry(DEFAULT, max_calls=10_000)
+    life = reg.call_lifetime_ms(THROTTLE)
+    for n in range(100_000):
+        now = n // 10  # 10,000 keys a second
+        assert reg.apply(f"client:cl.throttle:f{n}", THROTTLE, stamp(now), now_ms=now)
+        if n % 100 == 0:
+            reg.collect(now_ms=now)
+    assert reg.call_count() == 10_000 and reg.stats["calls_evicted"] == 90_000
+    assert reg.resolve("cl.throttle:f99999") == THROTTLE
+    assert len(reg._call_ends) <= 2 * reg.call_count() + 1024
+    # Once the flood's period has passed, every flooded key is collected.
+    while reg.collect(now_ms=10_000 + life):
+        pass
+    assert reg.call_count() == 0 and reg.entry_count() == 1
+    reg._check()
 
 
 # -- CRDT laws ---------------------------------------------------------------------------
 
-KEYS = ["default", "tier:gold", "tier:silver", "client:a", "client:b", "client:c"]
+KEYS = ["default", "tier:gold", "tier:silver", "client:a", "client:b", "client:c", "reset:a"]
+KEYS += ["client:cl.throttle:k", "client:cl.throttle:j"]
 RULES = [DEFAULT, GOLD, SILVER, OWN]
 write_stamps = st.builds(Stamp, st.integers(0, 3), st.integers(0, 2), st.sampled_from(["n1", "n2"]))
 
@@ -292,6 +424,8 @@ def writes(draw):
     key = draw(st.sampled_from(KEYS))
     if key == "default":
         value = draw(st.sampled_from(RULES))
+    elif key.startswith("reset:"):
+        value = None
     elif key.startswith("tier:"):
         value = draw(st.sampled_from([*RULES, None]))
     else:
@@ -354,7 +488,7 @@ def test_every_order_of_the_same_writes_converges(default, ops, rnd):
 
 @settings(max_examples=150)
 @given(defaults, write_lists, defaults, write_lists)
-def test_digest_is_equal_exactly_when_the_entries_are(da, a, db, b):
+def test_digest_is_equal_exactly_when_the_durable_entries_are(da, a, db, b):
     one, two = build(da, a), build(db, b)
     assert (one.digest == two.digest) == (dict(one.entries()) == dict(two.entries()))
 
@@ -363,8 +497,8 @@ def test_digest_is_equal_exactly_when_the_entries_are(da, a, db, b):
 @given(defaults, write_lists, st.integers(0, 4))
 def test_incremental_digest_matches_a_registry_built_from_its_entries(default, ops, horizon):
     reg = build(default, ops)
-    reg.purge_tombstones(before_wall_ms=horizon)
+    reg.purge_graves(before_wall_ms=horizon)
     rebuilt = RuleRegistry(default)
-    for key, entry in reversed(list(reg.entries())):
+    for key, entry in reversed([*reg.entries(), *reg.call_entries()]):
         rebuilt.apply(key, entry.value, entry.stamp)
     assert snapshot(rebuilt) == snapshot(reg)

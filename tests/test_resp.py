@@ -55,6 +55,8 @@ from meshlimit.cluster.daemon.throttle import (
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.algorithms import token_bucket
 from meshlimit.core.decision import Decision, make_decision
+from meshlimit.core.hlc import Stamp
+from meshlimit.core.registry import RuleRegistry
 from meshlimit.core.rules import Rule, parse_rule
 
 loopback = pytest.mark.loopback
@@ -356,26 +358,33 @@ def test_start_eagerly_finishes_synchronously_or_hands_over_to_a_task() -> None:
 # --- CL.THROTTLE's rule reaching the owner late (a stand-in runtime) ---------------------
 
 
-def test_throttle_decided_under_another_rule_is_retried_then_refused() -> None:
+class StandInRuntime:
+    """A runtime with a real rule registry whose checks are answered from a script."""
+
+    def __init__(self, answers: list[Decision], *, max_calls: int = 1000) -> None:
+        self.answers = answers
+        self.writes: list[tuple[str, object]] = []
+        self.node = SimpleNamespace(registry=RuleRegistry("100/minute", max_calls=max_calls))
+        self.clock_ms = time.time_ns() // MS
+
+    def set_rule(self, key: str, value: object) -> bool:
+        self.writes.append((key, value))
+        stamp = Stamp(self.clock_ms, len(self.writes), "n1")
+        return bool(self.node.registry.apply(key, value, stamp))  # type: ignore[arg-type]
+
+    async def check(self, client: str, cost: int) -> Decision:
+        assert cost == 1
+        return self.answers.pop(0)
+
+
+def test_throttle_decided_under_another_rule_is_resent_retried_then_refused() -> None:
     """A forwarded CL.THROTTLE decided by an owner that lacks the key's rule (its limit
-    shows it) is retried once, then answered -TRYAGAIN; a later one under the rule works."""
+    shows it) sends the rule again and is retried once, then answered -TRYAGAIN; a later
+    one under the rule works, and writes nothing (the rule is there, fresh)."""
     rule = throttle_rule(15, 30, 60)
     answers = [Decision(True, 100, 99, 60.0, 0.0, "forwarded")] * 2
     answers.append(Decision(True, rule.limit, 15, 2.0, 0.0, "forwarded"))
-    writes: list[tuple[str, object]] = []
-
-    async def check(client: str, cost: int) -> Decision:
-        assert client == THROTTLE_PREFIX + "k" and cost == 1
-        return answers.pop(0)
-
-    registry = SimpleNamespace(
-        client_value=lambda client: rule if writes else None, entry_count=lambda: 1
-    )
-    runtime = SimpleNamespace(
-        check=check,
-        set_rule=lambda key, value: writes.append((key, value)),
-        node=SimpleNamespace(registry=registry),
-    )
+    runtime = StandInRuntime(answers)
     server = RespServer(runtime, RespConfig(rule_spread_wait_s=0))  # type: ignore[arg-type]
 
     async def main() -> None:
@@ -386,9 +395,36 @@ def test_throttle_decided_under_another_rule_is_retried_then_refused() -> None:
         assert server.execute(command) == b"*5\r\n:0\r\n:16\r\n:15\r\n:-1\r\n:2\r\n"
 
     asyncio.run(main())
-    assert writes == [("client:" + THROTTLE_PREFIX + "k", rule)]  # written once
+    key = "client:" + THROTTLE_PREFIX + "k"
+    assert runtime.writes == [(key, rule), (key, rule)]  # written, then sent again once
     assert server.stats["throttle_rule_mismatch"] == 1  # counted once per command
     assert server.stats["throttle_tryagain"] == 1
+
+
+def test_throttle_renews_its_rule_past_half_its_lifetime_and_floods_never_refuse() -> None:
+    """A key's per-call rule is written once, renewed once half its lifetime has passed
+    (so that it never expires in use), and a flood of keys past the share evicts instead
+    of refusing new keys."""
+    rule = throttle_rule(15, 30, 60)
+    answer = Decision(True, rule.limit, 15, 2.0, 0.0, "owner")
+    runtime = StandInRuntime([answer] * 100)
+    server = RespServer(runtime, RespConfig(throttle_registry_share=3))  # type: ignore[arg-type]
+    registry = runtime.node.registry
+    command = [b"CL.THROTTLE", b"k", b"15", b"30", b"60"]
+    now_ms = runtime.clock_ms
+    runtime.clock_ms = now_ms - registry.call_lifetime_ms(rule) // 2  # half a lifetime ago
+    server.execute(command)
+    assert server.stats["throttle_rule_writes"] == 1 and len(runtime.writes) == 1
+    runtime.clock_ms = now_ms
+    for _ in range(3):  # the first call renews the rule, the others find it fresh
+        server.execute(command)
+    assert server.stats["throttle_rule_renewals"] == 1 and len(runtime.writes) == 2
+    for n in range(10):
+        reply_ = server.execute([b"CL.THROTTLE", b"flood%d" % n, b"15", b"30", b"60"])
+        assert reply_ == b"*5\r\n:0\r\n:16\r\n:15\r\n:-1\r\n:2\r\n"
+    assert registry.max_calls == 3 and registry.call_count() == 3
+    assert registry.stats["calls_evicted"] == 8
+    assert server.stats["throttle_rule_writes"] == 11
 
 
 # --- loopback: a runtime and its RESP server --------------------------------------------
@@ -510,19 +546,23 @@ def test_cl_throttle_sequence_like_redis_cell() -> None:
         assert reply_[:3] == [0, 32, 15] and server.stats["throttle_rule_writes"] == 2
         # ML.CHECK sees the same bucket under the same client id.
         assert (await client.execute_command("ML.CHECK", THROTTLE_PREFIX + "user123", 0))[2] == 15
-        # Keys never fill the registry: past the share, new keys are refused, known ones work.
-        assert runtime.node.registry.entry_count() == 2  # the default and user123
+        # Keys never fill the registry: past the share, the key closest to its expiry is
+        # evicted (and written again by its next call), and new keys always work.
+        registry = runtime.node.registry
+        assert (registry.entry_count(), registry.call_count()) == (1, 1)  # default; user123
         await client.execute_command("CL.THROTTLE", "second", 15, 30, 60)
-        with pytest.raises(ResponseError, match="refuses new keys: the rule registry holds 3"):
-            await client.execute_command("CL.THROTTLE", "third", 15, 30, 60)
-        assert (await client.execute_command("CL.THROTTLE", "second", 15, 30, 60))[:3] == [
-            0,
-            16,
-            14,
-        ]
-        assert server.stats["throttle_keys_refused"] == 1
+        await client.execute_command("CL.THROTTLE", "third", 15, 30, 60)
+        assert registry.call_count() == 2 and registry.stats["calls_evicted"] == 1
+        # Whichever was evicted is written again by its next call; its bucket (a counter)
+        # outlived its rule.
+        reply_ = await client.execute_command("CL.THROTTLE", "user123", 31, 30, 60)
+        assert reply_[:3] == [0, 32, 14]
+        for key in ("second", "third"):
+            reply_ = await client.execute_command("CL.THROTTLE", key, 15, 30, 60)
+            assert reply_[:3] == [0, 16, 14]
+        assert server.stats["throttle_rule_writes"] >= 5 and registry.call_count() == 2
 
-    run(scenario, throttle_registry_share=3)
+    run(scenario, throttle_registry_share=2)
 
 
 @loopback

@@ -27,7 +27,13 @@ from meshlimit.sim.events import (
     VirtualClock,
     derive_rng,
 )
-from meshlimit.sim.fuzz import FUZZ_FAULTS, generate_fuzz_scenario
+from meshlimit.sim.fuzz import (
+    FUZZ_FAULTS,
+    LONG_FUZZ_FAULTS,
+    generate_fuzz_scenario,
+    generate_long_fuzz_scenario,
+    outlast_ns,
+)
 from meshlimit.sim.network import Delivery, LinkConfig, Network, transmit_ns
 from meshlimit.sim.scenario import (
     VERBS,
@@ -83,6 +89,18 @@ def test_event_queue_orders_by_time_then_fifo() -> None:
         queue.pop()
 
 
+def test_event_queue_pops_only_what_is_due() -> None:
+    queue: EventQueue[str] = EventQueue()
+    assert queue.pop_due(100) is None
+    for at_ns, event in ((5, "b"), (1, "a"), (9, "c")):
+        queue.push(at_ns, event)
+    assert queue.pop_due(0) is None and len(queue) == 3
+    assert queue.pop_due(5) == (1, "a") and queue.pop_due(5) == (5, "b")
+    assert queue.pop_due(8) is None and queue.pop_due(9) == (9, "c") and not queue
+    with pytest.raises(AssertionError):
+        queue.push(4, "before the last pop_due")
+
+
 def test_event_queue_refuses_the_past() -> None:
     queue: EventQueue[str] = EventQueue()
     queue.push(10, "a")
@@ -121,6 +139,13 @@ def test_node_clock_offset_and_drift() -> None:
     slow = NodeClock(drift_ppm=-0.5)  # fractional ppm, kept exactly in ppb
     assert slow.wall_ns(2 * NS_PER_S) == 2 * NS_PER_S - 1000
     assert NodeClock(epoch_ns=1000).wall_ns(1) == 1001
+
+
+def test_node_clock_readings_are_both_readings_at_once() -> None:
+    clock = NodeClock(offset_ns=7, drift_ppm=250.0, epoch_ns=1_000)
+    clock.jump(-3)
+    for true_ns in (0, 12_345, 10**12):
+        assert clock.readings(true_ns) == (clock.mono_ns(true_ns), clock.wall_ns(true_ns))
 
 
 def test_node_clock_jump_steps_wall_but_not_monotonic() -> None:
@@ -407,7 +432,9 @@ def test_every_verb_parses_and_prints_back() -> None:
         "at 1s loss 0.1", "at 1s duplicate 0.05", "at 1s reorder 0.2 5ms", "at 1s reorder 0.2",
         "at 1s latency 10ms 1ms", "at 1s latency 0s", "at 1s flap n1 n2 every 200ms until 9s",
         "at 1s set_rule c1 50/s burst 5", "at 1s set_rule c2 gold", "at 1s remove_rule c1",
-        "at 1s hot c9 300", "at 1s rate 4000",
+        "at 1s hot c9 300", "at 1s rate 4000", "at 1s reset c1", "at 3s restart n1 same_seed",
+        "at 4s restart n2 via [n1 n3]", "at 5s restart n1 new_seed via [n2] serve_before_join 1s",
+        "at 3s join n3 via [n1] serve_before_join 500ms", "at 6s restart n2 serve_before_join 2s",
     ]  # fmt: skip
     text = (
         'duration = "10s"\nnodes = 3\ntimeline = ['
@@ -423,6 +450,41 @@ def test_every_verb_parses_and_prints_back() -> None:
     assert next(a for a in scenario.timeline if a.verb == "jump").args == ("n2", 3 * NS_PER_S)
     assert ("c1", "50/s burst 5") in [a.args for a in scenario.timeline]
     assert parse_scenario(scenario.to_toml()) == scenario
+    restarts = [(str(a), a.args) for a in scenario.timeline if a.verb in ("restart", "join")]
+    assert restarts == [
+        ("at 2s restart n1", ("n1", None, None, None)),
+        ("at 2s join n3", ("n3", None, None)),
+        ("at 3s restart n1 same_seed", ("n1", "same_seed", None, None)),
+        ("at 3s join n3 via [n1] serve_before_join 500ms", ("n3", ("n1",), 500 * NS_PER_MS)),
+        ("at 4s restart n2 via [n1 n3]", ("n2", None, ("n1", "n3"), None)),
+        ("at 5s restart n1 new_seed via [n2] serve_before_join 1s",
+         ("n1", "new_seed", ("n2",), NS_PER_S)),
+        ("at 6s restart n2 serve_before_join 2s", ("n2", None, None, 2 * NS_PER_S)),
+    ]  # fmt: skip
+    assert next(a for a in scenario.timeline if a.verb == "reset").args == ("c1",)
+
+
+def test_an_action_built_in_code_equals_the_same_action_parsed() -> None:
+    """Optional arguments left out are None however the action was made (fuzz builds them)."""
+    built = Action(2 * NS_PER_S, "restart", ("n1",))
+    assert built.args == ("n1", None, None, None) and str(built) == "at 2s restart n1"
+    parsed = parse_scenario('duration = "5s"\nnodes = 2\ntimeline = ["at 2s restart n1"]')
+    assert parsed.timeline == (built,)
+    assert Action(0, "partition", (("n1",), ("n2",))).args == (("n1",), ("n2",))
+
+
+def test_absent_nodes_are_read_checked_and_written_back() -> None:
+    text = HEAD + 'absent = ["n5", "n4"]\ntimeline = ["at 3s join n5 via [n1]"]\n'
+    scenario = parse_scenario(text)
+    assert scenario.absent == ("n5", "n4")
+    assert parse_scenario(scenario.to_toml()) == scenario
+    assert parse_scenario(HEAD).absent == ()
+    assert "unknown node 'n6'" in _error(HEAD + 'absent = ["n6"]').problem
+    assert _error(HEAD + 'absent = ["n1", "n1"]').where == "absent[1]"
+    every = '", "'.join(f"n{i}" for i in range(1, 6))
+    assert "at least one node" in _error(HEAD + f'absent = ["{every}"]').problem
+    assert parse_scenario(HEAD + "authenticated = true\n").authenticated
+    assert "authenticated = true" in parse_scenario(HEAD + "authenticated = true\n").to_toml()
 
 
 @pytest.mark.parametrize(
@@ -473,6 +535,12 @@ def test_errors_name_file_entry_and_problem() -> None:
     assert "NODE DURATION" in err.problem
     err = _error(HEAD + 'timeline = ["at 5s flap n1 n2 1s 2s"]')
     assert "after the action's time" in err.problem
+    err = _error(HEAD + 'timeline = ["at 1s restart n1 sam_seed"]')
+    assert "expected new_seed or same_seed, got 'sam_seed'" in err.problem
+    err = _error(HEAD + 'timeline = ["at 1s join n1 same_seed"]')
+    assert "expected NODE [via [NODES]] [serve_before_join DELAY]" in err.problem
+    err = _error(HEAD + 'timeline = ["at 1s restart n1 via [n9]"]')
+    assert "unknown node 'n9'" in err.problem
 
 
 def test_errors_outside_the_timeline() -> None:
@@ -511,8 +579,102 @@ def test_fuzz_scenarios_are_valid_and_deterministic() -> None:
         _check_fuzz_phases(scenario)
         verbs_seen.update(a.verb for a in scenario.timeline)
         timelines.add(scenario.timeline)
-    assert verbs_seen == set(VERBS)
+    assert verbs_seen == set(VERBS) - {"reset"}  # resets are in the long schedules only
     assert len(timelines) > 90  # seeds with every fault off share the bare liveness timeline
+
+
+def test_long_fuzz_scenarios_are_valid_deterministic_and_long() -> None:
+    verbs_seen: set[str] = set()
+    outlasting = Counter[str]()
+    for seed in range(100):
+        scenario = generate_long_fuzz_scenario(seed)
+        assert scenario == generate_long_fuzz_scenario(seed)
+        assert parse_scenario(scenario.to_toml()) == scenario
+        assert 60 * NS_PER_S <= scenario.duration_ns <= 300 * NS_PER_S
+        assert 3 <= scenario.nodes <= 7 and scenario.seed == seed
+        _check_long_fuzz_phases(scenario)
+        verbs_seen.update(a.verb for a in scenario.timeline)
+        for verb, length in _fault_lengths(scenario):
+            if length >= outlast_ns(scenario.nodes):
+                outlasting[verb] += 1
+        if scenario.absent:
+            assert all(any(a.verb == "join" and a.args[0] == n for a in scenario.timeline)
+                       for n in scenario.absent)  # fmt: skip
+    assert verbs_seen == set(VERBS)
+    # Faults that outlast detection plus reaping, of every kind that takes something away.
+    assert {"partition", "crash", "pause", "leave", "isolate"} <= set(outlasting), outlasting
+    restarts = [a for s in range(100) for a in generate_long_fuzz_scenario(s).timeline
+                if a.verb == "restart"]  # fmt: skip
+    assert {a.args[1] for a in restarts} == {None, "same_seed"}
+    inside = [s for s in range(100) if _restarts_inside_a_minority(generate_long_fuzz_scenario(s))]
+    assert len(inside) >= 5, inside
+
+
+def test_outlast_is_detection_plus_reaping() -> None:
+    """Pinned: 5 probe intervals, the probe timeout, 6 base suspicion timeouts (2 s each
+    below ten members), 30 s of reaping and 1 s of margin."""
+    assert outlast_ns(5) == 48_500 * NS_PER_MS
+    assert outlast_ns(3) == 46_500 * NS_PER_MS
+    assert outlast_ns(7) == 50_500 * NS_PER_MS
+
+
+def _fault_lengths(scenario: Scenario) -> list[tuple[str, int]]:
+    """(verb, length) of each fault that something later ends (heal, restart, join, resume)."""
+    lengths = []
+    timeline = scenario.timeline
+    for i, action in enumerate(timeline):
+        if action.verb == "pause":
+            lengths.append(("pause", action.args[1]))
+            continue
+        ends = {"partition": "heal", "isolate": "heal", "crash": "restart", "leave": "join"}
+        if action.verb not in ends:
+            continue
+        for later in timeline[i + 1 :]:
+            same_node = later.verb == "heal" or later.args[0] == action.args[0]
+            if later.verb == ends[action.verb] and same_node:
+                lengths.append((action.verb, later.at_ns - action.at_ns))
+                break
+    return lengths
+
+
+def _restarts_inside_a_minority(scenario: Scenario) -> bool:
+    """Whether a node restarts or joins inside the smaller side of an open partition."""
+    groups: tuple[tuple[str, ...], ...] = ()
+    for action in scenario.timeline:
+        if action.verb == "partition":
+            groups = action.args
+        elif action.verb == "heal":
+            groups = ()
+        elif action.verb in ("restart", "join") and groups:
+            side = next((g for g in groups if action.args[0] in g), ())
+            if 2 * len(side) < scenario.nodes:
+                return True
+    return False
+
+
+def _check_long_fuzz_phases(scenario: Scenario) -> None:
+    """Every fault ends in the safety phase; at least one node is up at every action."""
+    safety_end = int(scenario.duration_ns * 0.7) // NS_PER_MS * NS_PER_MS
+    down = set(scenario.absent)
+    paused_until: dict[str, int] = {}
+    for action in scenario.timeline:
+        assert action.at_ns <= safety_end, action
+        node = action.args[0] if action.args else None
+        if action.verb in ("crash", "leave"):
+            assert node not in down, action
+            down.add(node)
+        elif action.verb in ("restart", "join"):
+            down.discard(node)
+        elif action.verb == "pause":
+            paused_until[node] = action.at_ns + action.args[1]
+            assert paused_until[node] <= safety_end
+        up = [n for n in scenario.node_names
+              if n not in down and paused_until.get(n, 0) <= action.at_ns]  # fmt: skip
+        assert up, f"{scenario.name}: every node down at {action}"
+    assert not down, f"{scenario.name}: {down} still down after the safety phase"
+    assert scenario.timeline[-1].at_ns == safety_end and scenario.timeline[-1].verb in (
+        "heal", "join",
+    )  # fmt: skip
 
 
 def _check_fuzz_phases(scenario: Scenario) -> None:
@@ -550,6 +712,12 @@ def test_fuzz_swarm_enables_about_half_the_faults() -> None:
         for kind in generate_fuzz_scenario(seed).description.split(": ")[1].split(", ")
     )
     assert all(60 < counts[kind] < 140 for kind in FUZZ_FAULTS), counts
+    counts = Counter(
+        kind
+        for seed in range(200)
+        for kind in generate_long_fuzz_scenario(seed).description.split(": ")[1].split(", ")
+    )
+    assert all(60 < counts[kind] < 140 for kind in LONG_FUZZ_FAULTS), counts
 
 
 # --- workload ------------------------------------------------------------------------------

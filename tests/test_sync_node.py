@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import Rule
-from meshlimit.sync import NodeStoppedError, SyncNode
+from meshlimit.sync import JoinTimeoutError, NodeStoppedError, SyncNode
 
 pytestmark = pytest.mark.loopback
 
@@ -167,3 +168,32 @@ def test_calls_from_the_nodes_own_thread_are_refused():
 
         asyncio.run_coroutine_threadsafe(from_inside(), node._loop).result(5)
         assert len(seen) == 1 and "own loop thread" in str(seen[0])
+
+
+def test_start_waits_for_the_join_and_times_out_clearly_when_no_seed_answers():
+    port, silent = free_udp_port(), free_udp_port()
+    started = time.monotonic()
+    with pytest.raises(JoinTimeoutError, match="did not join in 0.5 s: joining: no seed"):
+        start(port, seeds=[f"127.0.0.1:{silent}"], join_timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert node_threads(port) == [] and port_is_free(port), "the node was stopped"
+    # join_timeout=0: back at once, not ready, deciding from the degraded quota; it joins
+    # the seed when the seed comes up at the address it keeps trying.
+    with start(port, seeds=[f"127.0.0.1:{silent}"], join_timeout=0) as joining:
+        assert not joining.ready
+        assert joining.check("acme").path == "degraded"
+        with start(silent) as seed:
+            assert joining.wait_ready(5), "joined once the seed came up"
+            client = next(c for c in (f"c{i}" for i in range(500)) if seed.owner(c) == seed.node_id)
+            assert joining.check(client).path == "forwarded"
+
+
+def test_start_returns_joined_so_the_first_check_is_the_owners():
+    ring = HashRing(["n1", "n2"])  # the ring n2 will know once it has joined
+    client = next(c for c in (f"c{i}" for i in range(500)) if ring.owner(c) == "n1")
+    with (
+        start(node_id="n1") as first,
+        start(node_id="n2", seeds=[f"127.0.0.1:{port_of(first)}"]) as second,
+    ):
+        assert second.ready
+        assert second.check(client).path == "forwarded", "decided before it knew the ring"

@@ -67,6 +67,15 @@ def check_node_id(text: str) -> str:
     return text
 
 
+def parse_bind_address(text: str) -> Address:
+    """A UDP address to bind: a real port, any host (``0.0.0.0`` needs an advertised
+    address, checked by :meth:`DaemonConfig.node_config`; a name is resolved at start)."""
+    host, port = parse_address(text)
+    if port == 0:
+        raise ValueError(f"{text!r}: name a port; peers are told this address, so it cannot be 0")
+    return host, port
+
+
 def check_key_file(path: str, base: Path | None = None) -> str:
     """The key file's path (relative ones resolved against ``base``); it must be a file."""
     resolved = Path(path) if base is None or os.path.isabs(path) else base / path
@@ -87,8 +96,14 @@ class ClusterSettings:
 
     node_id: str | None = field(default=None, metadata=toml(check=check_node_id))
     """Unique node id. None: the bind address, which is unique in a cluster."""
-    bind: Address | None = field(default=None, metadata=toml(kind=str, check=parse_udp_address))
-    """UDP address to bind and advertise. None here and on the command line: refused."""
+    bind: Address | None = field(default=None, metadata=toml(kind=str, check=parse_bind_address))
+    """UDP address to bind (and advertise, without ``advertise``); a host name is resolved
+    once, at start. None here and on the command line: refused."""
+    advertise: Address | None = field(
+        default=None, metadata=toml(kind=str, check=parse_udp_address)
+    )
+    """The address peers are told to reach this node at, when it is not ``bind`` (a bind
+    to ``0.0.0.0`` in a container, say). None: the bind address."""
     seeds: tuple[Address, ...] | None = field(
         default=None,
         metadata=toml(kind=list, expected='an array of "HOST:PORT" strings', items=_ADDRESS),
@@ -183,6 +198,12 @@ class DaemonConfig:
     """``[cluster]``: settings read once, at start."""
     limits: LimitsSettings = field(default_factory=LimitsSettings, metadata=toml())
     """``[limits]``: rules, applied at start and again at every reload."""
+    version_ns: int | None = None
+    """The file's version: its modification time (ns) when it was read. Its rules are
+    writes made at that time (``reload.py``), so that restarting with an unchanged file
+    never undoes a newer change. None: not read from a file."""
+    default_from_flags: bool = False
+    """``--default`` set the default rule: the file's ``default`` is not written."""
 
     def overridden_by(self, flags: DaemonConfig) -> DaemonConfig:
         """This config with every setting that ``flags`` sets taking precedence."""
@@ -194,10 +215,10 @@ class DaemonConfig:
                 if getattr(flags.cluster, f.name) is not None
             },
         )
-        limits = self.limits
-        if flags.limits.default is not None:
+        limits, pinned = self.limits, flags.limits.default is not None
+        if pinned:
             limits = replace(limits, default=flags.limits.default)
-        return DaemonConfig(self.source, cluster, limits)
+        return DaemonConfig(self.source, cluster, limits, self.version_ns, pinned)
 
     @property
     def default_rule(self) -> Rule:
@@ -213,7 +234,8 @@ class DaemonConfig:
                 "cluster.bind" if self.source else "",
                 "no UDP address to bind: give --bind HOST:PORT or set bind in [cluster]",
             )
-        host, port = c.bind
+        _check_reachable(c, self.source)
+        host, port = c.advertise or c.bind
         settings = {
             "mode": c.mode,
             "replicas": c.replicas,
@@ -227,7 +249,7 @@ class DaemonConfig:
         return NodeConfig.preset(
             c.preset or "lan",
             c.node_id or f"{host}:{port}",
-            c.bind,
+            c.advertise or c.bind,
             default_rule=str(self.default_rule),
             **overrides,
         )
@@ -243,11 +265,27 @@ class DaemonConfig:
             raise ConfigError(self.source or "meshlimit node", where, str(error)) from None
 
     def rule_entries(self) -> dict[str, Rule | str]:
-        """``[limits]`` as registry entries: ``default``, ``tier:NAME``, ``client:ID``."""
-        entries: dict[str, Rule | str] = {DEFAULT_KEY: self.default_rule}
+        """``[limits]`` as the registry entries the file writes: ``tier:NAME``,
+        ``client:ID``, and ``default`` when the file sets it and ``--default`` does not
+        (otherwise the default is the node's own, in its config)."""
+        entries: dict[str, Rule | str] = {}
+        if self.limits.default is not None and not self.default_from_flags:
+            entries[DEFAULT_KEY] = self.limits.default
         entries.update((TIER_PREFIX + name, rule) for name, rule in self.limits.tiers.items())
         entries.update((CLIENT_PREFIX + c, value) for c, value in self.limits.clients.items())
         return entries
+
+
+def _check_reachable(cluster: ClusterSettings, source: str | None) -> None:
+    """Without ``advertise``, peers are told the bind address: one they can reach."""
+    if cluster.bind is None or cluster.advertise is not None:
+        return
+    try:
+        parse_udp_address("{}:{}".format(*cluster.bind))
+    except ValueError as error:
+        hint = "; or tell peers another address with advertise (--advertise HOST:PORT)"
+        where = "cluster.bind" if source else ""
+        raise ConfigError(source or "meshlimit node", where, f"{error}{hint}") from None
 
 
 def _node_default_rule() -> str:
@@ -266,6 +304,7 @@ def flags_config(args: argparse.Namespace) -> DaemonConfig:
     cluster = ClusterSettings(
         node_id=args.node_id,
         bind=args.bind,
+        advertise=getattr(args, "advertise", None),
         seeds=tuple(args.seed) or None,
         mode=args.mode,
         cluster_key_file=getattr(args, "cluster_key_file", None),
@@ -304,17 +343,22 @@ def read_config(path: str | Path) -> tuple[bytes, tuple[int, int, str]]:
 
 def load_config(path: str | Path) -> DaemonConfig:
     """Read and parse a config file; ``ConfigError`` naming file, key and problem."""
-    data, _ = read_config(path)
-    return parse_config(data, source=str(path), base=Path(path).parent)
+    data, (mtime_ns, _, _) = read_config(path)
+    return parse_config(data, source=str(path), base=Path(path).parent, version_ns=mtime_ns)
 
 
 def parse_config(
-    data: bytes | str, *, source: str = "<string>", base: Path | None = None
+    data: bytes | str,
+    *,
+    source: str = "<string>",
+    base: Path | None = None,
+    version_ns: int | None = None,
 ) -> DaemonConfig:
-    """Parse the text of a config file; relative paths in it resolve against ``base``."""
-    config = read_settings(
-        DaemonConfig, data, source=source, defaults={"source": source}, error=ConfigError
-    )
+    """Parse the text of a config file; relative paths in it resolve against ``base``;
+    ``version_ns`` is the file's modification time (None: not from a file)."""
+    defaults = {"source": source, "version_ns": version_ns}
+    config = read_settings(DaemonConfig, data, source=source, defaults=defaults, error=ConfigError)
+    _check_reachable(config.cluster, source)  # a file binding 0.0.0.0 names advertise too
     key_file = config.cluster.cluster_key_file
     if key_file is None:
         return config

@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     remove.add_argument("client")
     reset = verbs.add_parser("reset", help="forget a client's counts, cluster-wide")
     reset.add_argument("client")
+    forget = verbs.add_parser(
+        "forget", help="remove a dead member for good: it stops counting toward the majority"
+    )
+    forget.add_argument("node")
 
 
 def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -93,6 +97,10 @@ def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
             counters_path = "/v1/counters/" + urllib.parse.quote(client, safe="")
             request(base, "DELETE", counters_path)
             out.write(f"counts of {client} reset on every node\n")
+        elif args.verb == "forget":
+            member_path = "/v1/members/" + urllib.parse.quote(args.node, safe="")
+            answer = request(base, "DELETE", member_path)
+            out.write(f"{answer.get('message', f'{args.node} forgotten')}\n")
         else:  # pragma: no cover - argparse allows only the verbs above
             raise AssertionError(args.verb)
     except CtlError as error:
@@ -197,6 +205,7 @@ def format_status(status: dict[str, Any]) -> str:
     head = (
         f"node {me}  addr {status.get('addr')}  mode {status.get('mode')}  "
         f"members {alive}/{len(members)} alive  pending forwards {status.get('pending_forwards')}\n"
+        f"{_readiness(status)}"
         f"rules: default {rules.get('default')}, {rules.get('clients', 0)} client overrides, "
         f"{rules.get('tiers', 0)} tiers ({rules.get('entries', 0)} entries)\n\n"
     )
@@ -221,6 +230,15 @@ def format_status(status: dict[str, Any]) -> str:
     text += "\n" + table(("STAT", "COUNT"), stats) if stats else ""
     text += "\n" + table(("DROPPED", "COUNT"), dropped) if dropped else "\nnothing dropped\n"
     return text
+
+
+def _readiness(status: dict[str, Any]) -> str:
+    """One line: ready, or why not (``/v1/cluster``'s ``ready`` and ``readiness``)."""
+    if "ready" not in status:
+        return ""  # a node from before readiness
+    if status["ready"]:
+        return "ready\n"
+    return f"NOT READY: {status.get('readiness')}\n"
 
 
 def format_decision(decision: dict[str, Any]) -> str:

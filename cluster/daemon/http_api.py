@@ -10,6 +10,12 @@ handler as an exception, so no request can take the node down.
 A check answers 200 whether it was allowed or refused: the decision is the
 payload and the caller decides what to do with it (a 429 is the caller's to
 send to its own clients).
+
+Probes: ``GET /healthz`` is liveness (200 while the process serves, joined or
+not); ``GET /readyz`` is readiness: 200 once the node has joined its cluster (or
+at once without seeds), 503 with ``{"status": "not ready", "reason": ...}``
+before and while draining, so load balancers send checks to nodes that know the
+ring (a node that does not decides from its degraded quota).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -83,7 +90,9 @@ def make_app(
     app.router.add_get("/v1/owner/{client:.+}", _owner)
     app.router.add_delete("/v1/counters/{client:.+}", _reset_counters)
     app.router.add_get("/v1/cluster", _cluster)
+    app.router.add_delete("/v1/members/{node}", _forget_member)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
 
@@ -149,11 +158,55 @@ async def _cluster(request: web.Request) -> web.Response:
     return web.json_response(cluster_json(request.app[_RUNTIME]))
 
 
+#: What ``Node.forget`` answers, as ``(HTTP status, message)``; ``{}`` is the node id.
+_FORGET_ANSWERS = {
+    "forgotten": (200, "{} forgotten: it no longer counts toward the majority"),
+    "gone": (200, "{} had already left or been forgotten"),
+    "unknown": (404, "no member {} is known here"),
+    "alive": (409, "{} is alive: stop it before forgetting it"),
+    "self": (409, "{} is this node: stop it, or forget it from another member"),
+}
+
+
+async def _forget_member(request: web.Request) -> web.Response:
+    """An operator removes a member gone for good (``meshlimit ctl forget NODE``): it stops
+    counting toward the majority, here and, as the news spreads, on every member
+    (``docs/design.md``, "Degraded mode and the majority rule")."""
+    node_id = request.match_info["node"]
+    if len(node_id.encode()) > 256:
+        return _error(400, "node id longer than 256 bytes")
+    runtime = request.app[_RUNTIME]
+    result = runtime.node.forget(node_id, now_ns=time.monotonic_ns())
+    status, message = _FORGET_ANSWERS[result]
+    if status != 200:
+        return _error(status, message.format(node_id))
+    body = {"node": node_id, "result": result, "message": message.format(node_id)}
+    return web.json_response(body)
+
+
 async def _healthz(request: web.Request) -> web.Response:
-    node = request.app[_RUNTIME].node
+    runtime = request.app[_RUNTIME]
+    node = runtime.node
     return web.json_response(
-        {"status": "ok", "node": node.node_id, "members": len(node.membership.alive_nodes())}
+        {
+            "status": "ok",
+            "node": node.node_id,
+            "members": len(node.membership.alive_nodes()),
+            "ready": runtime.ready,
+        }
     )
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    runtime = request.app[_RUNTIME]
+    ready, reason = runtime.readiness()
+    body = {
+        "status": "ready" if ready else "not ready",
+        "reason": reason,
+        "node": runtime.node.node_id,
+        "members": len(runtime.node.membership.alive_nodes()),
+    }
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -317,10 +370,13 @@ def cluster_json(runtime: Runtime) -> dict[str, Any]:
         for name, addr, state, incarnation in sorted(node.members())
     ]
     host, port = node.config.addr
+    ready, readiness = runtime.readiness()
     return {
         "node": node.node_id,
         "addr": f"{host}:{port}",
         "mode": node.config.mode,
+        "ready": ready,
+        "readiness": readiness,
         "members": members,
         "ring": {name: round(share, 6) for name, share in node.ring.shares().items()},
         "clock_offsets_ms": {

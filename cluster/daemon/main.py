@@ -2,14 +2,24 @@
 
 Theory of operation. The daemon validates its flags (argparse: exit 2 with a
 clear message), builds a :class:`~meshlimit.cluster.config.NodeConfig` from a
-preset and the flags, and runs on uvloop when installed. It binds the HTTP
-port first and the UDP port second, so a busy port is reported (exit 1)
-before the node has told any seed it exists. Once both are up it prints one
-readiness line to stdout, ``meshlimit node ready id=... udp=HOST:PORT
-http=HOST:PORT`` (and `` resp=HOST:PORT`` with ``--resp``, bound before the UDP
-port too), which tests and scripts wait for. SIGTERM or SIGINT stops the HTTP
-and RESP servers (in-flight checks finish), leaves the cluster gracefully
-(counts handed over, peers told) and exits 0.
+preset and the flags, and runs on uvloop when installed. A host name in
+``--bind`` or ``--advertise`` is resolved once, here (peers must be told an IP);
+seeds are resolved by the runtime on every join attempt. It binds the HTTP
+and RESP ports first, without serving them, so a busy port is reported (exit 1)
+before the node has told any seed it exists; then it starts the runtime (UDP
+socket, join); only then do the front-ends serve, so no check is ever decided by
+a node whose runtime is not running. Until the node has joined it decides
+checks from its degraded quota and ``GET /readyz`` answers 503. Once up it
+prints one line to stdout, ``meshlimit node ready id=... udp=HOST:PORT
+http=HOST:PORT`` (and `` resp=HOST:PORT`` with ``--resp``), which tests and
+scripts wait for: the ports are up, not necessarily joined.
+
+SIGTERM or SIGINT drains, within a bounded time: the node leaves the cluster
+(counts handed over to the next owners, peers told; ``/readyz`` turns 503)
+while the front-ends keep answering for ``DRAIN_S`` (their checks now go to
+the new owners), then the HTTP and RESP servers close (in-flight checks
+finish, at most ``HTTP_SHUTDOWN_S``), then the UDP socket; exit 0. A second
+signal cuts the wait short.
 
 Settings come from flags and, with ``--config FILE``, a TOML file
 (``cluster/daemon/config_file.py``); a flag wins over the file. The file's
@@ -33,9 +43,11 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshlimit.cluster.daemon.config_file import (
@@ -45,6 +57,7 @@ from meshlimit.cluster.daemon.config_file import (
     check_key_file,
     check_node_id,
     effective_config,
+    parse_bind_address,
 )
 from meshlimit.cluster.daemon.reload import (
     POLL_INTERVAL_S,
@@ -67,6 +80,10 @@ log = logging.getLogger("meshlimit.daemon")
 #: In-flight HTTP requests get this long to finish at shutdown (a forwarded check
 #: is decided within the forward timeout, at most a second in every preset).
 HTTP_SHUTDOWN_S = 2.0
+#: After leaving, the front-ends keep answering this long before they close. Why 1 s:
+#: the hand-over and the news of the leave reach the peers within a few gossip rounds
+#: (100 ms each on a LAN), and load balancers see ``/readyz`` fail meanwhile.
+DRAIN_S = 1.0
 
 
 # --- arguments ------------------------------------------------------------------------
@@ -76,10 +93,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``meshlimit node``."""
     parser.add_argument(
         "--bind",
+        type=_bind_address,
+        metavar="HOST:PORT",
+        help="UDP address to bind, and to tell peers unless --advertise is given (then it "
+        "may be 0.0.0.0); a host name is resolved once, at start; required here or as "
+        "bind in [cluster] of --config",
+    )
+    parser.add_argument(
+        "--advertise",
         type=_udp_address,
         metavar="HOST:PORT",
-        help="UDP address to bind and advertise to peers (an address they can reach); "
-        "required here or as bind in [cluster] of --config",
+        help="the UDP address peers reach this node at, when it differs from --bind "
+        "(a container binding 0.0.0.0, a mapped port)",
     )
     parser.add_argument(
         "--seed",
@@ -87,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         type=_address,
         metavar="HOST:PORT",
-        help="UDP address of a member to join through (repeat for several)",
+        help="UDP address of a member to join through (repeat for several); a host name is "
+        "resolved on every join attempt, to all its addresses (a headless service)",
     )
     parser.add_argument(
         "--http",
@@ -157,6 +183,10 @@ def _address(text: str) -> Address:
 
 def _udp_address(text: str) -> Address:
     return _argument(parse_udp_address, text)
+
+
+def _bind_address(text: str) -> Address:
+    return _argument(parse_bind_address, text)
 
 
 def _node_id(text: str) -> str:
@@ -276,38 +306,40 @@ async def _serve(
     from aiohttp import web
 
     from meshlimit.cluster.daemon.http_api import make_app
+    from meshlimit.cluster.resolve import resolve_address
     from meshlimit.cluster.runtime import Runtime
 
-    runtime = Runtime(config, seed=args.seed_rng)
+    settings = settings or effective_config(args)
+    cluster = settings[0].cluster
+    try:  # peers are told an IP: a host name in --bind or --advertise is resolved now
+        bind = await resolve_address(cluster.bind or config.addr)
+        advertised = bind if cluster.advertise is None else await resolve_address(config.addr)
+    except OSError as error:
+        print(f"meshlimit node: {error}", file=sys.stderr, flush=True)
+        return 2
+    config = replace(config, addr=advertised)
+    runtime = Runtime(config, seed=args.seed_rng, bind=bind)
     operator = _Operator(
-        runtime,
-        *(settings or effective_config(args)),
-        poll_interval_s=getattr(args, "config_poll_s", POLL_INTERVAL_S),
+        runtime, *settings, poll_interval_s=getattr(args, "config_poll_s", POLL_INTERVAL_S)
     )
     runner: web.AppRunner | None = None
     http_addr = "off"
     resp_server: RespServer | None = None  # with --resp
     resp_ready = ""
+    http_socket: socket.socket | None = None
     try:
+        # Bound now, served once the runtime runs: a busy port is reported before any
+        # seed hears of us, and no check is answered by a node that is not running.
         if args.http is not None:
-            # access_log=None: one line per check would drown the membership events.
-            runner = web.AppRunner(
-                make_app(runtime, metrics=operator.registry),
-                access_log=None,
-                shutdown_timeout=HTTP_SHUTDOWN_S,
-            )
-            await runner.setup()
-            site = web.TCPSite(runner, args.http[0], args.http[1])
             try:
-                await site.start()
+                http_socket = _listen_tcp(args.http)
             except OSError as error:
                 return _cannot_bind("HTTP", args.http, error)
-            http_addr = _format_addr(runner.addresses[0])
         if getattr(args, "resp", None) is not None:
             from meshlimit.cluster.daemon.resp import RespServer
 
             resp_server = RespServer(runtime)
-            try:  # bound now, served once the node has joined
+            try:
                 resp_addr = await resp_server.start(*args.resp, serve=False)
                 resp_ready = f" resp={_format_addr(resp_addr)}"
             except OSError as error:
@@ -315,7 +347,18 @@ async def _serve(
         try:
             await runtime.start(list(args.seed))
         except OSError as error:
-            return _cannot_bind("UDP", config.addr, error)
+            return _cannot_bind("UDP", bind, error)
+        if http_socket is not None:
+            # access_log=None: one line per check would drown the membership events.
+            runner = web.AppRunner(
+                make_app(runtime, metrics=operator.registry),
+                access_log=None,
+                shutdown_timeout=HTTP_SHUTDOWN_S,
+            )
+            await runner.setup()
+            await web.SockSite(runner, http_socket).start()
+            http_socket = None  # the runner owns it now
+            http_addr = _format_addr(runner.addresses[0])
         if resp_server is not None:
             await resp_server.serve()
         stop = _install_signal_handlers()
@@ -323,29 +366,51 @@ async def _serve(
         udp_addr = _format_addr(config.addr)
         log.info(
             "node started",
-            extra={"node": config.node_id, "udp": udp_addr, "http": http_addr, "uvloop": uvloop},
+            extra={
+                "node": config.node_id,
+                "udp": udp_addr,
+                "bind": _format_addr(bind),
+                "http": http_addr,
+                "uvloop": uvloop,
+                "ready": runtime.readiness()[1],
+            },
         )
         print(
             f"meshlimit node ready id={config.node_id} udp={udp_addr} http={http_addr}{resp_ready}",
             flush=True,
         )
         signum = await stop.get()
-        log.info("leaving", extra={"signal": signal.Signals(signum).name})
+        log.info("draining", extra={"signal": signal.Signals(signum).name, "drain_s": DRAIN_S})
+        runtime.leave()  # counts handed over, peers told; checks made now go to new owners
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.get(), DRAIN_S)  # a second signal ends the drain
         if runner is not None:
             await runner.cleanup()
             runner = None
         if resp_server is not None:
             await resp_server.close()  # commands already read are answered first
-        await runtime.stop()
+        await runtime.stop(leave=False)
         log.info("node stopped", extra={"node": config.node_id})
         return 0
     finally:
         await operator.stop()
+        if http_socket is not None:
+            http_socket.close()
         if runner is not None:
             await runner.cleanup()
         if resp_server is not None:
             await resp_server.close()  # idempotent
         await runtime.stop(leave=False)  # idempotent: closes whatever is still open
+
+
+def _listen_tcp(addr: Address) -> socket.socket:
+    """A listening TCP socket on ``addr`` (a host name is resolved; IPv6 when the host
+    is an IPv6 address), not yet served: aiohttp serves it later (``SockSite``)."""
+    host, port = addr
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock.setblocking(False)
+    return sock
 
 
 class _Operator:

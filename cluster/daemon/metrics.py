@@ -261,11 +261,55 @@ def _state(node: Node) -> list[Family]:
             "New counters refused because the table was full.",
             counters.dropped,
         ),
+        *_registry(node),
+    ]
+
+
+#: Why registry entries leave, as counted in ``RuleRegistry.stats``, with help text.
+COLLECTED = {
+    "calls_expired": "per-call rule expired: no call for its lifetime",
+    "calls_evicted": "per-call rule evicted at the bound, the one closest to expiry",
+    "calls_refused_expired": "per-call rule arrived already expired: not stored",
+    "graves_purged": "removal or reset purged a day (the horizon) after its stamp",
+    "graves_refused_old": "removal or reset arrived older than the horizon: not stored",
+}
+
+
+def _registry(node: Node) -> list[Family]:
+    registry = node.registry
+    return [
         _one(
             "meshlimit_rule_entries",
             "gauge",
-            "Rule registry entries: default, tiers, client overrides, removals and resets.",
-            node.registry.entry_count(),
+            "Durable rule registry entries: default, tiers, client overrides, removals and resets.",
+            registry.entry_count(),
+        ),
+        _one(
+            "meshlimit_rule_graves",
+            "gauge",
+            "Removals and resets among them, held until their purge.",
+            registry.grave_count(),
+        ),
+        _one(
+            "meshlimit_rule_call_entries",
+            "gauge",
+            "Per-call rule entries (CL.THROTTLE keys): soft state that expires.",
+            registry.call_count(),
+        ),
+        _one(
+            "meshlimit_rule_call_entries_max",
+            "gauge",
+            "Most per-call entries kept; beyond, the one closest to expiry is evicted.",
+            registry.max_calls,
+        ),
+        Family(
+            "meshlimit_rule_entries_collected",
+            "counter",
+            "Rule registry entries that left or were not stored, by reason: "
+            + "; ".join(f"{reason}: {doc}" for reason, doc in COLLECTED.items())
+            + ".",
+            ("reason",),
+            tuple(((reason,), registry.stats.get(reason, 0)) for reason in COLLECTED),
         ),
     ]
 

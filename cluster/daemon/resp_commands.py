@@ -28,23 +28,27 @@ a future that the connection waits on, in command order.
 CL.THROTTLE and the cluster. The key is checked as client ``cl.throttle:KEY``
 (at most 244 UTF-8 bytes) under the token-bucket rule
 :func:`~meshlimit.cluster.daemon.throttle.throttle_rule` derives from the
-arguments, which this node writes to the rule registry when the key's rule
-differs (once per key and arguments; ``stats["throttle_rule_writes"]``). So the
-limit is cluster-wide: the TAT lives on the key's owner like any counter,
+arguments, which this node writes to the rule registry as a per-call entry when the
+key's entry is missing or holds another rule (``stats["throttle_rule_writes"]``),
+and writes again once half its lifetime has passed (``throttle_rule_renewals``). So
+the limit is cluster-wide: the TAT lives on the key's owner like any counter,
 forwarded, replicated and handed over, and an operator sees the rule at
 ``/v1/rules/cl.throttle:KEY``. ``throttle.py`` has the arithmetic, exact
 for intervals of whole milliseconds. What this design costs:
 
-- Every key is a client rule, held by every node and spread by gossip: right
-  for thousands to about a hundred thousand keys. New keys are refused once
-  the registry holds ``throttle_registry_share`` entries, so that they never
-  crowd out operators' rules; a check message carrying its own rule would
-  lift this.
+- Every key is a per-call entry held by every node (``core/registry.py``): soft
+  state outside anti-entropy, gone ten minutes (or twice its bucket's refill time,
+  if longer) after the last call, so keys no longer called cost nothing. A node
+  keeps at most ``throttle_registry_share`` of them: past that the one closest to
+  its expiry is evicted, so a flood of distinct keys never stops new keys (an
+  evicted key in use is written again by its next call; its TAT is a counter and
+  stays). A renewal is one rule write per key in use every five minutes.
 - A new key's first check on a node that is not its owner can reach the
-  owner before the rule does; the owner then decides under its old rule,
-  seen as another ``limit``: retried once after ``rule_spread_wait_s``, then
-  ``-TRYAGAIN``. An old rule with the same limit cannot be told apart, so
-  one decision may use it.
+  owner before the rule does (or the owner may lack it: a lost datagram, an
+  eviction, a restart); the owner then decides under another rule, seen as
+  another ``limit``: the rule is sent again and the check retried once after
+  ``rule_spread_wait_s``, then ``-TRYAGAIN``. An old rule with the same limit
+  cannot be told apart, so one decision may use it.
 - Callers of one key should pass the same arguments (as with redis-cell):
   others rewrite the rule, last writer wins, and a rule of another interval
   keeps its own TAT.
@@ -65,6 +69,7 @@ import importlib.metadata
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -84,13 +89,14 @@ from meshlimit.cluster.daemon.throttle import (
 )
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.decision import Decision
-from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES
+from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, PER_CALL_PREFIX
 from meshlimit.core.rules import MAX_COUNT, NS_PER_MS, Rule
 
 log = logging.getLogger("meshlimit.resp")
 
-#: CL.THROTTLE keys are checked as these clients, apart from ML.CHECK's own ids.
-THROTTLE_PREFIX = "cl.throttle:"
+#: CL.THROTTLE keys are checked as these clients, apart from ML.CHECK's own ids; the
+#: registry holds their rules as per-call entries.
+THROTTLE_PREFIX = PER_CALL_PREFIX
 MAX_KEY_BYTES = MAX_CLIENT_BYTES - len(THROTTLE_PREFIX)
 #: redis-cell parses its numbers as i64.
 _I64_MAX = 2**63 - 1
@@ -248,29 +254,30 @@ class RespCommands:
         return start_eagerly(self._throttle(client, rule, quantity, max_burst))
 
     def _ensure_rule(self, client: str, rule: Rule) -> None:
-        """Write ``client``'s rule to the registry unless it is there already."""
+        """Write ``client``'s per-call rule unless the registry holds it, fresh enough."""
         registry = self.runtime.node.registry
-        current = registry.client_value(client)
-        if current == rule:
+        now_ms = time.time_ns() // NS_PER_MS
+        if not registry.call_needs_write(client, rule, now_ms=now_ms):
             return
-        if current is None and registry.entry_count() >= self.throttle_registry_share:
-            self.stats["throttle_keys_refused"] += 1
-            raise CommandError(
-                f"CL.THROTTLE refuses new keys: the rule registry holds "
-                f"{registry.entry_count()} entries (bound {self.throttle_registry_share})"
-            )
+        renewal = registry.client_value(client) == rule
+        registry.max_calls = self.throttle_registry_share  # the bound of what we write
+        self._write_rule(client, rule)
+        self.stats["throttle_rule_renewals" if renewal else "throttle_rule_writes"] += 1
+
+    def _write_rule(self, client: str, rule: Rule) -> None:
         try:
             self.runtime.set_rule(CLIENT_PREFIX + client, rule)
-        except ValueError as error:  # e.g. the registry is full
+        except ValueError as error:  # not expected: per-call entries evict, never refuse
             raise CommandError(f"CL.THROTTLE cannot set the key's rule: {error}") from None
-        self.stats["throttle_rule_writes"] += 1
 
     async def _throttle(self, client: str, rule: Rule, quantity: int, max_burst: int) -> bytes:
         try:
             decision = await self.runtime.check(client, quantity)
             if decision.limit != rule.limit:
-                # The owner decided under another rule: ours has not reached it yet.
+                # The owner decided under another rule: ours has not reached it, or it
+                # lost it. Send it again, give it time to arrive, and ask once more.
                 self.stats["throttle_rule_mismatch"] += 1
+                self._write_rule(client, rule)
                 await asyncio.sleep(self.rule_spread_wait_s)
                 decision = await self.runtime.check(client, quantity)
                 if decision.limit != rule.limit:
@@ -278,7 +285,7 @@ class RespCommands:
                     return encode_error(
                         "the key's rule is still spreading to its owner; retry", "TRYAGAIN"
                     )
-        except ValueError as error:
+        except ValueError as error:  # a CommandError from sending the rule too
             return encode_error(str(error))
         return encode_integers(reply_from_decision(decision, max_burst))
 

@@ -1,7 +1,8 @@
 """SWIM membership as a sans-IO state machine: who is in the cluster and alive.
 
 The modules, after hashicorp/memberlist: ``timing`` (the config, its presets and formulas),
-``members`` (the member table and how news merges into it), ``suspicion`` (Lifeguard's
+``members`` (the member table and how news merges into it), ``roster`` (reaped members
+that still count toward the cluster's size, and tombstones), ``suspicion`` (Lifeguard's
 timer), ``broadcasts`` (the piggyback queue), ``probes`` (probe order and measurements) and
 ``swim`` (the protocol: probes, indirect probes, join, leave, gossip, events).
 """

@@ -10,8 +10,10 @@ suspectNode and deadNode in state.go.
 Every change the table accepts is queued for piggybacking, so it spreads on, and becomes a
 :class:`MemberEvent` for the node above. A SUSPECT member has a running
 :class:`~meshlimit.cluster.membership.suspicion.Suspicion`; the probe loop turns an expired
-one into DEAD. Dead and left members are remembered for ``dead_reap_ns``, so stale ALIVE
-gossip cannot resurrect them, then forgotten, which keeps the table bounded.
+one into DEAD. Dead and left members are kept for ``dead_reap_ns``, so stale ALIVE gossip
+cannot resurrect them, then reaped, which keeps the table bounded; the
+:class:`~meshlimit.cluster.membership.roster.Roster` takes them over (a dead member still
+counts toward the cluster's size there) and settles news of members the table lacks.
 
 Peer input is validated here too (the codec checks as well; this layer must not trust it).
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshlimit.cluster.membership.broadcasts import BroadcastQueue
+from meshlimit.cluster.membership.roster import Roster
 from meshlimit.cluster.membership.suspicion import Suspicion
 from meshlimit.cluster.membership.timing import (
     NEVER,
@@ -108,7 +111,7 @@ def is_valid_update(m: object) -> bool:
 class MemberTable:
     """Members by node id, self included; merges news, runs suspicions, emits events.
 
-    ``queue``, ``stats`` and ``dropped`` are shared with the owning
+    ``queue``, ``roster``, ``stats`` and ``dropped`` are shared with the owning
     :class:`~meshlimit.cluster.membership.swim.Membership`; ``on_live`` is called with each
     member that becomes live (new or revived), so the probe loop can schedule it.
     """
@@ -122,6 +125,7 @@ class MemberTable:
         now_ns: int,
         incarnation: int,
         queue: BroadcastQueue,
+        roster: Roster,
         stats: Counter[str],
         dropped: Counter[str],
         on_live: Callable[[str], None],
@@ -134,7 +138,9 @@ class MemberTable:
         self.events: deque[MemberEvent] = deque()
         self.live_count = 1  # ALIVE and SUSPECT members, self included (n in the formulas)
         self.reap_at = NEVER  # no earlier than the first dead or left member may be forgotten
+        self.generation = 0  # bumped by every event, leave and reaping: see Membership.quorum
         self._queue = queue
+        self._roster = roster
         self._stats = stats
         self._dropped = dropped
         self._on_live = on_live
@@ -152,7 +158,8 @@ class MemberTable:
             return
         m = self.members.get(u.node)
         if m is None:
-            self._add(u, sender, now)
+            if not self._roster.merge(u, now):
+                self._add(u, sender, now)
         elif u.incarnation > m.incarnation or (
             u.incarnation == m.incarnation and u.state > m.state
         ):
@@ -172,7 +179,7 @@ class MemberTable:
 
     def _add(self, u: MemberUpdate, sender: str, now: int) -> None:
         if u.state not in LIVE:
-            return  # the death of a stranger: nothing to remember
+            return  # the roster keeps deaths and departures of members we do not hold
         if len(self.members) >= self.config.max_members:
             self._dropped["members_full"] += 1
             return
@@ -234,6 +241,7 @@ class MemberTable:
             self.events.popleft()
             self._dropped["events_overflow"] += 1
         self.events.append(MemberEvent(m.node, m.addr, old_state, m.state))
+        self.generation += 1
 
     # -- our own departure, and time passing ----------------------------------------------
 
@@ -242,6 +250,7 @@ class MemberTable:
         me = self.me
         me.state, me.incarnation, me.state_changed_ns = LEFT, me.incarnation + 1, now
         self.live_count -= 1
+        self.generation += 1
         self.suspicions.clear()
         update = update_of(me)
         self._queue.push(update)
@@ -256,7 +265,7 @@ class MemberTable:
                 self._stats["declared_dead"] += 1
 
     def reap(self, now: int) -> list[str]:
-        """Forget the dead and left members remembered long enough; returns their ids."""
+        """Hand the dead and left members kept long enough to the roster; returns their ids."""
         if now < self.reap_at:
             return []
         self.reap_at = NEVER
@@ -265,6 +274,8 @@ class MemberTable:
             forget_at = m.state_changed_ns + self.config.dead_reap_ns
             if now >= forget_at:
                 del self.members[m.node]
+                self._roster.keep(update_of(m), m.state_changed_ns)
+                self.generation += 1
                 forgotten.append(m.node)
                 self._stats["reaped"] += 1
             else:
@@ -274,6 +285,7 @@ class MemberTable:
     def _check(self) -> None:
         """Assert the table's invariants (through ``Membership._check``)."""
         assert self.members.get(self.node_id) is self.me
+        assert not self.members.keys() & self._roster.entries.keys(), "in table and roster"
         assert len(self.members) <= self.config.max_members
         for node, s in self.suspicions.items():
             assert self.members[node].state == SUSPECT and s.deadline >= s.started_ns

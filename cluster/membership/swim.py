@@ -22,9 +22,16 @@ a few members when there is no other traffic. Gossip is probabilistic and may mi
 a member; three repairs follow. Join is a state transfer (a seed adds the joiner and
 answers with every member it knows), and a member sends one to a stranger that pings
 it by name, so whoever a gossip round missed learns the news within a probe round.
-Push-pull repeats the Join now and then, so two sides that declared each other dead
-during a partition merge again. A member we hold DEAD that still pings is told so,
+Push-pull repeats the Join now and then (with a lost seed, a reaped member we still
+count, or a random member), so two sides that declared each other dead during a
+partition merge again, even when no seed is on the other side. A member we hold DEAD that still pings is told so,
 and refutes.
+
+The cluster's size outlives the table: reaped dead members stay in the
+:mod:`~meshlimit.cluster.membership.roster` and still count in :meth:`Membership.quorum`
+(the members a majority is taken of) until they come back, are forgotten by an operator
+(:meth:`Membership.forget`) or ``forget_after_ns`` passes; a join reply carries the roster,
+so a newcomer learns the cluster's size from any member.
 
 Nothing here reads a clock or a global random source. ``now_ns`` (wall clock,
 nanoseconds) is passed to every entry point and serves both for durations and, in
@@ -59,6 +66,7 @@ from meshlimit.cluster.membership.members import (
     update_of,
 )
 from meshlimit.cluster.membership.probes import PeerClocks, Probe, ProbeOrder, Relay
+from meshlimit.cluster.membership.roster import Roster
 from meshlimit.cluster.membership.timing import NEVER, MembershipConfig, retransmit_limit
 from meshlimit.cluster.wire.messages import (
     Ack,
@@ -118,6 +126,7 @@ class Membership:
         self._rng = rng
         self._queue = BroadcastQueue(config.max_broadcasts, self.dropped)
         self._probe_order = ProbeOrder(rng)
+        self._roster = Roster(config, queue=self._queue, stats=self.stats, dropped=self.dropped)
         self._table = MemberTable(
             node_id,
             addr,
@@ -125,6 +134,7 @@ class Membership:
             now_ns=now_ns,
             incarnation=incarnation,
             queue=self._queue,
+            roster=self._roster,
             stats=self.stats,
             dropped=self.dropped,
             on_live=self._probe_order.schedule,
@@ -140,6 +150,7 @@ class Membership:
         time so offsets between nodes' wall clocks can be measured, while every
         timeout runs on ``now_ns`` (monotonic) and survives wall-clock jumps."""
         self._seeds: tuple[Address, ...] = ()
+        self._quorum: tuple[int, tuple[str, ...]] = (-1, ())  # (generation, members)
         self._joined = True
         self._join_at = NEVER
         self._stranger_join_at = now_ns
@@ -182,8 +193,34 @@ class Membership:
 
     @property
     def size(self) -> int:
-        """Members in the table, self and the dead not yet forgotten included."""
+        """Members in the table, self and the dead not yet reaped included."""
         return len(self._members)
+
+    @property
+    def seeds(self) -> tuple[Address, ...]:
+        """The distinct seed addresses given to :meth:`join`, our own left out."""
+        return self._seeds
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a member's state, the table or the roster changes: whatever the
+        node derives from membership (ring, reachability, quorum) may then have changed."""
+        return self._table.generation + self._roster.generation
+
+    def quorum(self) -> tuple[str, ...]:
+        """The members a majority is taken of, sorted: every member in the table that has
+        not left (self included, the dead not yet reaped too) and every reaped dead member
+        the roster still remembers. A member that left gracefully handed its clients over
+        and does not count; nor does one an operator forgot."""
+        generation = self.generation
+        if self._quorum[0] != generation:
+            kept = [n for n, m in self._members.items() if m.state != LEFT]
+            self._quorum = (generation, tuple(sorted(kept + self._roster.counted())))
+        return self._quorum[1]
+
+    def remembered(self) -> list[MemberUpdate]:
+        """The roster: reaped members still counted (DEAD) and tombstones (LEFT)."""
+        return self._roster.updates()
 
     def is_suspect(self, node: str) -> bool:
         m = self._members.get(node)
@@ -226,6 +263,30 @@ class Membership:
         self._probe = None
         return [(self._members[n].addr, update) for n in self._pick(self.config.gossip_fanout)]
 
+    def forget(self, node: str, *, now_ns: int) -> str:
+        """An operator says ``node`` is gone for good: it stops counting toward the cluster's
+        size at once, here, and everywhere the news (LEFT at a higher incarnation, as if it
+        had left) spreads. A member that is in fact alive refutes and comes back.
+
+        Returns ``forgotten``; or, changing nothing, ``unknown`` (no such member), ``gone``
+        (it left or was forgotten already), ``alive`` (a live member is never forgotten:
+        stop it first) or ``self``."""
+        if node == self.node_id:
+            return "self"
+        m = self._members.get(node)
+        if m is None:
+            if self._roster.forget(node, now_ns) is not None:
+                return "forgotten"
+            return "gone" if self._roster.get(node) is not None else "unknown"
+        if m.state == LEFT:
+            return "gone"
+        if m.state == ALIVE:
+            return "alive"
+        left = MemberUpdate(m.node, m.addr, LEFT, min(m.incarnation + 1, MAX_INCARNATION))
+        self._table.change(m, left, self.node_id, now_ns)
+        self.stats["forgotten"] += 1
+        return "forgotten"
+
     def piggyback(self, max_count: int | None = None) -> list[MemberUpdate]:
         """Updates to attach to one outgoing datagram; each call counts as one transmission."""
         if not self._queue:
@@ -263,6 +324,7 @@ class Membership:
                 out += self._probe_step(now_ns)
             self._table.expire_suspicions(now_ns)
             out += self._push_pull(now_ns)
+        self._roster.expire(now_ns)  # before gossip: forgetting is news to send
         out += self._gossip(now_ns)
         for node in self._table.reap(now_ns):
             self._clocks.forget(node)
@@ -272,7 +334,7 @@ class Membership:
     def next_deadline(self) -> int:
         """The earliest ``now_ns`` at which :meth:`tick` has work."""
         times = [self._gossip_at if self._queue else NEVER]
-        times.append(self._table.reap_at)
+        times += [self._table.reap_at, self._roster.expires_at]
         if self._self.state != LEFT:
             times += [self._next_probe_at, self._push_pull_at]
             times += [s.deadline for s in self._table.suspicions.values()]
@@ -339,7 +401,11 @@ class Membership:
             self.dropped["join_sender_mismatch"] += 1
             return []
         self._table.apply(MemberUpdate(msg.node, msg.addr, ALIVE, msg.incarnation), sender, now)
-        return [(addr, JoinReply(tuple(update_of(m) for m in self._members.values())))]
+        # The dead and the left first: should the reply span datagrams and one be lost, the
+        # joiner then errs towards too large a cluster, never too small a one.
+        table = sorted(self._members.values(), key=lambda m: m.state in LIVE)
+        updates = self._roster.updates() + [update_of(m) for m in table]
+        return [(addr, JoinReply(tuple(updates)))]
 
     def _on_join_reply(self, sender: str, addr: Address, msg: JoinReply, now: int) -> Outputs:
         for update in msg.members[: self.config.max_members]:
@@ -351,12 +417,15 @@ class Membership:
         return []
 
     def _tell_the_dead(self, sender: str, addr: Address, msg: object) -> Outputs:
-        """A member we hold DEAD still probes: tell it, so it can refute (memberlist's
-        gossip to the dead, driven by its own traffic)."""
-        m = self._members.get(sender)
-        if m is None or m.state != DEAD or type(msg) not in (Ping, PingReq):
+        """A member we hold DEAD (or still count, or forgot) probes: tell it, so it can
+        refute (memberlist's gossip to the dead, driven by its own traffic)."""
+        if type(msg) not in (Ping, PingReq):
             return []
-        return [(addr, update_of(m))]
+        m = self._members.get(sender)
+        if m is not None:
+            return [(addr, update_of(m))] if m.state == DEAD else []
+        news = self._roster.get(sender)  # reaped while dead, or forgotten: tell it too
+        return [] if news is None else [(addr, news)]
 
     def _meet_stranger(self, sender: str, addr: Address, msg: object, now: int) -> Outputs:
         """A stranger that probes us by name is a member whose news we missed: ask it for
@@ -426,7 +495,8 @@ class Membership:
             return []
         self._push_pull_at = now + self.config.push_pull_interval_ns
         live = {m.addr for m in self._members.values() if m.state in LIVE}
-        lost = [a for a in self._seeds if a not in live]
+        asked = dict.fromkeys([*self._seeds, *self._roster.addresses()])
+        lost = [a for a in asked if a not in live and a != self.addr]
         if lost:
             return self._joins_to([self._rng.choice(lost)])
         return self._joins_to([self._members[n].addr for n in self._pick(1)])
@@ -475,6 +545,7 @@ class Membership:
     def _check(self) -> None:
         """Assert the invariants (tests call this after every step)."""
         self._table._check()
+        self._roster._check()
         assert len(self._relays) <= self.config.max_relays
         clocks = self._clocks
         assert set(clocks.rtts) <= set(self._members) and set(clocks.offsets) <= set(self._members)

@@ -54,9 +54,18 @@ class MembershipConfig:
     """Full-state exchange (a Join) with a seed we lost or a random member. Why 30 s:
     memberlist's value; heals partitions that outlived the gossip of their news."""
     dead_reap_ns: int = 30 * _S
-    """How long dead and left members are remembered, so stale ALIVE gossip cannot resurrect
-    them, before they are forgotten and the table stays bounded. Why 30 s: memberlist's
+    """How long dead and left members stay in the table, so stale ALIVE gossip cannot
+    resurrect them, before they are reaped and the table stays bounded (a reaped dead member
+    still counts toward the cluster's size: ``forget_after_ns``). Why 30 s: memberlist's
     GossipToTheDeadTime; far longer than news takes to die out (retransmit limit x gossip)."""
+    forget_after_ns: int = 24 * 3600 * _S
+    """How long a dead member still counts toward the cluster's size after it died (the
+    majority rule, ``cluster/node/degraded.py``), unless an operator forgets it sooner
+    (``meshlimit ctl forget NODE``); also how long a forgotten or departed member's
+    tombstone keeps stale news from bringing it back. Why 24 h: far longer than a
+    partition is left unattended, so a minority never outlives its memory of the
+    majority; a member gone for good costs only majority margin until then (the cluster
+    keeps a majority while its live members outnumber its dead ones)."""
     max_members: int = 1024
     """Most members in the table; news of more is dropped and counted. Why 1024: far beyond a
     rate-limiting cluster, small enough that a flood of fake members costs little."""
@@ -72,6 +81,7 @@ class MembershipConfig:
         assert self.suspicion_mult >= 1 and self.suspicion_max_mult >= 1
         assert self.retransmit_mult >= 1 and self.max_piggyback >= 1
         assert self.max_members >= 1 and self.max_relays >= 0 and self.max_broadcasts >= 1
+        assert self.forget_after_ns >= self.dead_reap_ns, "forget only what was reaped"
 
     @classmethod
     def lan(cls) -> MembershipConfig:

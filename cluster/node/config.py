@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import mmh3
+
 from meshlimit.cluster.membership import MembershipConfig
 from meshlimit.cluster.wire.messages import Address
 
@@ -33,8 +35,15 @@ class NodeConfig:
     nothing; every extra replica costs one more datagram per gossip round per owner."""
     degraded_fraction: float = 0.5
     """Share of a client's capacity that the nodes cut off from its owner may admit between
-    them, per window. 0 fails closed. Why 0.5: during a failure a client keeps half its rate
-    and the cluster admits at most 1.5x the capacity (``docs/design.md``)."""
+    them, per window (``degraded_units``). 0 fails closed. Why 0.5: during a failure a client
+    keeps half its rate and the cluster admits at most 1.5x the capacity (``docs/design.md``)."""
+    expected_members: int = 0
+    """The cluster's size as deployed, if the operator states it. The majority rule then
+    counts at least this many members (a minority whose every node restarted without
+    memory still knows it is one), and a node that has not joined yet takes its degraded
+    share as one of at least this many. Why 0 (unstated): a cluster may grow and shrink
+    without a config change; the size is then learnt from the members (a node still
+    joining assumes its seeds and itself)."""
     forward_timeout_ns: int = 200 * _MS
     """A forwarded check unanswered this long is decided in degraded mode. Why 200 ms: far
     above a LAN round trip, short enough that callers are not held up for long."""
@@ -79,6 +88,8 @@ class NodeConfig:
             raise ValueError("degraded_fraction must be between 0 and 1")
         if self.replicas < 0:
             raise ValueError("replicas must be >= 0")
+        if self.expected_members < 0:
+            raise ValueError("expected_members must be >= 0")
         if self.batch_window_ns < 0 or self.forward_timeout_ns <= 0:
             raise ValueError("batch_window_ns must be >= 0 and forward_timeout_ns > 0")
 
@@ -99,13 +110,46 @@ class NodeConfig:
         return replace(base, **overrides)  # type: ignore[arg-type]
 
 
-def local_quota(capacity: int, members: int, fraction: float) -> int:
-    """What one node cut off from a client's owner may admit per window.
+#: ``degraded_start`` hashes the window index modulo 2**32 (mmh3's seed is 32 bits).
+_SEED_MASK = 0xFFFF_FFFF
 
-    The nodes other than the owner share ``fraction`` of the capacity, so in
-    any partition the cluster admits at most ``capacity + (members - 1) *
-    local_quota(...)`` <= ``capacity * (1 + fraction)`` per window.
+
+def degraded_units(capacity: int, fraction: float) -> int:
+    """What all the nodes deciding a client in degraded mode may admit between them per
+    window: ``floor(capacity * fraction)`` (Python's ``int(capacity * fraction)``), 0 when
+    the fraction is 0 (fail closed)."""
+    return int(capacity * fraction) if fraction > 0 else 0
+
+
+def degraded_start(client: str, window: int, members: int) -> int:
+    """The position whose turn it is to take ``client``'s first spare unit in ``window``:
+    ``mmh3.hash(client, seed=window % 2**32, signed=False) % members``. Deterministic, so
+    every node computes the same; hashed, so the spare units visit every position."""
+    return mmh3.hash(client, window & _SEED_MASK, signed=False) % members
+
+
+def degraded_share(
+    capacity: int, fraction: float, *, members: int, position: int, client: str, window: int
+) -> int:
+    """What the node at ``position`` (0 to ``members - 1``) may admit for ``client`` in
+    ``window`` while deciding in degraded mode.
+
+    The ``units = degraded_units(capacity, fraction)`` are dealt out like cards: every
+    position gets ``units // members``, and the ``units % members`` spare units go to the
+    positions ``start, start + 1, ...`` (modulo ``members``) from
+    ``start = degraded_start(client, window, members)``. Over the positions the shares sum
+    to exactly ``units``, so small limits still admit (5 nodes share a capacity of 4 at
+    f = 0.5 as 1, 1, 0, 0, 0, a different pair each window) and no window hands out more.
     """
-    if fraction <= 0 or members <= 1:
-        return 0 if fraction <= 0 else int(capacity * fraction)
-    return int(capacity * fraction) // (members - 1)
+    assert members >= 1 and 0 <= position < members
+    units = degraded_units(capacity, fraction)
+    base, spare = divmod(units, members)
+    if not spare:
+        return base
+    return base + ((position - degraded_start(client, window, members)) % members < spare)
+
+
+def local_quota(capacity: int, members: int, fraction: float) -> int:
+    """The most one node may admit for a client per window in degraded mode, whatever its
+    position: ``ceil(degraded_units(capacity, fraction) / members)``."""
+    return -(-degraded_units(capacity, fraction) // max(1, members))

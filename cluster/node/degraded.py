@@ -1,17 +1,24 @@
-"""Degraded mode: deciding without the owner, within a local quota, and reporting it.
+"""Degraded mode: deciding without the owner, within a share of the limit, and reporting it.
 
 Theory of operation. A check is decided here in degraded mode when its owner is not
 known alive (suspected, dead but not yet reaped, or unknown), when the owner stays
 silent past the forward timeout, or when this node cannot see a majority of the
-cluster. It is then decided against a local quota (``local_quota``: a share of the
-client's capacity for the nodes cut off from its owner), counted in this node's own
-G-counter slot only.
+cluster (then every check, its own clients' and those peers forward to it, is
+degraded). It is decided against this node's share of the client's degraded units
+(``degraded_share`` in ``config.py``: ``floor(capacity * degraded_fraction)`` dealt out
+over the members, the spare units to positions hashed from the client and the window),
+counted in this node's own G-counter slot only.
 
-The majority rule: the quorum is every member ever seen and not gracefully left; a
-node sees a majority when more than half of it is alive or suspect, and once its join
-has been answered. Without one, every decision is degraded, so that no two sides of a
-partition both enforce the full limit; a booting node that has not heard back from
-the cluster gets no quota at all (the cluster's size, and so a fair share, is unknown).
+Who counts. The quorum is ``Membership.quorum()``: every member not gone gracefully,
+the dead included until reaped, and reaped dead members the roster still remembers
+(until they come back, an operator forgets them, or ``forget_after_ns``), at least
+``expected_members``. A node sees a majority when more than half of it is alive or
+suspect and its join has been answered. A node whose join is unanswered knows neither
+the cluster nor its place in it: it takes the share of a position hashed from its id
+among ``max(expected_members, seeds + 1)`` members.
+
+Once an owner stops being known alive, checks already forwarded to it are decided at
+once (``stranded``) rather than at their forward timeout: detection ends the wait.
 
 Degraded admissions must reach the owner, whose merged count then includes them: each
 is re-sent, with the client's replicas, every gossip round while the owner is
@@ -23,8 +30,11 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from meshlimit.cluster.membership import MemberEvent
-from meshlimit.cluster.node.config import NodeConfig, local_quota
+import mmh3
+
+from meshlimit.cluster.membership import Membership
+from meshlimit.cluster.node.config import NodeConfig, degraded_share
+from meshlimit.cluster.node.forwarding import PendingCheck
 from meshlimit.cluster.node.replication import Replication, SeriesKey, mark_dirty
 from meshlimit.cluster.wire.messages import CounterSlot, MemberState
 from meshlimit.core.ring import HashRing
@@ -32,6 +42,7 @@ from meshlimit.core.rules import Rule
 
 #: Gossip rounds a degraded admission is re-sent once its owner is reachable (for loss).
 DEGRADED_RESENDS = 3
+_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class DegradedMode:
@@ -45,41 +56,69 @@ class DegradedMode:
         self._node_id = config.node_id
         self._replication = replication
         self._dropped = dropped
-        # Membership as routing sees it: states by node, and the members that count
-        # towards a majority (everyone ever seen and not gracefully left).
+        # Membership as routing sees it: states by node; owners that stopped being alive
+        # since the last look (their forwarded checks are stranded).
         self._states: dict[str, int] = {config.node_id: MemberState.ALIVE}
-        self._quorum: set[str] = {config.node_id}
+        self._lost: set[str] = set()
         #: Whether this node sees a majority of the quorum (else every decision is degraded).
         self.majority = True
+        #: The members the degraded units are dealt over, and this node's place among them.
+        self.members, self.position = self._unknown_place(seeds=0)
         # Degraded admissions awaiting report, with the re-sends left once the owner is up.
         self._resends: OrderedDict[SeriesKey, int] = OrderedDict()
 
-    def observe(self, events: list[MemberEvent], states: dict[str, int], *, joined: bool) -> None:
-        """Membership changed: ``states`` is every known member's state, ``events`` the news."""
-        for event in events:
-            if event.new_state == MemberState.LEFT:
-                self._quorum.discard(event.node)
+    def observe(self, membership: Membership, states: dict[str, int], *, joined: bool) -> None:
+        """Membership changed: ``states`` is every member's state in the table; ``joined``
+        whether the node knows the ring (started, and a seed answered, or it has none)."""
+        alive = MemberState.ALIVE
+        self._lost |= {n for n, s in self._states.items() if s == alive and states.get(n) != alive}
         self._states = states
-        for node, state in states.items():
-            if state != MemberState.LEFT:
-                self._quorum.add(node)
-        live = sum(1 for s in states.values() if s in (MemberState.ALIVE, MemberState.SUSPECT))
+        quorum = membership.quorum()
+        expected = self._config.expected_members
+        if joined and self._node_id in quorum:
+            self.members = max(len(quorum), expected)
+            self.position = quorum.index(self._node_id)
+        else:
+            self.members, self.position = self._unknown_place(len(membership.seeds))
+        live = sum(1 for n in quorum if states.get(n) in _LIVE)
         # A node that has not yet heard back from the cluster it is joining sees only
         # itself: it must not take itself for the whole cluster (after a restart it
         # would otherwise own every client, from zero, until the join completes).
-        self.majority = 2 * live > len(self._quorum) and joined
+        self.majority = joined and 2 * live > max(len(quorum), expected)
+
+    def _unknown_place(self, seeds: int) -> tuple[int, int]:
+        """Members and position while the cluster and our place in it are unknown (not
+        joined, or left): the seeds and ourselves (at least two: a node with seeds is not
+        alone, even while their names resolve to nothing) or the size the operator
+        stated, and a place hashed from our id."""
+        members = max(seeds + 1, 2, self._config.expected_members)
+        return members, mmh3.hash(self._node_id, signed=False) % members
 
     def owner_unreachable(self, owner: str) -> bool:
         """Whether ``owner`` is anything but known alive (its checks are decided here)."""
         return self._states.get(owner, MemberState.DEAD) != MemberState.ALIVE
 
-    def quota(self, rule: Rule, *, joined: bool) -> int:
-        """What this node may admit per window for a client under ``rule``."""
-        if not joined:
-            # Joining and not yet answered: the cluster's size, and so a fair share of
-            # it, is unknown. Refuse rather than let every booting node take a share.
-            return 0
-        return local_quota(rule.capacity, len(self._quorum), self._config.degraded_fraction)
+    def stranded(self, pending: dict[int, PendingCheck]) -> list[tuple[int, PendingCheck]]:
+        """Remove and return the forwarded checks whose owner stopped being known alive
+        since the last call: they are decided here now, not at their forward timeout."""
+        if not self._lost:
+            return []
+        self._lost.clear()
+        out = [(t, p) for t, p in pending.items() if self.owner_unreachable(p.owner)]
+        for ticket, _ in out:
+            del pending[ticket]
+        return out
+
+    def quota(self, rule: Rule, client: str, wall: int) -> int:
+        """What this node may admit for ``client`` in the window holding ``wall``."""
+        return degraded_share(
+            rule.capacity,
+            self._config.degraded_fraction,
+            members=self.members,
+            position=self.position,
+            client=client,
+            window=wall // rule.window_ns,
+        )
 
     def note_admitted(self, series: str, client: str) -> None:
         """A degraded admission: report it to the client's owner until it has it."""

@@ -1,5 +1,6 @@
 """What a node reports to its driver through ``Node.events()``: decisions for checks
-that waited on the network, and membership changes. Frozen values, nothing more."""
+that waited on the network, membership changes, and requests for fresh seed
+addresses. Frozen values, nothing more."""
 
 from __future__ import annotations
 
@@ -25,4 +26,16 @@ class MembershipChanged:
     event: MemberEvent
 
 
-Event = Decided | MembershipChanged
+@dataclass(frozen=True, slots=True)
+class SeedsWanted:
+    """Time to resolve the seed names again and pass the addresses to ``Node.set_seeds``.
+
+    Before the node has joined this comes with backoff (``attempt`` counts from 1);
+    after, now and then, so that a cluster started in pieces (each piece's seeds
+    named only itself at first) finds the rest. A driver whose seeds are fixed
+    addresses may ignore it: membership keeps re-sending its joins regardless."""
+
+    attempt: int
+
+
+Event = Decided | MembershipChanged | SeedsWanted

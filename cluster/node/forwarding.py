@@ -8,15 +8,19 @@ asked; later or foreign replies are counted and ignored. A check still pending a
 deadline is handed back (``expire``) for the node to decide degraded. Every forward
 gets the same timeout, so the pending map's insertion order is its deadline order.
 
-Tickets double as request ids on the wire, and owners de-duplicate by (sender, id):
-a restarted node must not reuse the ids of its previous life, or an owner would
-answer it from the cache without counting. The first ticket is therefore drawn at
-random by the node.
+Tickets double as request ids on the wire, and owners de-duplicate them: a restarted
+node must not have the ids of its previous life answered from an owner's cache without
+being counted (170 admitted against a bound of 50, when a daemon restarted with the same
+``--seed-rng`` drew the same first id). So ids are per life: each is ``life << SEQ_BITS
+| seq``, where ``life`` (``LIFE_BITS``) and the first ``seq`` come from the node's boot
+id, which its driver draws anew for every process life (never from the seeded RNG; see
+``request_ids``). ``seq`` wraps within its life after 2**40 forwards.
 
 The owner's side: ``answer`` decides each check of a batch once and replies with the
-results. It remembers the results per peer (``dedup_per_peer`` of them, for at most
-``max_members`` peers), so a duplicated datagram is answered again without counting
-twice.
+results. It remembers the results per (peer, life) (``dedup_per_peer`` of them, for at
+most ``max_members`` lives, the least recently used forgotten first), so a duplicated
+datagram is answered again without counting twice, and a new life of a peer starts with
+an empty cache: the old life's answers can never be served to it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.events import Decided
 from meshlimit.cluster.node.link import Link
-from meshlimit.cluster.wire.messages import CheckBatch, CheckResult, ReplyBatch
+from meshlimit.cluster.wire.messages import Address, CheckBatch, CheckResult, ReplyBatch
 from meshlimit.core.decision import Decision, make_decision
 
 _NEVER = 2**63 - 1
@@ -37,6 +41,35 @@ _NEVER = 2**63 - 1
 CHECK_OVERHEAD_BYTES = 22
 #: The most one check can add to a batch (a 256-byte id plus framing).
 MAX_CHECK_BYTES = 256 + CHECK_OVERHEAD_BYTES
+
+#: Bits of a request id that number the checks of one life; the bits above name the life.
+SEQ_BITS = 40
+#: Bits naming a life: ids stay below 2**63 (a signed 64-bit integer on any peer).
+LIFE_BITS = 23
+_SEQ_MASK = (1 << SEQ_BITS) - 1
+_MASK64 = (1 << 64) - 1
+
+
+def mix64(value: int) -> int:
+    """SplitMix64's finaliser: spreads every bit of ``value`` over all 64 (a boot id made
+    of a clock and random bits then gives uniform life tags)."""
+    z = value & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def request_ids(boot_id: int) -> tuple[int, int]:
+    """``(life, first seq)`` of a node life: both drawn from its boot id. The first seq
+    lies in the lower half of the seq space, so a life wraps only after 2**39 forwards."""
+    mixed = mix64(boot_id)
+    return mixed >> (64 - LIFE_BITS), mixed & (_SEQ_MASK >> 1)
+
+
+def life_of(request_id: int) -> int:
+    """The life a request id belongs to."""
+    return request_id >> SEQ_BITS
+
 
 #: How the owner decides one forwarded check: ``(client, cost, wall_ns, path)``.
 Decide = Callable[[str, int, int, str], Decision]
@@ -56,18 +89,19 @@ class Forwarding:
     """Pending forwarded checks, the batches being filled, and the owner's answer cache."""
 
     def __init__(
-        self, config: NodeConfig, link: Link, *, stats: Counter[str], first_ticket: int
+        self, config: NodeConfig, link: Link, *, stats: Counter[str], boot_id: int
     ) -> None:
         self._config = config
         self._link = link
         self._stats = stats
-        self._next_ticket = first_ticket
+        self._life, self._seq = request_ids(boot_id)
         #: Forwarded checks awaiting an answer, by ticket, in deadline order.
         self.pending: dict[int, PendingCheck] = {}
         self._batches: dict[str, list[tuple[int, str, int]]] = {}
         self._batch_bytes: dict[str, int] = {}  # upper bound of each batch's encoded size
         self._batch_due_ns = _NEVER
-        self._dedup: dict[str, OrderedDict[int, CheckResult]] = {}
+        #: The owner's answers by (peer, life), least recently used first.
+        self._dedup: OrderedDict[tuple[str, int], OrderedDict[int, CheckResult]] = OrderedDict()
 
     @property
     def full(self) -> bool:
@@ -85,8 +119,8 @@ class Forwarding:
 
     def forward(self, client: str, cost: int, owner: str, now_ns: int) -> int:
         """Queue a check for ``owner``; returns its ticket."""
-        ticket = self._next_ticket
-        self._next_ticket += 1
+        ticket = self._life << SEQ_BITS | self._seq
+        self._seq = (self._seq + 1) & _SEQ_MASK
         self.pending[ticket] = PendingCheck(
             client, cost, owner, now_ns + self._config.forward_timeout_ns
         )
@@ -160,13 +194,17 @@ class Forwarding:
 
     # --- the owner's side -------------------------------------------------------------
 
-    def answer(self, sender: str, message: CheckBatch, wall: int, decide: Decide) -> None:
-        """Decide a batch forwarded by ``sender`` (each request id once) and reply."""
-        seen = self._dedup.setdefault(sender, OrderedDict())
-        if len(self._dedup) > self._config.membership.max_members:
-            self._dedup.pop(next(iter(self._dedup)))
+    def answer(
+        self, sender: str, reply_to: Address, message: CheckBatch, wall: int, decide: Decide
+    ) -> None:
+        """Decide a batch forwarded by ``sender`` (each request id once) and reply to the
+        address it came from (a node that has just restarted may not know it yet)."""
         results = []
+        life, seen = -1, OrderedDict[int, CheckResult]()
         for request_id, client, cost in message.checks:
+            if request_id >> SEQ_BITS != life:  # a batch holds one life: looked up once
+                life = request_id >> SEQ_BITS
+                seen = self._answers_of(sender, life)
             cached = seen.get(request_id)
             if cached is not None:
                 self._stats["duplicate_checks"] += 1
@@ -185,4 +223,16 @@ class Forwarding:
             if len(seen) > self._config.dedup_per_peer:
                 seen.popitem(last=False)
             results.append(result)
-        self._link.send(sender, ReplyBatch(tuple(results)))
+        self._link.send_to(reply_to, ReplyBatch(tuple(results)))
+
+    def _answers_of(self, sender: str, life: int) -> OrderedDict[int, CheckResult]:
+        """The answers given to one life of ``sender`` (a new life starts empty)."""
+        key = (sender, life)
+        seen = self._dedup.get(key)
+        if seen is None:
+            seen = self._dedup[key] = OrderedDict()
+            if len(self._dedup) > self._config.membership.max_members:
+                self._dedup.popitem(last=False)
+        else:
+            self._dedup.move_to_end(key)
+        return seen

@@ -9,14 +9,15 @@ Outgoing, every part of the node queues what it wants sent here, addressed by me
 by address (a joiner not yet a member). Nothing leaves until the driver polls
 ``Node.datagrams_to_send``: the queue is then grouped by address, membership news is
 piggybacked on each group, and each group is packed under the datagram budget and
-sealed. The link also knows what fits: the payload budget (the datagram budget less the
+sealed. Sealing marks each datagram with this life's boot id (drawn by the driver, never
+from the seeded RNG), so peers keep a fresh replay window for every life of a node. The
+link also knows what fits: the payload budget (the datagram budget less the
 authentication trailer) and the room for one message alone in a datagram, which
 batches are split to.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 from meshlimit.cluster.membership import Membership
@@ -33,8 +34,8 @@ class Link:
         self,
         config: NodeConfig,
         membership: Membership,
-        rng: random.Random,
         *,
+        boot_id: int,
         stats: Counter[str],
         dropped: Counter[str],
     ) -> None:
@@ -50,7 +51,7 @@ class Link:
         if config.cluster_keys:
             self._guard = new_guard(
                 config.cluster_keys,
-                rng.getrandbits(63),
+                boot_id,
                 max_age_ns=config.max_datagram_age_ns,
                 dropped=dropped,
             )

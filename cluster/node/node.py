@@ -11,7 +11,18 @@ two drivers of this one class.
 
 Two times come in: ``now_ns``, a monotonic clock for timeouts, and
 ``wall_ns``, the wall clock that windows align to and rule stamps and clock
-offsets are measured with. ``wall_ns`` defaults to ``now_ns``.
+offsets are measured with. ``wall_ns`` defaults to ``now_ns``. One identity
+comes in too: ``boot_id``, new in every life of the node (the runtime draws it
+from the OS and the wall clock, the simulator from a stream per life), which
+names this life on the wire: forwarded request ids and, with a cluster key, the
+replay windows peers keep. It never comes from the seeded RNG, which repeats
+itself when a node restarts with the same ``--seed-rng``.
+
+Readiness. Until ``start`` and, with seeds, until a seed has answered
+(``joining``), the node does not know the ring: it is not ``ready`` and decides
+every check, its own and those forwarded to it, against the degraded quota.
+After ``leave`` it still knows the ring (its own checks go to the new owners)
+but answers checks forwarded to it from its degraded quota.
 
 Checks. In strict mode a check for a client this node owns is decided here
 (path ``owner``); otherwise it is queued for the owner and sent in a batch
@@ -32,7 +43,7 @@ with its own state: ``forwarding`` (batches to owners, pending tickets, the
 owner's answers), ``replication`` (counter deltas, hand-over, merging),
 ``rules`` (rule entries, HLC stamps, anti-entropy), ``degraded`` (the majority
 rule, the local quota, re-sends to owners), the link (datagrams in and out)
-and ``membership`` (SWIM).
+``joining`` (seeds, join retries, readiness) and ``membership`` (SWIM).
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.degraded import DegradedMode
 from meshlimit.cluster.node.events import Decided, Event, MembershipChanged
 from meshlimit.cluster.node.forwarding import Forwarding
+from meshlimit.cluster.node.joining import Joining
 from meshlimit.cluster.node.link import Link
 from meshlimit.cluster.node.replication import Replication
 from meshlimit.cluster.node.rulesync import RuleSync
@@ -72,9 +84,20 @@ class Node:
     """One cluster member: membership, routing, forwarding, gossip and degraded mode."""
 
     def __init__(
-        self, config: NodeConfig, rng: random.Random, *, now_ns: int, wall_ns: int | None = None
+        self,
+        config: NodeConfig,
+        rng: random.Random,
+        *,
+        now_ns: int,
+        wall_ns: int | None = None,
+        boot_id: int | None = None,
     ) -> None:
+        """``boot_id``: this life's identity (see the module's docstring). Drivers pass
+        one; None draws it from ``rng``, for tests of a single life only."""
         wall = now_ns if wall_ns is None else wall_ns
+        boot = rng.getrandbits(64) if boot_id is None else boot_id
+        #: This life's identity on the wire (request ids, authentication trailers).
+        self.boot_id = boot & (2**64 - 1)
         self.config = config
         self.node_id = config.node_id
         self.registry = RuleRegistry(config.default_rule)
@@ -87,13 +110,10 @@ class Node:
         self._ring_members: tuple[str, ...] = (config.node_id,)
         self._wall_offset = wall - now_ns
         self._last_wall_ns = wall
-        # Tickets double as request ids on the wire (see forwarding.py): a random start,
-        # so that a restarted node does not reuse the ids of its previous life.
-        first_ticket = rng.getrandbits(52) + 1
         self._gossip_at = now_ns + config.gossip_interval_ns
         self._anti_entropy_at = now_ns + config.anti_entropy_interval_ns
         self._membership_dirty = True
-        self._membership_seen = (0, False)
+        self._membership_seen = (0, False, False)
         self._events: list[Event] = []
         self.stats: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -102,9 +122,15 @@ class Node:
         #: observe). The driver must drain it; production leaves it None.
         self.decision_log: list[tuple[int, str, Rule, int, bool, str]] | None = None
         stats, dropped = self.stats, self.dropped
-        self._link = Link(config, self.membership, rng, stats=stats, dropped=dropped)
+        self._link = Link(
+            config, self.membership, boot_id=self.boot_id, stats=stats, dropped=dropped
+        )
         self.limits = self._link.limits
-        self.forwarding = Forwarding(config, self._link, stats=stats, first_ticket=first_ticket)
+        self.joining = Joining(config, self.membership, self._link, dropped=dropped)
+        self._knows_ring = False  # joining's answers, cached for the hot paths
+        self._ready = False
+        # Tickets double as request ids on the wire, named by this life (forwarding.py).
+        self.forwarding = Forwarding(config, self._link, stats=stats, boot_id=self.boot_id)
         self.replication = Replication(
             config, self.counters, self.registry, self._link, stats=stats, dropped=dropped
         )
@@ -124,11 +150,19 @@ class Node:
 
     # --- inputs -----------------------------------------------------------------------
 
-    def start(self, seeds: list[Address], *, now_ns: int) -> None:
-        """Join the cluster through ``seeds`` (none: a cluster of one)."""
-        seeds = [s for s in seeds if s != self.config.addr]
-        self._link.send_all(self.membership.join(seeds, now_ns=now_ns))
+    def start(self, seeds: list[Address], *, now_ns: int, resolve: bool = False) -> None:
+        """Join the cluster through ``seeds`` (none: a cluster of one).
+
+        ``resolve``: the seeds are names the driver resolves; ``seeds`` are the addresses
+        found so far (none yet: the node stays joining, never alone) and ``SeedsWanted``
+        events ask for fresh ones (:meth:`set_seeds`). See ``joining.py``."""
+        self.joining.start(seeds, now_ns=now_ns, resolve=resolve)
         self._membership_dirty = True
+        self._after_membership_input(now_ns)
+
+    def set_seeds(self, seeds: list[Address], *, now_ns: int) -> None:
+        """Fresh addresses of the seeds, resolved by the driver after ``SeedsWanted``."""
+        self.joining.set_seeds(seeds, now_ns=now_ns)
         self._after_membership_input(now_ns)
 
     def check(
@@ -140,9 +174,10 @@ class Node:
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
             raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
         wall = self._advance(now_ns, wall_ns)
-        if not self.degraded.majority:
-            # Cut off from most of the cluster: every decision is a local quota, so
-            # that no two sides of a partition both enforce the full limit.
+        if not self._knows_ring or not self.degraded.majority:
+            # Not joined (the ring is unknown) or cut off from most of the cluster: every
+            # decision is a local quota, so that no node that may not be the owner, and
+            # no two sides of a partition, enforce the full limit.
             return self._decide_degraded(client, cost, wall)
         if self.config.mode == "local":
             return self._decide_here(client, cost, wall, "local")
@@ -178,6 +213,7 @@ class Node:
         """Advance timers: probes, batch flushes, timeouts, gossip, anti-entropy, sweeps."""
         wall = self._advance(now_ns, wall_ns)
         self._link.send_all(self.membership.tick(now_ns=now_ns))
+        self._events.extend(self.joining.tick(now_ns=now_ns))
         self._after_membership_input(now_ns)
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
@@ -200,6 +236,14 @@ class Node:
         wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
         return self.rules.set(key, value, wall)
 
+    def forget(self, node: str, *, now_ns: int) -> str:
+        """An operator removes ``node`` for good (``meshlimit ctl forget``): it stops
+        counting toward the majority here and, as the news spreads, everywhere. Returns
+        what :meth:`Membership.forget` says (``forgotten``, ``gone``, ``unknown``, ...)."""
+        result = self.membership.forget(node, now_ns=now_ns)
+        self._after_membership_input(now_ns)
+        return result
+
     def leave(self, *, now_ns: int) -> None:
         """Leave gracefully: hand counts to the next owners and tell the others."""
         wall = now_ns + self._wall_offset
@@ -208,7 +252,12 @@ class Node:
             successors = HashRing(n for n in self._ring_members if n != self.node_id)
             self.replication.hand_over_everything(successors, wall)
         self._link.send_all(self.membership.leave(now_ns=now_ns))
+        self.joining.leave()
         self.forwarding.flush()
+        # Our own LEFT state takes us off our ring: checks made here while the driver
+        # drains go to the new owners.
+        self._membership_dirty = True
+        self._after_membership_input(now_ns)
 
     # --- outputs ----------------------------------------------------------------------
 
@@ -226,11 +275,18 @@ class Node:
         return min(
             self.membership.next_deadline(),
             self.forwarding.next_deadline(),
+            self.joining.next_deadline(),
             self._gossip_at,
             self._anti_entropy_at,
         )
 
     # --- queries ----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Started, joined (or without seeds) and not left: the node knows the ring and
+        decides at full capacity where it owns; before joining, everything is degraded."""
+        return self._ready
 
     def owner(self, client: str) -> str:
         """The member that owns ``client`` in this node's view."""
@@ -261,14 +317,36 @@ class Node:
             self.replication.mark_changed(rule.series, client)
         return self._report(wall, client, rule, cost, path, outcome)
 
+    def _decide_forwarded(self, client: str, cost: int, wall: int, path: str) -> Decision:
+        """Decide a check forwarded to this node as its owner: on the merged counts only
+        when ready, in a majority, and the owner in its own ring too. A restarted owner
+        that has not yet rejoined, one cut off from most of the cluster, and one asked by
+        a peer whose ring is not ours (a join or a death still spreading: the real owner
+        may be enforcing the full limit meanwhile) answer from the degraded quota."""
+        if not self._ready or not self.degraded.majority or self.ring.owner(client) != self.node_id:
+            return self._decide_degraded(client, cost, wall)
+        return self._decide_here(client, cost, wall, path)
+
     def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
         """Decide without the owner, against this node's local quota."""
         rule = self.registry.resolve(client)
-        quota = self.degraded.quota(rule, joined=self.membership.joined)
+        quota = self.degraded.quota(rule, client, wall)
         outcome = self.counters.check(client, rule, cost, now_ns=wall, capacity=quota)
         if outcome[0] and cost:
             self.degraded.note_admitted(rule.series, client)
+        elif outcome[3] < 0 and cost <= rule.capacity:
+            outcome = self._retry_soon(outcome, rule, wall)
         return self._report(wall, client, rule, cost, "degraded", outcome)
+
+    def _retry_soon(self, outcome: Outcome, rule: Rule, wall: int) -> Outcome:
+        """A degraded refusal of a cost the rule admits but the local quota never does
+        (a quota of zero, say, while joining): worth retrying when the quota renews with
+        the next window, or after a probe interval, whichever is sooner, since the owner
+        may be reachable by then. Never "retry never" (-1) for a passing condition."""
+        allowed, remaining, reset_ns, _ = outcome
+        to_next_window = rule.window_ns - wall % rule.window_ns
+        retry_ns = min(to_next_window, self.config.membership.probe_interval_ns)
+        return allowed, remaining, reset_ns, max(retry_ns, 1_000_000)
 
     def _report(
         self, wall: int, client: str, rule: Rule, cost: int, path: str, outcome: Outcome
@@ -289,7 +367,8 @@ class Node:
         """Hand one message to the part whose job it is (membership takes the rest)."""
         sender = envelope.sender
         if isinstance(message, CheckBatch):
-            self.forwarding.answer(sender, message, wall, self._decide_here)
+            reply_to = envelope.sender_addr
+            self.forwarding.answer(sender, reply_to, message, wall, self._decide_forwarded)
         elif isinstance(message, ReplyBatch):
             self._events.extend(self.forwarding.resolve(sender, message))
         elif isinstance(message, CounterDeltas):
@@ -309,19 +388,29 @@ class Node:
     def _after_membership_input(self, now_ns: int) -> None:
         """Pass membership news on: events out, reachability and majority, ring, hand-over."""
         events = self.membership.drain_events()
-        size, joined = self.membership.size, self.membership.joined
-        if not events and not self._membership_dirty and (size, joined) == self._membership_seen:
+        generation = self.membership.generation  # any change of states, table or roster
+        joined, ready = self.joining.knows_ring, self.joining.ready
+        seen = (generation, joined, ready)
+        if not events and not self._membership_dirty and seen == self._membership_seen:
             return
-        self._membership_seen = (size, joined)
+        self._membership_seen = seen
         self._membership_dirty = False
+        self._knows_ring, self._ready = joined, ready
         self._events.extend(MembershipChanged(event) for event in events)
         states = {m.node: m.state for m in self.membership.members()}
-        self.degraded.observe(events, states, joined=joined)
+        self.degraded.observe(self.membership, states, joined=joined)
+        # Checks forwarded to an owner that just stopped being alive: decide them now.
+        for ticket, request in self.degraded.stranded(self.forwarding.pending):
+            self.stats["stranded_forwards"] += 1
+            wall = now_ns + self._wall_offset
+            decision = self._decide_degraded(request.client, request.cost, wall)
+            self._events.append(Decided(ticket, request.client, decision))
         # A new or restarted member needs our counts, and so does a new ring's holder.
         rejoined = any(
             e.new_state == MemberState.ALIVE and e.old_state != MemberState.ALIVE for e in events
         )
         ring_members = tuple(sorted(n for n, s in states.items() if s != MemberState.LEFT))
+        ring_members = ring_members or (self.node_id,)  # the last one out keeps its ring
         if ring_members != self._ring_members:
             self._ring_members = ring_members
             self.ring = HashRing(ring_members)

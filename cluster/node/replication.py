@@ -99,8 +99,10 @@ class Replication:
         )
 
     def sweep(self, wall: int) -> None:
-        """Forget some counters whose windows have all ended."""
+        """Forget some counters whose windows have all ended, and the rule registry's
+        expired per-call entries and old graves (``RuleRegistry.collect``)."""
         self._counters.sweep(self.series_windows, now_ns=wall)
+        self._registry.collect(now_ms=wall // 1_000_000)
 
     def reset(self, client: str) -> None:
         """An operator reset ``client``: forget its counts here and stop replicating them.

@@ -8,15 +8,20 @@ trailer is ``boot (8) | seq (8) | sent_ns (8) | mac (16)``:
   so keys rotate without downtime (add the new key everywhere, make it
   primary everywhere, then drop the old one). Packets that fail are dropped
   and counted before any byte of the payload is decoded.
-- ``boot`` is a random id the sender draws once per process life and ``seq``
+- ``boot`` is the sender's boot id, new in every process life, and ``seq``
   a counter of its datagrams: the receiver keeps, per boot, the highest
   sequence number seen and a 1,024-bit window below it (as IPsec does), so a
   captured datagram replayed later is refused — it cannot consume a client's
-  quota twice.
+  quota twice. A restarted sender counts from 1 again under a new boot, so
+  its new life gets a fresh window; a boot id that repeated (drawn from a
+  seeded RNG, as ``--seed-rng`` once did) had peers drop the new life's
+  datagrams as replays, and the node never rejoined.
 - ``sent_ns`` is the sender's wall clock: a datagram older than ``max_age``
   is refused, which bounds how long the per-boot windows must be kept.
 
-Pure: time comes in as ``now_ns``; the boot id comes from the caller's RNG.
+Pure: time comes in as ``now_ns``; the boot id comes from the driver (64
+random bits from the OS and the wall clock in the runtime, a value per life in
+the simulator), never from a seeded RNG.
 """
 
 from __future__ import annotations

@@ -1,0 +1,256 @@
+"""End-state verdicts: what the running nodes must hold when a run ends, by when.
+
+The world hands the checkers the running nodes at the end (``Checkers.on_final_state``);
+these functions read them, never change them, and judge each property only when the run
+gave it the time the design needs since the last disturbance (a fault starting or ending,
+a node starting or stopping: ``History.last_disturbance``) over links that stayed clean:
+
+- ``rules_diverged``: every running node holds the same registry (equal digests) and, for
+  every entry written, the newest write by HLC stamp (not the last to arrive), within
+  :data:`RULE_ROUNDS` anti-entropy intervals of the last write or disturbance;
+- ``membership_diverged``: every running node holds every other one alive, within a
+  push-pull interval plus the detection bound of the last disturbance;
+- ``replica_behind``: a replica (strict: the owner's ring successors; local: every peer the
+  owner holds live) holds the owner's slot of every window still counted, as it was one
+  gossip interval plus a delay before the end, when both ran and the link was clean since
+  the window's first admission; so do the owner and its replicas of a node's degraded
+  admissions (re-sent to them until they have them), if that node's ring held still;
+- ``clock_offset_wrong``: a node's estimate of a peer's clock offset is within
+  ``(7/8)^m (spread + d/2) + d/2`` of the truth, ``m`` the probe rounds since the pair's
+  last skew or step over a clean link, for pairs that never drifted or paused (see
+  ``_offsets``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from meshlimit.core.registry import RESET_PREFIX
+
+from .bounds import TICK_SLACK_NS, UNBOUNDED, detection_bound_ns
+from .events import NS_PER_S, SIM_EPOCH_NS
+from .verdicts import Violation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from meshlimit.cluster.node import Node
+
+    from .checkers import Checkers
+    from .history import History, Life
+
+#: Anti-entropy intervals after which every node holds every rule: a stale node is
+#: repaired each interval it picks, or is picked by, an up-to-date one.
+RULE_ROUNDS = 10
+#: Membership news of a merge after a partition waits for the next push-pull at worst.
+MEMBERSHIP_EXTRA_ROUNDS = 2
+#: What an estimate keeps of its past on each probe sample (``probes.py``: alpha = 1/8).
+_EWMA_KEEP = 7 / 8
+
+
+def judge(
+    checkers: Checkers, final: dict[str, tuple[Node, int]], end: int, writes: dict[str, Any]
+) -> list[Violation]:
+    """Every end-state verdict (see the module docstring)."""
+    out: list[Violation] = []
+    history = checkers.history
+    final = {  # a paused node is not judged: its peers rightly took it for dead
+        name: entry
+        for name, entry in final.items()
+        if (life := history.life(name)) is not None and not life.paused_during(end, end)
+    }
+    nodes = {name: node for name, (node, _) in final.items()}
+    config = checkers.config
+    clean_since = history.last_disturbance
+    clean = _clean(history, list(nodes), clean_since, end)
+    rules_due = max(clean_since, checkers.last_rule_at) + RULE_ROUNDS * (
+        config.anti_entropy_interval_ns
+    )
+    if clean and end >= rules_due:
+        out += [Violation("rules_diverged", d) for d in _rules(nodes, writes)]
+    membership = config.membership
+    members_due = clean_since + MEMBERSHIP_EXTRA_ROUNDS * membership.push_pull_interval_ns
+    members_due += detection_bound_ns(membership, len(history.members))
+    if clean and end >= members_due:
+        out += [Violation("membership_diverged", d) for d in _membership(nodes)]
+    out += [Violation("replica_behind", d) for d in _replicas(checkers, nodes, end)]
+    out += [Violation("clock_offset_wrong", d) for d in _offsets(checkers, final, end)]
+    return out
+
+
+def _clean(history: History, names: list[str], start: int, end: int) -> bool:
+    return history.delay_bound(start, end) < UNBOUNDED and all(
+        history.link_clean(a, b, start, end) for a in names for b in names if a != b
+    )
+
+
+def _rules(nodes: dict[str, Node], writes: dict[str, Any]) -> list[str]:
+    out = []
+    digests = {name: node.registry.digest for name, node in nodes.items()}
+    if len(set(digests.values())) > 1:
+        out.append(f"registries differ: digests {digests}")
+    for key, (stamp, value) in sorted(writes.items()):
+        if key.startswith(RESET_PREFIX):
+            continue
+        for name, node in sorted(nodes.items()):
+            entry = node.registry.entry(key)
+            if entry is None and value is None:
+                continue  # a removal whose tombstone was purged once every node had it
+            if entry is None or tuple(entry.stamp) != tuple(stamp):
+                held = None if entry is None else tuple(entry.stamp)
+                out.append(f"{name} holds {key} at stamp {held}, not the newest write {stamp}")
+    return out
+
+
+def _membership(nodes: dict[str, Node]) -> list[str]:
+    out = []
+    for name, node in sorted(nodes.items()):
+        states = {member: state for member, _, state, _ in node.members()}
+        for other in sorted(nodes):
+            if other != name and states.get(other) != "alive":
+                out.append(f"{name} holds {other} {states.get(other, 'unknown')}, not alive")
+    return out
+
+
+def _replicas(checkers: Checkers, nodes: dict[str, Node], end: int) -> list[str]:
+    history = checkers.history
+    lag = checkers.config.gossip_interval_ns + TICK_SLACK_NS
+    replicas = checkers.config.replicas
+    out = []
+    for (client, series, index), window in checkers.windows.items():
+        window_ns = checkers.window_ns(series)
+        if client in checkers.reset_clients or series.startswith("token_bucket"):
+            continue  # a token bucket's state is an arrival time, not a count per window
+        if index < (SIM_EPOCH_NS + end) // window_ns - 1:
+            continue  # its holders may have swept it: only the current and last count
+        for (name, number), tally in window.lives.items():
+            owner = nodes.get(name)
+            life = _life(history, name, number)
+            if owner is None or life is None or life.stopped_at < end:
+                continue
+            first = tally.times[0]
+            delay = history.delay_bound(first, end)
+            cutoff = end - lag - delay
+            expected = tally.total - tally.since(cutoff + 1)
+            if delay >= UNBOUNDED or not expected or history.clock_touched(name, end):
+                continue
+            view = checkers.views.get(life.key)
+            prefs = owner.ring.preference_list(client, 1 + replicas)
+            if view is None:
+                continue
+            if not tally.full:
+                # Degraded admissions are re-sent to the owner and its replicas (in this
+                # node's ring, unchanged since) until they have them.
+                if any(at >= first for at, _ in view.ring_history):
+                    continue
+                kind, targets = "degraded report", [n for n in prefs if n != name]
+            elif checkers.local:
+                kind, targets = "gossip", [n for n in nodes if n != name and view.live(n)]
+            elif prefs[0] == name:
+                kind, targets = "replica", list(prefs[1:])
+            else:
+                continue
+            for target in (t for t in targets if t in nodes):
+                held = _held(nodes[target], series, client, index, name)
+                peer = history.lives[target][-1]
+                if (
+                    held is None
+                    or held >= expected
+                    or peer.started_at > first
+                    or history.clock_touched(target, end)
+                    or not life.running_through(first, end)
+                    or not peer.running_through(first, end)
+                    or not history.link_clean(name, target, first, end)
+                ):
+                    continue
+                out.append(
+                    f"{target} holds {held} of {name}'s {expected} admissions of {client}"
+                    f" ({series}, window {index}) made before {cutoff / NS_PER_S:.3f} s"
+                    f" ({kind})"
+                )
+    return out
+
+
+def _held(node: Node, series: str, client: str, index: int, owner: str) -> int | None:
+    """``owner``'s slot for the window at ``node`` (None when the window is gone there)."""
+    counter = node.counters.get(series, client)
+    if counter is None:
+        return 0
+    if counter.window == index:
+        return counter.cur.get(owner)
+    if counter.window == index + 1:
+        return counter.prev.get(owner)
+    return 0 if counter.window < index else None
+
+
+def _offsets(checkers: Checkers, final: dict[str, tuple[Node, int]], end: int) -> list[str]:
+    """Each sample errs by half the difference of its two one-way delays, and moves the
+    estimate 1/8 of the way (``probes.py``); a probe round of at most ``2 (n - 1)``
+    intervals brings one sample of every live member. So ``m`` rounds after the pair's
+    last step, the estimate is within ``(7/8)^m (spread + d/2) + d/2`` of the truth,
+    ``spread`` the farthest the pair's offset ever stood from its last value."""
+    history = checkers.history
+    out: list[str] = []
+    half_delay = history.delay_bound(0, end) // 2
+    if half_delay >= UNBOUNDED // 2:
+        return out
+    membership = checkers.config.membership
+    round_ns = 2 * max(1, len(history.members) - 1) * membership.probe_interval_ns
+    for name, (node, offset) in sorted(final.items()):
+        life = history.life(name)
+        view = checkers.views.get(life.key) if life is not None else None
+        if life is None or view is None or life.pauses or name in history.drifted:
+            continue
+        for peer, estimate in sorted(node.membership.clock_offsets().items()):
+            peer_life = history.life(peer)
+            if peer not in final or peer_life is None:
+                continue
+            if any(p < end and q > life.started_at for p, q in _pauses(history, peer)):
+                continue  # a pause of any life of the peer's spoils the samples around it
+            if peer in history.drifted:
+                continue
+            relative = _relative(history, name, peer, life.started_at)
+            since = max(relative[-1][0], life.started_at, peer_life.started_at)
+            if not (
+                peer_life.running_through(since, end)
+                and view.live_throughout(peer, since, end)
+                and history.link_clean(name, peer, since, end)
+                and history.link_clean(peer, name, since, end)
+            ):
+                continue
+            truth = final[peer][1] - offset
+            spread = max(abs(value - truth) for _, value in relative)
+            rounds = (end - since) // round_ns
+            bound = int(_EWMA_KEEP**rounds * (spread + half_delay)) + half_delay + TICK_SLACK_NS
+            if abs(estimate - truth) > bound:
+                out.append(
+                    f"{name} estimates {peer}'s clock {estimate / 1e6:+.3f} ms off, truly"
+                    f" {truth / 1e6:+.3f} ms (bound {bound / 1e6:.3f} ms, {rounds} probe rounds"
+                    f" after the last step)"
+                )
+    return out
+
+
+def _pauses(history: History, name: str) -> list[tuple[int, int]]:
+    return [pause for life in history.lives.get(name, ()) for pause in life.pauses]
+
+
+def _relative(history: History, name: str, peer: str, start: int) -> list[tuple[int, int]]:
+    """``peer``'s wall clock minus ``name``'s, from each instant on since ``start``."""
+    times = sorted({t for t, _ in history.offsets[name]} | {t for t, _ in history.offsets[peer]})
+    out = [(t, _at(history.offsets[peer], t) - _at(history.offsets[name], t)) for t in times]
+    kept = [(t, v) for t, v in out if t >= start]
+    before = [(t, v) for t, v in out if t < start]
+    return before[-1:] + kept
+
+
+def _at(steps: list[tuple[int, int]], instant: int) -> int:
+    value = 0
+    for t, v in steps:
+        if t > instant:
+            break
+        value = v
+    return value
+
+
+def _life(history: History, name: str, number: int) -> Life | None:
+    lives = history.lives.get(name, [])
+    return lives[number - 1] if 0 < number <= len(lives) else None

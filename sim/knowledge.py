@@ -1,0 +1,132 @@
+"""What one life must have heard of another's admissions: the proof behind a tight bound.
+
+Two deciders at full capacity in one client window (an owner and the owner after it, or
+two local-mode nodes) may together admit more than the capacity only by what one did not
+know of the other. :class:`Knowledge` answers, for lives ``a`` and ``b`` and an instant
+``until``: before which instant were all of ``a``'s admissions in ``b``'s counts by
+``until``? Nothing is assumed: each answer needs the design's mechanism and a run in which
+it could not fail.
+
+- **Gossip** (local mode): a node sends its changed slots to every live peer each gossip
+  interval ``G``. So ``a``'s admissions before ``until - (G + delay)`` are known to ``b``,
+  if ``b`` was up before the window's first admission, ``a`` kept running to send them,
+  ``a``'s view held ``b`` live meanwhile, and the link ``a -> b`` was clean.
+- **Hand-over** (strict mode): when ``a``'s ring changes so that ``b`` owns the client, or
+  when ``a`` leaves gracefully and ``b`` is next, ``a`` sends every counter it holds to the
+  new holders at once. So ``a``'s admissions before that instant are known to ``b`` a
+  delay later, if the link was clean, ``b`` was up, and the node held few enough counters
+  (:data:`~meshlimit.cluster.node.replication.HANDOVER_BUDGET`) for one batch: no more
+  than the distinct (client, series) decided anywhere so far.
+
+Both need the two wall clocks untouched (counts merge by window index, so a skewed
+receiver drops a window it has not reached) and every delay bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshlimit.cluster.membership import MembershipConfig
+from meshlimit.cluster.node.replication import HANDOVER_BUDGET
+
+from .bounds import TICK_SLACK_NS, UNBOUNDED
+from .history import History, Life
+from .views import Rings, View
+from .windows import NOTHING_KNOWN, LifeKey
+
+
+class Knowledge:
+    """See the module docstring; ``counters(at)`` bounds the counters one node holds at
+    ``at`` (every counter comes from a decision somewhere: the distinct ones made so far)."""
+
+    def __init__(
+        self,
+        history: History,
+        views: dict[LifeKey, View],
+        rings: Rings,
+        *,
+        local: bool,
+        gossip_interval_ns: int,
+        membership: MembershipConfig,
+        counters: Callable[[int], int],
+    ) -> None:
+        self._history = history
+        self._views = views
+        self._rings = rings
+        self._local = local
+        self._gossip_ns = gossip_interval_ns
+        self._membership = membership
+        self._counters = counters
+
+    def known_before(self, a: LifeKey, b: LifeKey, client: str, until: int, first: int) -> int:
+        """The instant before which every admission of ``a`` was in ``b``'s counts by
+        ``until`` (``first``: the window's first admission), or ``NOTHING_KNOWN``."""
+        history = self._history
+        life_a, life_b = self._life(a), self._life(b)
+        if life_a is None or life_b is None or a[0] == b[0]:
+            return NOTHING_KNOWN
+        if history.clock_touched(a[0], until) or history.clock_touched(b[0], until):
+            return NOTHING_KNOWN
+        if self._local:
+            return self._by_gossip(life_a, life_b, until, first)
+        return self._by_handover(life_a, life_b, client, until)
+
+    def _by_gossip(self, a: Life, b: Life, until: int, first: int) -> int:
+        history = self._history
+        delay = history.delay_bound(first, until)
+        if delay >= UNBOUNDED:
+            return NOTHING_KNOWN
+        # Admissions before ``instant`` left ``a`` by ``sent_by`` (its next gossip round,
+        # while it still ran) and reached ``b`` a delay later.
+        instant = min(until - delay - TICK_SLACK_NS, a.stopped_at) - self._gossip_ns
+        sent_by = instant + self._gossip_ns
+        view_a = self._views.get(a.key)
+        if (
+            b.started_at > first
+            or not a.running_through(max(first, a.started_at), sent_by - 1)
+            or not b.running_through(first, until)
+            or view_a is None
+            or not view_a.live_throughout(b.node, first, sent_by)
+            or not history.link_clean(a.node, b.node, first, until)
+        ):
+            return NOTHING_KNOWN
+        return instant
+
+    def _by_handover(self, a: Life, b: Life, client: str, until: int) -> int:
+        best = NOTHING_KNOWN
+        view_a = self._views.get(a.key)
+        if view_a is not None:
+            history = view_a.ring_history
+            for (_, before), (at, after) in zip(history, history[1:], strict=False):
+                if at > until:
+                    break
+                owner_before = self._rings.owner(before | {a.node}, client)
+                owner_after = self._rings.owner(after | {a.node}, client)
+                if owner_before == a.node and owner_after == b.node and self._sent(a, b, at, until):
+                    best = at
+        if a.left and view_a is not None:
+            at = a.stopped_at
+            ring = next((m for t, m in reversed(view_a.ring_history) if t <= at), frozenset())
+            successors = ring - {a.node}
+            moved = successors and self._rings.owner(successors, client) == b.node
+            if moved and self._sent(a, b, at, until):
+                best = max(best, at)
+        return best
+
+    def _sent(self, a: Life, b: Life, at: int, until: int) -> bool:
+        """Whether a hand-over ``a`` sent ``b`` at ``at`` surely arrived by ``until``."""
+        history = self._history
+        delay = history.delay_bound(at, until)
+        arrived = at + delay + TICK_SLACK_NS
+        return (
+            self._counters(at) <= HANDOVER_BUDGET  # one batch, sent at once
+            and delay < UNBOUNDED
+            and arrived <= until
+            and b.started_at <= at
+            and b.running_through(at, arrived)
+            and history.link_clean(a.node, b.node, at, arrived)
+        )
+
+    def _life(self, key: LifeKey) -> Life | None:
+        lives = self._history.lives.get(key[0], [])
+        return lives[key[1] - 1] if 0 < key[1] <= len(lives) else None

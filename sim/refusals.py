@@ -1,0 +1,137 @@
+"""Refusals judged against every admission seen: under-admission, and resets that stay reset.
+
+A node refuses a check when its view of the client's counts is full. Its view can only
+hold admissions some node made (counts come from admissions, and merge by max), so a
+refusal that one node seeing *every* admission would have granted means the node counted
+something that never happened: over-counting, or old counts brought back after an
+operator reset. :class:`Refusals` judges each refusal at full capacity as it is reported,
+against the tally of every admission reported before it:
+
+- **under-admission** (measured; a verdict in windows judged exact): the cluster-wide count
+  of the window (and, for a sliding window, the previous one weighted by its overlap)
+  plus the cost fits the capacity. Judged for window rules without a burst (the carry
+  needs the whole history), and not in windows a stepped-back clock made uncertain;
+- **reset kept** (``reset_not_kept``): once an operator reset of the client surely
+  reached every node (written at a live node, sent to every peer it held live over
+  links that stayed clean, while every view agreed who is live, and every wall clock
+  true), the admissions *since the reset* must explain the refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshlimit.core.rules import Rule
+
+from .bounds import TICK_SLACK_NS, UNBOUNDED
+from .events import NS_PER_S
+from .history import History, Life
+from .windows import WindowKey, WindowTally
+
+#: ``finding(kind, life, client, now, detail)``: a per-decision verdict.
+Finding = Callable[[str, Life, str, int, str], None]
+
+
+@dataclass(slots=True)
+class Reset:
+    """An operator reset of one client."""
+
+    at: int
+    nodes: tuple[str, ...]
+    """The nodes running when it was written."""
+    views_agreed: bool
+    """Whether every running node held every other one live when it was written."""
+    done_at: int | None = None
+    """When every node surely had it (None: not known, or never sure)."""
+
+
+class Refusals:
+    """See the module docstring; ``windows`` is the checkers' tally, read only."""
+
+    def __init__(
+        self, history: History, windows: dict[WindowKey, WindowTally], finding: Finding
+    ) -> None:
+        self._history = history
+        self._windows = windows
+        self._finding = finding
+        self.resets: dict[str, list[Reset]] = {}
+        self.uncertain: set[WindowKey] = set()
+        """Windows a stepped-back clock may have charged admissions to unseen."""
+        self.judged = 0
+        self.under: list[WindowKey] = []
+        """The window of each refusal the cluster-wide count would have admitted."""
+
+    def on_reset(self, client: str, now: int, *, views_agreed: bool) -> None:
+        nodes = tuple(self._history.running_nodes())
+        self.resets.setdefault(client, []).append(Reset(now, nodes, views_agreed))
+
+    def judge(self, life: Life, wall: int, client: str, rule: Rule, cost: int, now: int) -> None:
+        """One refusal at full capacity by ``life`` (see the module docstring)."""
+        if rule.burst or rule.algo == "token_bucket":
+            return
+        window_ns = rule.window_ns
+        index, elapsed = divmod(wall, window_ns)
+        key = (client, rule.series, index)
+        if key in self.uncertain:
+            return
+        self.judged += 1
+        if self._fits(rule, key, cost, elapsed, since=None):
+            self.under.append(key)
+        reset = self.settled(client, now)
+        if reset is not None and self._fits(rule, key, cost, elapsed, since=reset.at):
+            self._finding(
+                "reset_not_kept", life, client, now,
+                f"refused with {self._since(key, reset.at)} admitted since the reset at"
+                f" {reset.at / NS_PER_S:.3f} s (capacity {rule.capacity})",
+            )  # fmt: skip
+
+    def _fits(self, rule: Rule, key: WindowKey, cost: int, elapsed: int, since: int | None) -> bool:
+        window_ns = rule.window_ns
+        held = 0
+        if rule.algo == "sliding_window":
+            held = self._since((key[0], key[1], key[2] - 1), since) * (window_ns - elapsed)
+        return held + (self._since(key, since) + cost) * window_ns <= rule.capacity * window_ns
+
+    def _since(self, key: WindowKey, since: int | None) -> int:
+        window = self._windows.get(key)
+        if window is None:
+            return 0
+        if since is None:
+            return window.admitted
+        return sum(t.since(since) for t in window.lives.values())
+
+    def settled(self, client: str, now: int) -> Reset | None:
+        """The latest reset of ``client`` if it surely reached every node by ``now`` and
+        every wall clock is true (nodes filter stale counts by the writer's clock)."""
+        resets = self.resets.get(client)
+        if not resets:
+            return None
+        reset = resets[-1]
+        self._settle(reset, now)
+        if reset.done_at is None or reset.done_at > now:
+            return None
+        history = self._history
+        if any(history.clock_touched(name, now) for name in history.lives):
+            return None
+        return reset
+
+    def _settle(self, reset: Reset, now: int) -> None:
+        if reset.done_at is not None or not reset.views_agreed:
+            return
+        history = self._history
+        arrived = reset.at + history.delay_bound(reset.at, now) + TICK_SLACK_NS
+        if arrived > now or history.delay_bound(reset.at, arrived) >= UNBOUNDED:
+            return
+        nodes = reset.nodes
+        if all(history.link_clean(a, b, reset.at, arrived) for a in nodes for b in nodes if a != b):
+            reset.done_at = arrived
+
+    def touches(self, client: str, window: WindowTally, end: int) -> int:
+        """How many resets of ``client`` reached nodes while the window was counting."""
+        count = 0
+        for reset in self.resets.get(client, ()):
+            self._settle(reset, end)
+            done = reset.done_at if reset.done_at is not None else UNBOUNDED
+            count += reset.at <= window.last_at and window.first_at <= done
+        return count

@@ -1,0 +1,93 @@
+"""An in-memory link (``tests/test_node_links.py``) that can also partition and restart.
+
+:class:`PartitionLink` is :class:`test_node_links.Link` with two more faults: a
+partition (datagrams between groups are lost both ways until ``heal``) and a restart (a
+new life of a node under the same name and address, with no memory of the old one and
+its own random stream, as a restarted process has). Nodes may get config overrides
+(``expected_members``, membership timings) per link.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from test_node_links import NS_PER_S, PORT, Link
+
+from meshlimit.cluster.membership import MembershipConfig
+from meshlimit.cluster.node import Node
+from meshlimit.cluster.node.config import NodeConfig
+
+
+class PartitionLink(Link):
+    """A :class:`Link` with partitions, restarts and per-node config overrides."""
+
+    def __init__(self, default_rule: str = "5/hour", **overrides: Any) -> None:
+        super().__init__(default_rule)
+        self.cut: set[tuple[str, str]] = set()
+        self.lives: Counter[str] = Counter()
+        self.overrides = overrides
+
+    def add(self, name: str, *, seeds: Iterable[str] = (), skew_ns: int = 0) -> Node:
+        """Start ``name`` (a new life if it ran before) joining through ``seeds``."""
+        self.lives[name] += 1
+        self.off.discard(name)
+        addr = (name, PORT)
+        config = NodeConfig.preset(
+            "sim", name, addr, default_rule=self.default_rule, **self.overrides
+        )
+        self.skew_ns[name] = skew_ns
+        rng = random.Random(f"{name}:{self.lives[name]}")
+        node = Node(config, rng, now_ns=self.now_ns, wall_ns=self.wall(name))
+        node.decision_log = []
+        self.nodes[name] = node
+        self.events[name] = []
+        self._names[addr] = name
+        node.start([(s, PORT) for s in seeds], now_ns=self.now_ns)
+        self.settle()
+        return node
+
+    def restart(self, name: str, *, seeds: Iterable[str]) -> Node:
+        """Crash ``name`` and start a new life of it at once (no memory of the old one)."""
+        self.crash(name)
+        return self.add(name, seeds=seeds)
+
+    def partition(self, *groups: str) -> None:
+        """Cut every link between the groups (each a string of node names), both ways."""
+        for i, group in enumerate(groups):
+            for other in groups[i + 1 :]:
+                self.cut |= {(a, b) for a in group for b in other}
+                self.cut |= {(b, a) for a in group for b in other}
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def _deliver(self, src: str, node: Node) -> bool:
+        sent = node.datagrams_to_send()
+        for datagram, addr in sent:
+            dst = self._names.get(addr)
+            if dst is None or dst in self.off or (src, dst) in self.cut:
+                continue
+            self.nodes[dst].receive(
+                datagram, node.config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
+            )
+        return bool(sent)
+
+
+def partition_cluster(names: str = "abcde", **overrides: Any) -> PartitionLink:
+    """A joined cluster of ``names`` (the first is every other's seed) on a PartitionLink."""
+    link = PartitionLink(**overrides)
+    first, *rest = names
+    link.add(first)
+    for name in rest:
+        link.add(name, seeds=[first])
+    link.advance(2 * NS_PER_S)
+    return link
+
+
+def membership(**changes: Any) -> MembershipConfig:
+    """The simulator's membership preset with ``changes``."""
+    return replace(MembershipConfig.sim(), **changes)
