@@ -208,6 +208,7 @@ class Runtime:
         self._flush_scheduled = False
         node = self.node
         if self._transport is not None:
+            # In the node's order: datagrams with probes and acks first, then data.
             for datagram, addr in node.datagrams_to_send():
                 try:
                     self._transport.sendto(datagram, addr)

@@ -46,13 +46,14 @@ from collections import Counter
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from meshlimit.cluster.node import replication
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.wire.messages import MemberState
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 
 from . import endstate
-from .bounds import detection_bound_ns
+from .bounds import UNBOUNDED, detection_bound_ns
 from .deciders import Deciders
 from .events import NS_PER_S
 from .history import History, Life
@@ -73,6 +74,10 @@ UNDER_ADMISSION_RATE = 0.01
 UNDER_ADMISSION_FLOOR = 3
 #: A clock stepped back makes at most this many of a client's windows uncertain.
 _MAX_UNCERTAIN_WINDOWS = 100
+#: Encoded bytes of a counter slot beyond its strings, and of a (node, count) item beyond
+#: the node id: the node's own pacing figures (``cluster/node/replication.py``) if any.
+_SLOT_BYTES: int = getattr(replication, "SLOT_OVERHEAD_BYTES", 16)
+_ITEM_BYTES: int = getattr(replication, "ITEM_OVERHEAD_BYTES", 16)
 
 
 class Liveness(Enum):
@@ -92,7 +97,6 @@ class Checkers:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self.config = NodeConfig.preset("sim", "x", ("x", 0), mode=scenario.mode)
-        self.fraction = self.config.degraded_fraction
         self.local = scenario.mode == "local"
         self.history = History(scenario)
         self.views: dict[LifeKey, View] = {}
@@ -124,7 +128,7 @@ class Checkers:
         self._crashed_at: dict[str, int] = {}
         self._dead_seen: set[tuple[str, str]] = set()
         self._expect_dead: list[tuple[str, int, LifeKey, int]] = []  # subject, at, observer, by
-        self._rule_writes: dict[str, tuple[Any, Any]] = {}  # key -> (stamp, value), newest
+        self._rule_writes: dict[str, list[endstate.RuleWrite]] = {}  # by registry key
         self._final: dict[str, tuple[Node, int]] | None = None
         self._final_at = 0
         self._strays: list[str] = []
@@ -244,10 +248,10 @@ class Checkers:
         """A registry entry written at a node; ``stamp`` is its HLC stamp, when given."""
         self.rule_changes += 1
         self.last_rule_at = now
-        if stamp is not None and (
-            key not in self._rule_writes or stamp > self._rule_writes[key][0]
-        ):
-            self._rule_writes[key] = (stamp, value)
+        if stamp is not None:
+            writer = self.history.life(str(stamp[2]))
+            write = endstate.RuleWrite(tuple(stamp), value, now, writer.key if writer else None)
+            self._rule_writes.setdefault(key, []).append(write)
 
     def on_action(self, action: Action, now: int) -> None:
         """A timeline action, before the world carries it out."""
@@ -290,8 +294,10 @@ class Checkers:
         if event.new_state in (MemberState.ALIVE, MemberState.SUSPECT):
             self.history.heard(subject, now)
         if event.new_state in (MemberState.DEAD, MemberState.LEFT):
-            self._expect_dead = [
-                e for e in self._expect_dead if not (e[0] == subject and e[2] == life.key)
+            self._expect_dead = [  # met in time; a late verdict stays, to be judged
+                e
+                for e in self._expect_dead
+                if not (e[0] == subject and e[2] == life.key and now <= e[3])
             ]
         if event.new_state == MemberState.DEAD and subject in self._crashed_at:
             key = (observer, subject)
@@ -377,6 +383,8 @@ class Checkers:
             gossip_interval_ns=self.config.gossip_interval_ns,
             membership=self.config.membership,
             counters=lambda at: bisect_right(firsts, at),
+            round_bytes=getattr(self.config, "handover_bytes_per_round", UNBOUNDED),
+            counter_bytes=self._counter_bytes(),
         )  # fmt: skip
         end = self.history.now
         for key, window in self.windows.items():
@@ -408,6 +416,15 @@ class Checkers:
                     f"{node} (life {number}) alone admitted {admitted} >"
                     f" {'capacity' if full else 'its share'} {allowed}", client, index, (node,),
                 ))  # fmt: skip
+
+    def _counter_bytes(self) -> int:
+        """The most one counter of this run can take in a hand-over: two windows' slots,
+        each the client id, the series, framing, and an item per node (ids, counts)."""
+        client = max((len(key[0]) for key in self._first_seen), default=0)
+        series = max((len(key[1]) for key in self._first_seen), default=0)
+        node = max(len(name) for name in self.history.lives)
+        slot = client + series + _SLOT_BYTES + len(self.history.lives) * (node + _ITEM_BYTES)
+        return 2 * slot
 
     def _check_under_admission(self) -> None:
         """Measure under-admission; in windows judged exact (strict) it must stay rare."""

@@ -6,8 +6,10 @@ gave it the time the design needs since the last disturbance (a fault starting o
 a node starting or stopping: ``History.last_disturbance``) over links that stayed clean:
 
 - ``rules_diverged``: every running node holds the same registry (equal digests) and, for
-  every entry written, the newest write by HLC stamp (not the last to arrive), within
-  :data:`RULE_ROUNDS` anti-entropy intervals of the last write or disturbance;
+  every entry written, at least the newest write by HLC stamp (not the last to arrive)
+  that surely survived -- its writer ran to the end, or sent it over a clean link to a
+  live peer that did -- within :data:`RULE_ROUNDS` anti-entropy intervals of the last
+  write or disturbance;
 - ``membership_diverged``: every running node holds every other one alive, within a
   push-pull interval plus the detection bound of the last disturbance;
 - ``replica_behind``: a replica (strict: the owner's ring successors; local: every peer the
@@ -23,6 +25,7 @@ a node starting or stopping: ``History.last_disturbance``) over links that staye
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from meshlimit.core.registry import RESET_PREFIX
@@ -47,7 +50,10 @@ _EWMA_KEEP = 7 / 8
 
 
 def judge(
-    checkers: Checkers, final: dict[str, tuple[Node, int]], end: int, writes: dict[str, Any]
+    checkers: Checkers,
+    final: dict[str, tuple[Node, int]],
+    end: int,
+    writes: dict[str, list[RuleWrite]],
 ) -> list[Violation]:
     """Every end-state verdict (see the module docstring)."""
     out: list[Violation] = []
@@ -65,7 +71,7 @@ def judge(
         config.anti_entropy_interval_ns
     )
     if clean and end >= rules_due:
-        out += [Violation("rules_diverged", d) for d in _rules(nodes, writes)]
+        out += [Violation("rules_diverged", d) for d in _rules(checkers, nodes, writes, end)]
     membership = config.membership
     members_due = clean_since + MEMBERSHIP_EXTRA_ROUNDS * membership.push_pull_interval_ns
     members_due += detection_bound_ns(membership, len(history.members))
@@ -82,22 +88,70 @@ def _clean(history: History, names: list[str], start: int, end: int) -> bool:
     )
 
 
-def _rules(nodes: dict[str, Node], writes: dict[str, Any]) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class RuleWrite:
+    """A registry entry written at a node: its HLC stamp, value, instant and writer's life."""
+
+    stamp: tuple[Any, ...]
+    value: Any
+    at: int
+    writer: tuple[str, int] | None
+
+
+def _rules(
+    checkers: Checkers, nodes: dict[str, Node], writes: dict[str, list[RuleWrite]], end: int
+) -> list[str]:
+    """Equal registries, each entry at least the newest write that surely survived (its
+    writer ran to the end, or sent it over a clean link to a live peer that did)."""
     out = []
     digests = {name: node.registry.digest for name, node in nodes.items()}
     if len(set(digests.values())) > 1:
         out.append(f"registries differ: digests {digests}")
-    for key, (stamp, value) in sorted(writes.items()):
+    for key, written in sorted(writes.items()):
         if key.startswith(RESET_PREFIX):
             continue
+        kept = [w for w in written if _survived(checkers, w, end)]
+        if not kept:
+            continue
+        newest = max(kept, key=lambda w: w.stamp)
         for name, node in sorted(nodes.items()):
             entry = node.registry.entry(key)
-            if entry is None and value is None:
+            if entry is None and newest.value is None:
                 continue  # a removal whose tombstone was purged once every node had it
-            if entry is None or tuple(entry.stamp) != tuple(stamp):
+            if entry is None or tuple(entry.stamp) < newest.stamp:
                 held = None if entry is None else tuple(entry.stamp)
-                out.append(f"{name} holds {key} at stamp {held}, not the newest write {stamp}")
+                out.append(
+                    f"{name} holds {key} at stamp {held}, older than the newest write"
+                    f" {newest.stamp} (at {newest.at / NS_PER_S:.3f} s)"
+                )
     return out
+
+
+def _survived(checkers: Checkers, write: RuleWrite, end: int) -> bool:
+    history = checkers.history
+    if write.writer is None:
+        return False
+    writer = _life(history, *write.writer)
+    if writer is None:
+        return False
+    if writer.stopped_at >= end:
+        return True
+    view = checkers.views.get(writer.key)
+    arrived = write.at + history.delay_bound(write.at, end) + TICK_SLACK_NS
+    for name, lives in history.lives.items():
+        peer = lives[-1] if lives else None
+        if (
+            peer is not None
+            and name != writer.node
+            and peer.started_at <= write.at
+            and peer.stopped_at >= end
+            and view is not None
+            and view.live_throughout(name, write.at, write.at)
+            and peer.running_through(write.at, arrived)
+            and history.link_clean(writer.node, name, write.at, arrived)
+        ):
+            return True
+    return False
 
 
 def _membership(nodes: dict[str, Node]) -> list[str]:

@@ -138,6 +138,7 @@ class History:
         """Let time pass to ``now``: pauses that end by themselves end."""
         while self._auto_resume and self._auto_resume[0][0] <= now:
             at, name = self._auto_resume.pop(0)
+            self.now = max(self.now, at)
             self._resume(name, at)
         self.now = max(self.now, now)
 
@@ -254,12 +255,13 @@ class History:
             return None
         return lives[-1]
 
-    def running_nodes(self) -> list[str]:
-        """Nodes up and not paused now."""
+    def running_nodes(self, at: int | None = None) -> list[str]:
+        """Nodes up and not paused now (or at ``at``, no later than now)."""
+        at = self.now if at is None else at
         return [
             name
             for name in self.lives
-            if (life := self.life(name)) is not None and not life.paused_during(self.now, self.now)
+            if (life := self.life(name)) is not None and not life.paused_during(at, at)
         ]
 
     # --- questions --------------------------------------------------------------------
@@ -292,7 +294,7 @@ class History:
         """Running nodes that ``name`` can reach and hear from at ``now`` (itself included)."""
         cuts = [c for c in self._cuts if c.start <= now < c.end]
         out = {name}
-        for other in self.running_nodes():
+        for other in self.running_nodes(now):
             if other == name:
                 continue
             if any(

@@ -11,12 +11,15 @@ it could not fail.
   interval ``G``. So ``a``'s admissions before ``until - (G + delay)`` are known to ``b``,
   if ``b`` was up before the window's first admission, ``a`` kept running to send them,
   ``a``'s view held ``b`` live meanwhile, and the link ``a -> b`` was clean.
-- **Hand-over** (strict mode): when ``a``'s ring changes so that ``b`` owns the client, or
-  when ``a`` leaves gracefully and ``b`` is next, ``a`` sends every counter it holds to the
-  new holders at once. So ``a``'s admissions before that instant are known to ``b`` a
-  delay later, if the link was clean, ``b`` was up, and the node held few enough counters
-  (:data:`~meshlimit.cluster.node.replication.HANDOVER_BUDGET`) for one batch: no more
-  than the distinct (client, series) decided anywhere so far.
+- **Hand-over** (strict mode): when ``a``'s ring changes so that ``b`` owns the client,
+  ``a`` queues the counters whose holders changed and sends them paced, a batch a gossip
+  round (:data:`~meshlimit.cluster.node.replication.HANDOVER_BUDGET` counters and
+  ``handover_bytes_per_round`` bytes at most); when ``a`` leaves gracefully it sends
+  everything at once. So ``a``'s admissions before that instant are known to ``b`` once
+  the last batch can have arrived -- ``rounds x G`` plus a delay later, ``rounds`` the
+  counters ``a`` may hold (no more than the distinct client series decided anywhere so
+  far) over what a round sends -- if ``a`` kept running, no further ring change restarted
+  the hand-over, ``b`` was up and the link clean.
 
 Both need the two wall clocks untouched (counts merge by window index, so a skewed
 receiver drops a window it has not reached) and every delay bounded.
@@ -27,12 +30,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshlimit.cluster.membership import MembershipConfig
+from meshlimit.cluster.node import replication
 from meshlimit.cluster.node.replication import HANDOVER_BUDGET
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED
 from .history import History, Life
 from .views import Rings, View
 from .windows import NOTHING_KNOWN, LifeKey
+
+#: Counters a hand-over examines per gossip round (the node's own figure, if it paces).
+_SCAN_BUDGET: int = getattr(replication, "HANDOVER_SCAN_BUDGET", HANDOVER_BUDGET)
 
 
 class Knowledge:
@@ -49,6 +56,8 @@ class Knowledge:
         gossip_interval_ns: int,
         membership: MembershipConfig,
         counters: Callable[[int], int],
+        round_bytes: int,
+        counter_bytes: int,
     ) -> None:
         self._history = history
         self._views = views
@@ -57,6 +66,8 @@ class Knowledge:
         self._gossip_ns = gossip_interval_ns
         self._membership = membership
         self._counters = counters
+        self._round_bytes = round_bytes
+        self._counter_bytes = max(1, counter_bytes)
 
     def known_before(self, a: LifeKey, b: LifeKey, client: str, until: int, first: int) -> int:
         """The instant before which every admission of ``a`` was in ``b``'s counts by
@@ -95,37 +106,53 @@ class Knowledge:
     def _by_handover(self, a: Life, b: Life, client: str, until: int) -> int:
         best = NOTHING_KNOWN
         view_a = self._views.get(a.key)
-        if view_a is not None:
-            history = view_a.ring_history
-            for (_, before), (at, after) in zip(history, history[1:], strict=False):
-                if at > until:
-                    break
-                owner_before = self._rings.owner(before | {a.node}, client)
-                owner_after = self._rings.owner(after | {a.node}, client)
-                if owner_before == a.node and owner_after == b.node and self._sent(a, b, at, until):
-                    best = at
-        if a.left and view_a is not None:
-            at = a.stopped_at
-            ring = next((m for t, m in reversed(view_a.ring_history) if t <= at), frozenset())
+        if view_a is None:
+            return best
+        history = view_a.ring_history
+        for index in range(1, len(history)):
+            before, (at, after) = history[index - 1][1], history[index]
+            if at > until:
+                break
+            owner_before = self._rings.owner(before | {a.node}, client)
+            owner_after = self._rings.owner(after | {a.node}, client)
+            if owner_before != a.node or owner_after != b.node:
+                continue
+            # The counters whose holders changed go out paced, a batch a gossip round from
+            # now; a further change before they are all out starts the scan over.
+            arrived = at + self._pace(at) + self._history.delay_bound(at, until) + TICK_SLACK_NS
+            later = history[index + 1][0] if index + 1 < len(history) else UNBOUNDED
+            if later > arrived and self._sent(a, b, at, arrived, until):
+                best = at
+        if a.left:
+            at = a.stopped_at  # everything goes at once, to the ring without it
+            ring = next((m for t, m in reversed(history) if t <= at), frozenset())
             successors = ring - {a.node}
             moved = successors and self._rings.owner(successors, client) == b.node
-            if moved and self._sent(a, b, at, until):
+            arrived = at + self._history.delay_bound(at, until) + TICK_SLACK_NS
+            if moved and self._sent(a, b, at, arrived, until):
                 best = max(best, at)
         return best
 
-    def _sent(self, a: Life, b: Life, at: int, until: int) -> bool:
-        """Whether a hand-over ``a`` sent ``b`` at ``at`` surely arrived by ``until``."""
+    def _pace(self, at: int) -> int:
+        """How long a hand-over that starts at ``at`` may take to send its last counter:
+        ``rounds x G``, ``rounds`` = the node's counters over what one round sends (at most
+        ``HANDOVER_BUDGET`` counters, ``HANDOVER_SCAN_BUDGET`` examined, and
+        ``handover_bytes_per_round`` bytes of counters this run's largest)."""
+        by_bytes = max(1, self._round_bytes // self._counter_bytes)
+        per_round = min(HANDOVER_BUDGET, _SCAN_BUDGET, by_bytes)
+        rounds = 1 + -(-self._counters(at) // per_round)
+        return rounds * self._gossip_ns
+
+    def _sent(self, a: Life, b: Life, at: int, arrived: int, until: int) -> bool:
+        """Whether a hand-over ``a`` started at ``at`` surely reached ``b`` by ``arrived``
+        (no later than ``until``): ``b`` up and the link clean all along, and ``a`` still
+        running to send it (a graceful leave sends everything at once, then stops)."""
         history = self._history
-        delay = history.delay_bound(at, until)
-        arrived = at + delay + TICK_SLACK_NS
-        return (
-            self._counters(at) <= HANDOVER_BUDGET  # one batch, sent at once
-            and delay < UNBOUNDED
-            and arrived <= until
-            and b.started_at <= at
-            and b.running_through(at, arrived)
-            and history.link_clean(a.node, b.node, at, arrived)
-        )
+        if arrived > until or history.delay_bound(at, until) >= UNBOUNDED or b.started_at > at:
+            return False
+        if not (a.left and at == a.stopped_at) and not a.running_through(at, arrived):
+            return False
+        return b.running_through(at, arrived) and history.link_clean(a.node, b.node, at, arrived)
 
     def _life(self, key: LifeKey) -> Life | None:
         lives = self._history.lives.get(key[0], [])

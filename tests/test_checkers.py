@@ -459,6 +459,14 @@ def test_a_crash_must_be_detected_within_the_bound() -> None:
         )  # fmt: skip
     assert finish(quick, 30 * S) == []
     assert len(quick.detection_ns) == 2
+    late = start(sc)
+    everyone_knows(late, ["n1", "n2", "n3"])
+    until(late, S)
+    late.on_membership(
+        "n1", MemberEvent("n3", ("n3", 7400), SUSPECT, DEAD), 25 * S, subject_liveness=Liveness.DOWN
+    )
+    found = finish(late, 30 * S)
+    assert sum(v.startswith("slow_detection") for v in found) == 2, found
 
 
 def test_suspecting_a_running_member_in_a_fault_free_run_is_a_false_suspicion() -> None:
@@ -660,3 +668,19 @@ def test_a_degraded_decision_in_a_healthy_run_needs_a_cause() -> None:
     everyone_knows(faulty, names, at=S)
     decide(faulty, "n2", 3 * S, client, RULE, allowed=False, path="degraded")
     assert finish(faulty, 5 * S) == []
+
+
+def test_a_pause_ends_by_itself_and_with_it_the_minority() -> None:
+    names = ["n1", "n2"]
+    client = owned_by("n2", names)
+    bound = bounds.detection_bound_ns(MembershipConfig.lan(), 2)
+
+    def run(pause: str) -> list[str]:
+        checkers = start(scenario(2, timeline=(f"at 10s pause n1 for {pause}",), duration="90s"))
+        everyone_knows(checkers, names)
+        decide(checkers, "n2", 10 * S + bound + S, client, RULE)
+        return finish(checkers, 60 * S)
+
+    assert run("1s") == []  # n1 is back: n2 sees the whole cluster again
+    found = run("40s")
+    assert any("minority_decided_at_full" in v and "cut off" in v for v in found), found

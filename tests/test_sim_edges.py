@@ -1,11 +1,10 @@
-"""Reproductions of the cluster-edge bugs (issue 13) as shipped simulator scenarios.
+"""Reproductions of the cluster-edge bugs (issue 13), kept as regression tests.
 
-Each ``sim/scenarios/edge_*.toml`` reproduces one bug with its own seed and fails
-today; its test here is marked ``xfail(strict=True, raises=AssertionError)``, so the
-moment a fix lands it passes, strict xfail turns that into a failure, and whoever
-fixed it removes the mark: the reproduction becomes a regression test. A crash of
-the simulator is not an expected failure (``raises``), so a broken scenario never
-hides behind the mark.
+Each ``sim/scenarios/edge_*.toml`` reproduces one bug with its own seed. Each test here
+was marked ``xfail(strict=True)`` while its bug was open (every one failed, with the
+figure quoted in its scenario's description, against the cluster of commit f9c91bb);
+the fixes of commit ca54e57 made every one pass, so the marks are gone and a test
+that fails again is a regression of its bug.
 
 Where the checkers already give the verdict that names the bug (``over_admission``,
 ``uncounted_admission``) the test asserts there is none of that kind (other findings in
@@ -102,11 +101,7 @@ def _within(windows: Counter[float], start_s: float, end_s: float) -> dict[float
     return {w: n for w, n in sorted(windows.items()) if start_s <= w < end_s}
 
 
-def _expected_failure(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
-
-
-# --- the scenarios themselves (not expected to fail) ---------------------------------------
+# --- the scenarios themselves ---------------------------------------------------------------
 
 
 def test_every_edge_scenario_is_there_and_says_what_it_reproduces() -> None:
@@ -149,11 +144,11 @@ def test_the_edge_scenarios_drive_the_paths_they_are_about() -> None:
     assert max(small.admitted("hot").values()) <= 5
 
 
-# --- the reproductions: each fails today --------------------------------------------------
+# --- the reproductions, now regressions -------------------------------------------------------
 
 
-@_expected_failure("issue 13 bug 1: a node that has not joined decides at full capacity")
 def test_a_node_never_decides_at_full_capacity_before_it_has_joined() -> None:
+    """Regression: issue 13 bug 1: a node that has not joined decides at full capacity."""
     run = edge_run("edge_serve_before_join")
     capacity = run.capacity("hot")
     windows = _within(run.admitted("hot"), 4, 10)
@@ -161,15 +156,15 @@ def test_a_node_never_decides_at_full_capacity_before_it_has_joined() -> None:
     assert max(windows.values()) <= bound, f"hot admitted per window {windows}, bound {bound}"
 
 
-@_expected_failure("issue 13 bug 2: a same-seed restart is answered from the old life's cache")
 def test_a_restart_with_the_same_seed_is_counted_not_answered_from_a_cache() -> None:
+    """Regression: issue 13 bug 2: a same-seed restart is answered from the old life's cache."""
     run = edge_run("edge_same_seed_restart")
     found = run.verdicts("uncounted_admission")
     assert not found, found[:5]
 
 
-@_expected_failure("issue 13 bug 2: a same-seed restart reuses its boot id; peers drop it")
 def test_a_restart_with_the_same_seed_rejoins_a_keyed_cluster() -> None:
+    """Regression: issue 13 bug 2: a same-seed restart reuses its boot id; peers drop it."""
     run = edge_run("edge_same_seed_keyed")
     degraded = [now for now, _, _, answer in run.answers if answer.path == "degraded"]
     late = [now / NS_PER_S for now in degraded if now >= 10 * NS_PER_S]
@@ -178,8 +173,8 @@ def test_a_restart_with_the_same_seed_rejoins_a_keyed_cluster() -> None:
     assert sum(1 for m in members if m[2] == "alive") == 5
 
 
-@_expected_failure("issue 13 bug 3: a node restarting in a minority decides at full capacity")
 def test_a_node_restarting_inside_a_minority_stays_degraded() -> None:
+    """Regression: issue 13 bug 3: a node restarting in a minority decides at full capacity."""
     run = edge_run("edge_restart_in_minority")
     capacity = run.capacity("hot")
     windows = _within(run.admitted("hot"), 52, 65)
@@ -189,8 +184,8 @@ def test_a_node_restarting_inside_a_minority_stays_degraded() -> None:
     assert not found, found[:5]
 
 
-@_expected_failure("issue 13 bug 3: an owner in a minority answers forwarded checks in full")
 def test_an_owner_inside_a_minority_answers_from_its_degraded_quota() -> None:
+    """Regression: issue 13 bug 3: an owner in a minority answers forwarded checks in full."""
     run = edge_run("edge_minority_owner")
     capacity = run.capacity("hot")
     at_owner = _within(run.admitted("hot", node="n1"), 52, 65)
@@ -204,8 +199,8 @@ def test_an_owner_inside_a_minority_answers_from_its_degraded_quota() -> None:
     assert not found, found[:5]
 
 
-@_expected_failure("issue 13 bug 4: a node whose seed never answers refuses with retry 'never'")
 def test_a_node_whose_seeds_do_not_answer_serves_from_its_degraded_quota() -> None:
+    """Regression: issue 13 bug 4: a node whose seed never answers refuses with retry 'never'."""
     run = edge_run("edge_unreachable_seed")
     waiting = [a for now, n, _, a in run.answers if n == "n4" and now < 12 * NS_PER_S]
     retries = Counter(a.retry_after for a in waiting if not a.allowed)
@@ -215,8 +210,8 @@ def test_a_node_whose_seeds_do_not_answer_serves_from_its_degraded_quota() -> No
     assert run.world.nodes["n4"].node.membership.joined  # type: ignore[union-attr]
 
 
-@_expected_failure("issue 13 bug 9: a degraded share of a small limit rounds to zero")
 def test_small_limits_still_admit_in_degraded_mode() -> None:
+    """Regression: issue 13 bug 9: a degraded share of a small limit rounds to zero."""
     run = edge_run("edge_small_limit_degraded")
     capacity = run.capacity("hot")
     admitted = run.admitted("hot")

@@ -179,14 +179,12 @@ def test_fuzz_seed_has_no_violations(seed: int) -> None:
 
 LONG_FUZZ_RUNS = 60
 
-_SAME_SEED = (
-    "issue 13 bug 2: a node restarted with the same id and seed (restart ... same_seed) is"
-    " answered from its owners' de-duplication cache of its old life: uncounted_admission"
-    " (the run passes with that restart's seed changed)"
-)
 #: Long fuzz run index -> why it fails today (each a known bug; a fix shows as XPASS).
-#: Found with the cluster and the checkers as of the restructure (commit f9c91bb).
-KNOWN_LONG_FUZZ_FAILURES: dict[int, str] = dict.fromkeys((2, 8, 16, 46, 48, 49, 52), _SAME_SEED)
+#: None at present. With the cluster of commit f9c91bb runs 2, 8, 16, 46, 48, 49 and 52
+#: failed with ``uncounted_admission``: each restarts a node ``same_seed`` and its owners
+#: answered the new life from their de-duplication cache of the old one (issue 13, bug 2;
+#: each passed with that restart's seed changed); the boot identity per life fixed them.
+KNOWN_LONG_FUZZ_FAILURES: dict[int, str] = {}
 
 
 def _long_fuzz_case(index: int) -> object:

@@ -3,8 +3,9 @@
 The modules, after hashicorp/memberlist: ``timing`` (the config, its presets and formulas),
 ``members`` (the member table and how news merges into it), ``roster`` (reaped members
 that still count toward the cluster's size, and tombstones), ``suspicion`` (Lifeguard's
-timer), ``broadcasts`` (the piggyback queue), ``probes`` (probe order and measurements) and
-``swim`` (the protocol: probes, indirect probes, join, leave, gossip, events).
+timer), ``awareness`` (Lifeguard's local health score), ``broadcasts`` (the piggyback
+queue), ``probes`` (probe order and measurements) and ``swim`` (the protocol: probes,
+indirect probes, join, leave, gossip, events).
 """
 
 from meshlimit.cluster.membership.members import Member, MemberEvent

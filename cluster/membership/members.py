@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshlimit.cluster.membership.awareness import Awareness
 from meshlimit.cluster.membership.broadcasts import BroadcastQueue
 from meshlimit.cluster.membership.roster import Roster
 from meshlimit.cluster.membership.suspicion import Suspicion
@@ -129,9 +130,11 @@ class MemberTable:
         stats: Counter[str],
         dropped: Counter[str],
         on_live: Callable[[str], None],
+        awareness: Awareness | None = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
+        self._awareness = Awareness(1, stats) if awareness is None else awareness
         self.me = Member(node_id, addr, ALIVE, incarnation, now_ns)
         self.members: dict[str, Member] = {node_id: self.me}
         self.suspicions: dict[str, Suspicion] = {}
@@ -176,6 +179,7 @@ class MemberTable:
         me.incarnation = max(me.incarnation, u.incarnation) + 1
         self._queue.push(update_of(me))
         self._stats["refutations"] += 1
+        self._awareness.refuted()
 
     def _add(self, u: MemberUpdate, sender: str, now: int) -> None:
         if u.state not in LIVE:
@@ -219,10 +223,11 @@ class MemberTable:
     def _start_suspicion(self, node: str, accuser: str, now: int) -> None:
         n = self.live_count
         base = suspicion_timeout_ns(self.config, n)
+        longest = base * self.config.suspicion_max_mult
         self.suspicions[node] = Suspicion.start(
             now,
-            base,
-            base * self.config.suspicion_max_mult,
+            self._awareness.suspicion_min_ns(base, longest),  # slow here: slower to accuse
+            longest,
             expected_confirmations(self.config, n),
             accuser,
         )

@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from meshlimit.cluster.membership.awareness import Awareness
 from meshlimit.cluster.membership.broadcasts import BroadcastQueue
 from meshlimit.cluster.membership.members import (
     ALIVE,
@@ -127,6 +128,7 @@ class Membership:
         self._queue = BroadcastQueue(config.max_broadcasts, self.dropped)
         self._probe_order = ProbeOrder(rng)
         self._roster = Roster(config, queue=self._queue, stats=self.stats, dropped=self.dropped)
+        self._awareness = Awareness(config.awareness_max, self.stats)
         self._table = MemberTable(
             node_id,
             addr,
@@ -138,6 +140,7 @@ class Membership:
             stats=self.stats,
             dropped=self.dropped,
             on_live=self._probe_order.schedule,
+            awareness=self._awareness,
         )
         self._self = self._table.me
         self._members = self._table.members  # the table's dict, never rebound
@@ -221,6 +224,12 @@ class Membership:
     def remembered(self) -> list[MemberUpdate]:
         """The roster: reaped members still counted (DEAD) and tombstones (LEFT)."""
         return self._roster.updates()
+
+    @property
+    def local_health(self) -> int:
+        """Lifeguard's score: 0 when healthy, higher while this node seems slow itself
+        (it widens the waits before accusing; ``awareness.py``)."""
+        return self._awareness.score
 
     def is_suspect(self, node: str) -> bool:
         m = self._members.get(node)
@@ -459,7 +468,9 @@ class Membership:
             return []
         m = self._members[target]
         seq = self._next_seq()
-        self._probe = Probe(seq, target, m.addr, now, now + self.config.probe_timeout_ns)
+        config = self.config
+        wait = self._awareness.probe_timeout_ns(config.probe_timeout_ns, config.probe_interval_ns)
+        self._probe = Probe(seq, target, m.addr, now, now + wait)
         self.stats["probes"] += 1
         out: Outputs = [(m.addr, Ping(seq, target, now + self.wall_offset_ns))]
         if m.state == SUSPECT:
@@ -468,7 +479,10 @@ class Membership:
 
     def _finish_probe(self, now: int) -> None:
         p, self._probe = self._probe, None
-        if p is None or p.acked:
+        if p is None:
+            return
+        if p.acked:
+            self._awareness.probe_answered()
             return
         m = self._members.get(p.target)
         if m is None or m.state not in LIVE:

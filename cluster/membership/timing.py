@@ -39,6 +39,10 @@ class MembershipConfig:
     suspicion_confirmations: int = 2
     """Lifeguard's K: confirmations from other members that shrink the timeout to the base.
     Why 2: memberlist's ``suspicion_mult - 2`` for its default; capped at ``n - 3``."""
+    awareness_max: int = 8
+    """Lifeguard's local health: a node that had to refute suspicions of itself waits up to
+    this many times longer before it accuses (``awareness.py``). Why 8: memberlist's
+    ``AwarenessMaxMultiplier``. 1 turns it off."""
     retransmit_mult: int = 4
     """Each update is sent ``retransmit_mult * ceil(log10(n + 1))`` times. Why 4: memberlist's
     value; reaches every member with high probability."""
@@ -79,6 +83,7 @@ class MembershipConfig:
     def __post_init__(self) -> None:
         assert 0 < self.probe_timeout_ns < self.probe_interval_ns, "timeout must fit the interval"
         assert self.suspicion_mult >= 1 and self.suspicion_max_mult >= 1
+        assert self.awareness_max >= 1, "awareness_max must be at least 1"
         assert self.retransmit_mult >= 1 and self.max_piggyback >= 1
         assert self.max_members >= 1 and self.max_relays >= 0 and self.max_broadcasts >= 1
         assert self.forget_after_ns >= self.dead_reap_ns, "forget only what was reaped"

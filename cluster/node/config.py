@@ -63,10 +63,20 @@ class NodeConfig:
     """Largest datagram sent. Why 1,400: fits an Ethernet MTU with IP/UDP headers."""
     max_pending: int = 100_000
     """Most forwarded checks awaiting an answer; beyond it checks are decided degraded."""
+    max_pending_per_owner: int = 20_000
+    """Most forwarded checks awaiting one owner; beyond it checks for that owner are
+    answered ``overloaded`` (refused, retry after the forward timeout, counted nowhere but
+    in stats) rather than degraded: a busy owner is not an unreachable one. Why 20,000:
+    100k checks/s for the 200 ms forward timeout spread over a few owners."""
     max_clients: int = 1_000_000
     """Most (client, series) counters held; beyond it new clients are refused and counted."""
     max_dirty: int = 200_000
     """Most counters awaiting replication; beyond it the oldest are dropped and counted."""
+    handover_bytes_per_round: int = 64 * 1024
+    """Most counter bytes a hand-over sends per gossip round (at least one counter goes).
+    Why 64 KiB: 640 KB/s at the default gossip interval, a small share of a LAN link, so a
+    ring change never crowds out probes and forwarded checks; a hand-over of the ~1/n of
+    100k counters that change holders still ends within a few seconds."""
     dedup_per_peer: int = 4096
     """Forwarded request ids remembered per peer, so a duplicated datagram never counts twice."""
     cluster_keys: tuple[bytes, ...] = ()
@@ -90,6 +100,10 @@ class NodeConfig:
             raise ValueError("replicas must be >= 0")
         if self.expected_members < 0:
             raise ValueError("expected_members must be >= 0")
+        if self.max_pending_per_owner <= 0:
+            raise ValueError("max_pending_per_owner must be > 0")
+        if self.handover_bytes_per_round <= 0:
+            raise ValueError("handover_bytes_per_round must be > 0")
         if self.batch_window_ns < 0 or self.forward_timeout_ns <= 0:
             raise ValueError("batch_window_ns must be >= 0 and forward_timeout_ns > 0")
 

@@ -8,6 +8,13 @@ asked; later or foreign replies are counted and ignored. A check still pending a
 deadline is handed back (``expire``) for the node to decide degraded. Every forward
 gets the same timeout, so the pending map's insertion order is its deadline order.
 
+A timed-out check is answered once, from the degraded quota, and counted in this
+node's slot; the owner may have counted it too (the batch was only slow). Its late
+reply resolves nothing: no second answer, no count here; it is counted
+(``late_replies``, and ``late_replies_counted_twice`` when both admitted). The double
+count errs on the strict side and is bounded by the degraded quota this node may use
+per window. Timeouts never touch membership: only SWIM probes suspect a member.
+
 Tickets double as request ids on the wire, and owners de-duplicate them: a restarted
 node must not have the ids of its previous life answered from an owner's cache without
 being counted (170 admitted against a bound of 50, when a daemon restarted with the same
@@ -97,9 +104,13 @@ class Forwarding:
         self._life, self._seq = request_ids(boot_id)
         #: Forwarded checks awaiting an answer, by ticket, in deadline order.
         self.pending: dict[int, PendingCheck] = {}
+        self._per_owner: Counter[str] = Counter()  # pending checks by owner
         self._batches: dict[str, list[tuple[int, str, int]]] = {}
         self._batch_bytes: dict[str, int] = {}  # upper bound of each batch's encoded size
         self._batch_due_ns = _NEVER
+        #: Tickets given up on (``expire``), oldest first: ticket -> (owner, whether this
+        #: node admitted it degraded). At most ``max_pending``; a reply for one is late.
+        self._timed_out: OrderedDict[int, tuple[str, bool]] = OrderedDict()
         #: The owner's answers by (peer, life), least recently used first.
         self._dedup: OrderedDict[tuple[str, int], OrderedDict[int, CheckResult]] = OrderedDict()
 
@@ -107,6 +118,22 @@ class Forwarding:
     def full(self) -> bool:
         """Whether ``max_pending`` checks already await an answer."""
         return len(self.pending) >= self._config.max_pending
+
+    def owner_backlogged(self, owner: str) -> bool:
+        """Whether ``max_pending_per_owner`` checks already await ``owner``."""
+        return self._per_owner[owner] >= self._config.max_pending_per_owner
+
+    def released(self, owner: str) -> None:
+        """A pending check for ``owner`` left ``pending`` other than by ``expire`` or
+        ``resolve`` (stranded: its owner stopped being known alive)."""
+        self._release(owner)
+
+    def _release(self, owner: str) -> None:
+        left = self._per_owner[owner] - 1
+        if left > 0:
+            self._per_owner[owner] = left
+        else:
+            del self._per_owner[owner]
 
     def next_deadline(self) -> int:
         """When the open batch window closes or the oldest forward times out."""
@@ -124,6 +151,7 @@ class Forwarding:
         self.pending[ticket] = PendingCheck(
             client, cost, owner, now_ns + self._config.forward_timeout_ns
         )
+        self._per_owner[owner] += 1
         batch = self._batches.setdefault(owner, [])
         batch.append((ticket, client, cost))
         if len(batch) == 1 and self._batch_due_ns == _NEVER:
@@ -166,9 +194,17 @@ class Forwarding:
             if pending.deadline_ns > now_ns:
                 break
             del self.pending[ticket]
+            self._release(pending.owner)
             self._stats["forward_timeouts"] += 1
             expired.append((ticket, pending))
         return expired
+
+    def gave_up(self, ticket: int, owner: str, *, admitted: bool) -> None:
+        """The node answered ``ticket`` itself after it timed out (``admitted``: counted in
+        its own slot): a reply the owner sends later is late, and is counted as such."""
+        self._timed_out[ticket] = (owner, admitted)
+        if len(self._timed_out) > self._config.max_pending:
+            self._timed_out.popitem(last=False)
 
     def resolve(self, sender: str, message: ReplyBatch) -> list[Decided]:
         """The owner's answers: the checks they decide (replies from others are ignored)."""
@@ -176,9 +212,10 @@ class Forwarding:
         for result in message.results:
             pending = self.pending.get(result.request_id)
             if pending is None or pending.owner != sender:
-                self._stats["late_replies"] += 1
+                self._not_pending(sender, result)
                 continue
             del self.pending[result.request_id]
+            self._release(sender)
             retry_ns = -1 if result.retry_after_ms < 0 else result.retry_after_ms * 1_000_000
             decision = make_decision(
                 result.allowed,
@@ -191,6 +228,20 @@ class Forwarding:
             self._stats[f"forwarded_{'allowed' if result.allowed else 'refused'}"] += 1
             decided.append(Decided(result.request_id, pending.client, decision))
         return decided
+
+    def _not_pending(self, sender: str, result: CheckResult) -> None:
+        """A reply to no pending check: never a second answer, never a count here. A late
+        one (the check timed out here) is counted, and so is a check thereby counted twice
+        (the owner admitted it, and so did this node's degraded quota); anything else is a
+        duplicate or a foreign reply."""
+        gave_up = self._timed_out.get(result.request_id)
+        if gave_up is None or gave_up[0] != sender:
+            self._stats["unexpected_replies"] += 1
+            return
+        del self._timed_out[result.request_id]
+        self._stats["late_replies"] += 1
+        if result.allowed and gave_up[1]:
+            self._stats["late_replies_counted_twice"] += 1
 
     # --- the owner's side -------------------------------------------------------------
 

@@ -9,7 +9,9 @@ Outgoing, every part of the node queues what it wants sent here, addressed by me
 by address (a joiner not yet a member). Nothing leaves until the driver polls
 ``Node.datagrams_to_send``: the queue is then grouped by address, membership news is
 piggybacked on each group, and each group is packed under the datagram budget and
-sealed. Sealing marks each datagram with this life's boot id (drawn by the driver, never
+sealed. Membership messages (probes, acks, indirect probes, joins) lead their group, and
+the datagrams carrying them come first in the list, ahead of every data datagram
+(checks, replies, counter deltas, rules): the driver sends in that order. Sealing marks each datagram with this life's boot id (drawn by the driver, never
 from the seeded RNG), so peers keep a fresh replay window for every life of a node. The
 link also knows what fits: the payload budget (the datagram budget less the
 authentication trailer) and the room for one message alone in a datagram, which
@@ -24,7 +26,20 @@ from meshlimit.cluster.membership import Membership
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.auth import TRAILER_BYTES, Guard, new_guard
-from meshlimit.cluster.wire.messages import Address, Envelope, Message
+from meshlimit.cluster.wire.messages import (
+    Address,
+    CheckBatch,
+    CounterDeltas,
+    Envelope,
+    Message,
+    ReplyBatch,
+    RuleDigest,
+    RuleEntries,
+)
+
+#: What the data lane carries; everything else (probes, acks, joins, membership news)
+#: leaves first, so a burst of checks or a hand-over never delays failure detection.
+DATA_MESSAGES = (CheckBatch, ReplyBatch, CounterDeltas, RuleDigest, RuleEntries)
 
 
 class Link:
@@ -106,22 +121,31 @@ class Link:
         (sealed at ``wall_ns`` when the cluster is authenticated)."""
         if not self._queue:
             return []
-        by_addr: dict[Address, list[Message]] = {}
+        control: dict[Address, list[Message]] = {}
+        data: dict[Address, list[Message]] = {}
         for addr, message in self._queue:
-            by_addr.setdefault(addr, []).append(message)
+            lane = data if isinstance(message, DATA_MESSAGES) else control
+            lane.setdefault(addr, []).append(message)
         self._queue = []
-        out: list[tuple[bytes, Address]] = []
-        for addr, messages in by_addr.items():
-            messages.extend(self._membership.piggyback())
+        first: list[tuple[bytes, Address]] = []  # the datagrams carrying membership messages
+        rest: list[tuple[bytes, Address]] = []
+        addrs = [*control, *(a for a in data if a not in control)]
+        for addr in addrs:
+            urgent = control.get(addr, [])
+            messages = [*urgent, *self._membership.piggyback(), *data.get(addr, [])]
             packed = codec.pack_datagrams(
                 self._node_id, self._addr, messages, self.payload_budget, limits=self.limits
             )
             self._dropped["oversized"] += packed.oversized
             self._dropped["invalid_outgoing"] += packed.invalid
             guard = self._guard
-            if guard is None:
-                out.extend((datagram, addr) for datagram in packed.datagrams)
-            else:
-                out.extend((guard.seal(d, now_ns=wall_ns), addr) for d in packed.datagrams)
-        self._stats["datagrams_sent"] += len(out)
-        return out
+            sealed = [
+                (d if guard is None else guard.seal(d, now_ns=wall_ns), addr)
+                for d in packed.datagrams
+            ]
+            # Packing keeps order: probes and acks lead, so the first datagram holds them.
+            split = 1 if urgent else 0
+            first.extend(sealed[:split])
+            rest.extend(sealed[split:])
+        self._stats["datagrams_sent"] += len(first) + len(rest)
+        return first + rest

@@ -30,8 +30,11 @@ when the batch window closes or the datagram is full; the owner's answer
 resolves it (path ``forwarded``). A check whose owner is suspected, dead, or
 silent past the forward timeout is decided here against a local quota,
 counted in this node's own G-counter slot (path ``degraded``); those counts
-reach the owner by gossip once it is reachable again. In local mode every
-node decides on its merged view (path ``local``) and gossips deltas.
+reach the owner by gossip once it is reachable again. A check for an owner that
+already has ``max_pending_per_owner`` checks awaiting it is refused at once (path
+``overloaded``, counted in stats only): backpressure, not degraded mode, since a busy
+owner is reachable. In local mode every node decides on its merged view (path
+``local``) and gossips deltas.
 
 Ownership is the consistent-hash ring over members that are alive, suspect,
 or dead but not yet forgotten: a dead member's clients stay degraded until
@@ -189,6 +192,8 @@ class Node:
         if self.forwarding.full:
             self.dropped["pending_full"] += 1
             return self._decide_degraded(client, cost, wall)
+        if self.forwarding.owner_backlogged(owner):
+            return self._overloaded(client)
         return self.forwarding.forward(client, cost, owner, now_ns)
 
     def receive(
@@ -217,7 +222,10 @@ class Node:
         self._after_membership_input(now_ns)
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
+            # Answered once, here: a late reply from the owner is counted, not used.
             decision = self._decide_degraded(request.client, request.cost, wall)
+            admitted = decision.allowed and not decision.shadowed and request.cost > 0
+            self.forwarding.gave_up(ticket, request.owner, admitted=admitted)
             self._events.append(Decided(ticket, request.client, decision))
         if now_ns >= self._gossip_at:
             self._gossip_at = now_ns + self.config.gossip_interval_ns
@@ -338,6 +346,16 @@ class Node:
             outcome = self._retry_soon(outcome, rule, wall)
         return self._report(wall, client, rule, cost, "degraded", outcome)
 
+    def _overloaded(self, client: str) -> Decision:
+        """Refuse a check whose (alive) owner already has ``max_pending_per_owner`` checks
+        awaiting it: explicit backpressure, counted in stats only (no counter, no decision
+        log), to retry after a forward timeout. Not degraded: a busy owner is reachable."""
+        self.stats["overloaded"] += 1
+        rule = self.registry.resolve(client)
+        retry_ns = self.config.forward_timeout_ns
+        shadow = rule.shadow or self.config.shadow
+        return make_decision(False, rule.limit, 0, retry_ns, retry_ns, "overloaded", shadow)
+
     def _retry_soon(self, outcome: Outcome, rule: Rule, wall: int) -> Outcome:
         """A degraded refusal of a cost the rule admits but the local quota never does
         (a quota of zero, say, while joining): worth retrying when the quota renews with
@@ -402,22 +420,29 @@ class Node:
         # Checks forwarded to an owner that just stopped being alive: decide them now.
         for ticket, request in self.degraded.stranded(self.forwarding.pending):
             self.stats["stranded_forwards"] += 1
+            self.forwarding.released(request.owner)
             wall = now_ns + self._wall_offset
             decision = self._decide_degraded(request.client, request.cost, wall)
             self._events.append(Decided(ticket, request.client, decision))
-        # A new or restarted member needs our counts, and so does a new ring's holder.
-        rejoined = any(
-            e.new_state == MemberState.ALIVE and e.old_state != MemberState.ALIVE for e in events
-        )
+        # A new or restarted member needs the counts it holds, and so does a new ring's
+        # holder: only the counters whose holders changed are handed over, paced.
+        rejoined = [
+            e.node
+            for e in events
+            if e.new_state == MemberState.ALIVE and e.old_state != MemberState.ALIVE
+        ]
+        old_ring = self.ring
         ring_members = tuple(sorted(n for n, s in states.items() if s != MemberState.LEFT))
         ring_members = ring_members or (self.node_id,)  # the last one out keeps its ring
         if ring_members != self._ring_members:
             self._ring_members = ring_members
             self.ring = HashRing(ring_members)
             self.stats["ring_changes"] += 1
-            rejoined = True
-        if rejoined:
-            self.replication.restart_handover(self.ring, now_ns + self._wall_offset)
+        if rejoined or self.ring is not old_ring:
+            # The first round leaves now, not at the next gossip round: a new or restarted
+            # member may start deciding at once, and needs its own old slot back.
+            self.replication.queue_handover(old_ring, self.ring, rejoined)
+            self.replication.continue_handover(now_ns + self._wall_offset, self.ring)
 
     def _gossip_counters(self, wall: int) -> None:
         """One gossip round of counters: replication, then degraded admissions."""

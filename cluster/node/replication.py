@@ -4,10 +4,14 @@ Theory of operation. A counter this node admits into is marked changed; every go
 round (``gossip``) sends this node's own slots of the changed counters to the client's
 ring successors (strict mode: the owner's replicas) or to every peer (local mode), so
 a new owner takes over with the counts. When the ring changes, or a member joins or
-restarts, every counter held here is queued for hand-over (``restart_handover``): all
-slots, not only ours, go to the counter's new holders, ``2000`` counters a round. On a
-graceful leave everything goes at once to the holders in the ring without this node
-(``hand_over_everything``).
+restarts, the counters held here whose holders changed are queued for hand-over
+(``queue_handover``): those whose preference list (owner and replicas) gained a member
+or changed owner, for the new holders only, and those a rejoined member holds, for it.
+All slots, not only ours, go, paced: at most ``HANDOVER_BUDGET`` counters and
+``handover_bytes_per_round`` bytes a gossip round, so a ring change moves ~1/n of the
+counters and never floods the links that probes share. Finding them is paced too
+(``HANDOVER_SCAN_BUDGET`` counters examined a round), so it never stalls the node. On a graceful leave everything goes at once to the holders in
+the ring without this node (``hand_over_everything``).
 
 Incoming deltas (``merge``) merge slot by slot (G-counters: per-slot max, so loss,
 duplication and reordering are harmless), except for windows that began before an
@@ -21,7 +25,9 @@ add to it; series named by a peer are learned if well-formed, up to a bound.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from meshlimit.cluster.node.config import NodeConfig
@@ -35,12 +41,23 @@ from meshlimit.core.rules import Rule
 
 #: A counter's key: ``(series, client)``.
 SeriesKey = tuple[str, str]
-#: Counters handed over per gossip round after a ring change.
+#: Most counters handed over per gossip round after a ring change (and at most
+#: ``NodeConfig.handover_bytes_per_round`` bytes of them).
 HANDOVER_BUDGET = 2000
+#: Counters a hand-over scan examines per gossip round (at least ``HANDOVER_BUDGET``, so a
+#: node holding no more than that sends them all in the first round).
+HANDOVER_SCAN_BUDGET = 4096
+#: Byte budget of the hand-over on a graceful leave: everything, at once.
+MAX_HANDOVER_BYTES = 2**62
+#: Encoded size of a delta slot beyond its strings: window, array headers, framing.
+SLOT_OVERHEAD_BYTES = 16
+#: Encoded size of one (node, count) item beyond the node id.
+ITEM_OVERHEAD_BYTES = 11
 #: Most series learned from peers' deltas (beyond it, unknown series are dropped).
 MAX_SERIES = 1024
 
 _V = TypeVar("_V")
+_NOBODY: frozenset[str] = frozenset()
 
 
 def mark_dirty(
@@ -82,7 +99,9 @@ class Replication:
         #: Window length of every counting series known here, by series name.
         self.series_windows: dict[str, int] = {}
         self._changed: OrderedDict[SeriesKey, None] = OrderedDict()
-        self._handover: deque[SeriesKey] = deque()
+        #: Counters awaiting hand-over, oldest first, with the holders each is due to.
+        self._handover: OrderedDict[SeriesKey, frozenset[str]] = OrderedDict()
+        self._scan: _Scan | None = None  # counters still to examine for hand-over
 
     def note_rule(self, rule: Rule) -> None:
         """A rule is in use here: its series may be counted, merged and swept."""
@@ -158,36 +177,113 @@ class Replication:
 
     # --- hand-over --------------------------------------------------------------------
 
-    def restart_handover(self, ring: HashRing, wall: int) -> None:
-        """The ring changed or a member (re)joined: queue every counter for its holders in
-        ``ring`` and send the first round now, not at the next gossip round (a new or
-        restarted member may start deciding at once, and needs its own old slot back)."""
-        self._handover.clear()
-        self._queue_everything()
-        self.continue_handover(wall, ring)
+    def queue_handover(self, old: HashRing, new: HashRing, rejoined: Iterable[str] = ()) -> None:
+        """The ring went from ``old`` to ``new`` and/or members in ``rejoined`` came back
+        (alive again, perhaps restarted without memory): each counter held here is to go
+        to the holders that should now have it and may not. In strict mode those are the
+        members of its preference list (owner and replicas) in ``new`` that were not in
+        it in ``old``, its new owner if the owner changed, and the rejoined ones in it; in
+        local mode, the new and rejoined members. Counters whose holders did not change
+        stay put (a ring change among n members moves ~1/n of them).
+
+        The counters are examined ``HANDOVER_SCAN_BUDGET`` a round (``continue_handover``),
+        so a change never stalls the node. One scan runs at a time: a change during one
+        restarts it over both changes (``old`` of the first, ``new`` of the last)."""
+        back = frozenset(rejoined) - {self._node_id}
+        scan = self._scan
+        if scan is not None:
+            old, back = scan.old, back | scan.back
+        keys = [key for key, _ in self._counters.items()]
+        self._scan = _Scan(old, new, back, keys)
+
+    def _scan_some(self, budget: int) -> None:
+        """Examine up to ``budget`` more counters of the running scan, queueing those due."""
+        scan = self._scan
+        if scan is None:
+            return
+        me = self._node_id
+        local = self._config.mode == "local"
+        width = 1 + self._config.replicas
+        same_ring = scan.old.nodes == scan.new.nodes
+        newcomers = (scan.new.nodes - scan.old.nodes - {me}) | scan.back
+        stop = min(len(scan.keys), scan.at + budget)
+        queued = 0
+        for key in scan.keys[scan.at : stop]:
+            client = key[1]
+            wanted = scan.by_client.get(client)
+            if wanted is None:
+                if local:
+                    wanted = newcomers
+                else:
+                    wanted = _due(
+                        scan.old, scan.new, client, width, me, scan.back, same_ring=same_ring
+                    )
+                scan.by_client[client] = wanted
+            if wanted:
+                self._enqueue(key, wanted)
+                queued += 1
+        scan.at = stop
+        self._stats["handover_queued"] += queued
+        if stop >= len(scan.keys):
+            self._scan = None
+
+    def _enqueue(self, key: SeriesKey, targets: frozenset[str]) -> None:
+        """Queue ``key`` for ``targets`` (joined with any holders it already awaits)."""
+        waiting = self._handover.get(key)
+        self._handover[key] = targets if waiting is None else waiting | targets
+
+    def handover_backlog(self) -> int:
+        """Counters queued for hand-over or not yet examined."""
+        scan = self._scan
+        return len(self._handover) + (0 if scan is None else len(scan.keys) - scan.at)
 
     def hand_over_everything(self, ring: HashRing, wall: int) -> None:
-        """Leaving: send every counter to its holders in ``ring`` (the ring without us) now."""
-        self._queue_everything()
-        self.continue_handover(wall, ring, budget=len(self._handover))
-
-    def _queue_everything(self) -> None:
+        """Leaving: send every counter to its holders in ``ring`` (the ring without us) now,
+        whatever the pace (the process is about to stop)."""
+        self._scan = None
         for key, _ in self._counters.items():
-            self._handover.append(key)
+            targets = frozenset(self._targets(key[1], ring))
+            if targets:
+                self._enqueue(key, targets)
+        self.continue_handover(
+            wall, ring, budget=len(self._handover), byte_budget=MAX_HANDOVER_BYTES
+        )
 
     def continue_handover(
-        self, wall: int, ring: HashRing, *, budget: int = HANDOVER_BUDGET
+        self,
+        wall: int,
+        ring: HashRing,
+        *,
+        budget: int = HANDOVER_BUDGET,
+        byte_budget: int | None = None,
     ) -> None:
-        """Send up to ``budget`` queued counters, every slot, to their holders in ``ring``."""
+        """Send queued counters, every slot, to the holders they were queued for that still
+        hold them in ``ring``: up to ``budget`` counters and ``byte_budget`` bytes (default:
+        ``handover_bytes_per_round``), oldest first, at least one; first examine the next
+        ``HANDOVER_SCAN_BUDGET`` counters of a running scan (``queue_handover``)."""
+        self._scan_some(HANDOVER_SCAN_BUDGET)
         if not self._handover:
             return
+        bytes_left = self._config.handover_bytes_per_round if byte_budget is None else byte_budget
+        local = self._config.mode == "local"
+        live = frozenset(self._link.peers()) if local else frozenset()
         by_node: dict[str, list[CounterSlot]] = {}
-        for _ in range(min(budget, len(self._handover))):
-            key = self._handover.popleft()
-            targets = self._targets(key[1], ring)
-            slots = self.slots_of(key, wall, own_only=False)
-            for node in targets:
+        sent = 0
+        while self._handover and sent < budget:
+            key, targets = next(iter(self._handover.items()))
+            holders = live if local else self._targets(key[1], ring)
+            nodes = [n for n in targets if n in holders]
+            slots = self.slots_of(key, wall, own_only=False) if nodes else []
+            size = sum(_slot_bytes(slot) for slot in slots) * len(nodes)
+            if sent and size > bytes_left:
+                break
+            del self._handover[key]
+            sent += 1
+            bytes_left -= size
+            self._stats["handover_bytes"] += size
+            for node in nodes:
                 by_node.setdefault(node, []).extend(slots)
+        self._stats["handover_sent"] += sent
         self.send_slots(by_node)
 
     # --- receiving --------------------------------------------------------------------
@@ -221,6 +317,49 @@ class Replication:
             return None
         self.series_windows[series] = window_ns
         return window_ns
+
+
+@dataclass(slots=True)
+class _Scan:
+    """A hand-over scan in progress: the counters held when the ring went from ``old`` to
+    ``new`` (``back``: members that came back), examined ``keys[at:]`` next."""
+
+    old: HashRing
+    new: HashRing
+    back: frozenset[str]
+    keys: list[SeriesKey]
+    at: int = 0
+    by_client: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def _due(
+    old: HashRing,
+    new: HashRing,
+    client: str,
+    width: int,
+    me: str,
+    back: frozenset[str],
+    *,
+    same_ring: bool,
+) -> frozenset[str]:
+    """The holders of ``client`` in ``new`` that may lack its counts (strict mode): new in
+    its preference list, its new owner (a replica promoted decides from now on), and
+    members that came back (they may have lost what they held)."""
+    after = new.preference_list(client, width)
+    before = after if same_ring else old.preference_list(client, width)
+    if before == after:  # the same holders: only those that came back need it again
+        return back.intersection(after) if back else _NOBODY
+    return frozenset(
+        n
+        for i, n in enumerate(after)
+        if n != me and (n not in before or n in back or (i == 0 and before[0] != n))
+    )
+
+
+def _slot_bytes(slot: CounterSlot) -> int:
+    """About how many bytes ``slot`` takes in a datagram (pacing, not framing)."""
+    items = sum(len(node) + ITEM_OVERHEAD_BYTES for node, _ in slot.slots)
+    return len(slot.client) + len(slot.series) + SLOT_OVERHEAD_BYTES + items
 
 
 def _after_reset(slot: CounterSlot, window_ns: int, reset_ms: int) -> bool:

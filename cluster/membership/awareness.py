@@ -1,0 +1,49 @@
+"""Lifeguard's local health awareness: a node that is itself slow waits longer.
+
+A node that is overloaded, or whose network is, misses acks that its peers did send, and
+would accuse healthy members. Lifeguard (memberlist's ``awareness.go``) keeps a score:
+up by one each time this node had to refute a suspicion about itself (its peers found it
+slow), down by one for each probe of ours answered in time, between 0 and
+``awareness_max - 1``. The score widens what this node waits before it accuses: the time
+its probe waits for a direct ack before asking others, and the starting timeout of the
+suspicions it raises, each times ``score + 1``, the first kept within the probe interval
+and the second within Lifeguard's longest suspicion (``suspicion_max_mult``), so the
+detection bounds of ``docs/design.md`` hold at any score.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Awareness:
+    """The local health score and the timeouts it widens."""
+
+    def __init__(self, maximum: int, stats: Counter[str]) -> None:
+        assert maximum >= 1, "awareness_max must be at least 1"
+        self._max = maximum
+        self._stats = stats
+        self.score = 0
+        """0 when healthy; ``maximum - 1`` at worst."""
+
+    def refuted(self) -> None:
+        """Peers suspected this node: it may be the slow one."""
+        self._apply(1)
+
+    def probe_answered(self) -> None:
+        """A probe of ours was answered in time: this node hears its peers."""
+        self._apply(-1)
+
+    def probe_timeout_ns(self, timeout_ns: int, interval_ns: int) -> int:
+        """How long a probe waits for a direct ack: widened, but within the interval."""
+        return min(timeout_ns * (self.score + 1), interval_ns * 9 // 10)
+
+    def suspicion_min_ns(self, base_ns: int, max_ns: int) -> int:
+        """The shortest timeout of a suspicion this node raises: widened, up to ``max_ns``."""
+        return min(base_ns * (self.score + 1), max_ns)
+
+    def _apply(self, delta: int) -> None:
+        score = min(max(self.score + delta, 0), self._max - 1)
+        if score != self.score:
+            self.score = score
+            self._stats["awareness_changes"] += 1

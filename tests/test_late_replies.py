@@ -1,0 +1,164 @@
+"""A forwarded check the asker gave up on: answered once, a late reply counted, never a
+suspicion; membership datagrams leave ahead of data ones; and an owner with too many
+checks awaiting it gets explicit ``overloaded`` answers, not degraded ones.
+
+The owner's replies are held back on the in-memory link of ``test_node_links`` past the
+asker's forward timeout (a busy owner, not a dead one), then delivered. The asker must
+have answered each check exactly once (degraded, counted in its slot), must count each
+late reply (and the checks thereby counted twice) without a second answer or a second
+count, and must keep the owner alive: forward timeouts never feed failure detection.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from test_node_links import NS_PER_MS, PORT, Link, client_owned_by, log_of
+
+from meshlimit.cluster.node import Decided, MembershipChanged, Node
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.wire import codec
+from meshlimit.cluster.wire.messages import Ack, Envelope, Ping, ReplyBatch
+from meshlimit.core.decision import Decision
+
+CHECKS = 5
+
+
+class SlowRepliesLink(Link):
+    """The in-memory link, holding back datagrams that carry a reply ``slow`` sends."""
+
+    def __init__(self) -> None:
+        super().__init__(default_rule="100/hour")
+        self.slow = ""
+        self.held: list[tuple[bytes, str, str]] = []
+
+    def _deliver(self, src: str, node: Node) -> bool:
+        sent = node.datagrams_to_send()
+        for datagram, addr in sent:
+            dst = self._names.get(addr)
+            if dst is None or dst in self.off:
+                continue
+            messages = codec.decode(datagram, node.limits).messages
+            if src == self.slow and any(isinstance(m, ReplyBatch) for m in messages):
+                self.held.append((datagram, src, dst))
+                continue
+            self.nodes[dst].receive(
+                datagram, node.config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
+            )
+        return bool(sent)
+
+    def release(self) -> None:
+        """Deliver what was held back, now."""
+        held, self.held = self.held, []
+        for datagram, src, dst in held:
+            self.nodes[dst].receive(
+                datagram, self.nodes[src].config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
+            )
+        self.settle()
+
+
+def test_a_late_reply_is_counted_and_never_answers_or_counts_again() -> None:
+    link = SlowRepliesLink()
+    link.add("a")
+    for name in "bc":
+        link.add(name, seeds=["a"])
+    link.advance(2_000 * NS_PER_MS)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    link.slow = "a"
+    seen_before = len(link.events["b"])
+    tickets = []
+    for _ in range(CHECKS):
+        ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+        assert isinstance(ticket, int), "forwarding: a non-owner decided at once"
+        tickets.append(ticket)
+    link.settle()
+    assert log_of(link, "a", client) == [("forwarded", True)] * CHECKS, "owner: not counted"
+    link.advance(asker.config.forward_timeout_ns)
+    assert asker.stats["forward_timeouts"] == CHECKS
+    degraded = log_of(link, "b", client)
+    assert [path for path, _ in degraded] == ["degraded"] * CHECKS, "asker: not degraded"
+    admitted_here = sum(allowed for _, allowed in degraded)
+    assert link.held, "link: no reply was held back"
+    link.slow = ""
+    link.release()
+    for ticket in tickets:
+        link.decided("b", ticket)  # exactly one answer each, or this fails
+    assert log_of(link, "b", client) == degraded, "asker: a late reply counted again"
+    assert asker.stats["late_replies"] == CHECKS, "asker: late replies not counted"
+    assert asker.stats["late_replies_counted_twice"] == admitted_here
+    assert asker.stats["unexpected_replies"] == 0
+    assert asker.pending_count() == 0
+    since = link.events["b"][seen_before:]
+    changes = [e.event for e in since if isinstance(e, MembershipChanged)]
+    assert changes == [], f"membership: timeouts changed {changes}"
+    assert {m: s for m, _, s, _ in asker.members()}["a"] == "alive", "timeouts fed SWIM"
+    assert sum(isinstance(e, Decided) for e in since) == CHECKS, "asker: not one answer each"
+
+
+def test_probes_and_acks_leave_ahead_of_data() -> None:
+    link = SlowRepliesLink()
+    link.add("a")
+    for name in "bc":
+        link.add(name, seeds=["a"])
+    link.advance(2_000 * NS_PER_MS)
+    asker = link.nodes["b"]
+    owned = [f"user-{i}" for i in range(2000) if asker.owner(f"user-{i}") == "a"][:400]
+    for client in owned:  # full batches queue for a as they fill
+        asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    ping = Envelope("a", link.nodes["a"].config.addr, (Ping(7, "b", link.now_ns),))
+    asker.receive(codec.encode(ping), ping.sender_addr, now_ns=link.now_ns)
+    sent = [codec.decode(d, asker.limits).messages for d, _ in asker.datagrams_to_send()]
+    assert len(sent) > 3, "forwarding: the checks did not fill several datagrams"
+    assert any(isinstance(m, Ack) for m in sent[0]), "link: the ack waited behind data"
+    assert not any(isinstance(m, Ack) for batch in sent[1:] for m in batch)
+    link.settle()
+
+
+class TightLink(SlowRepliesLink):
+    """Nodes that let at most ``PER_OWNER`` forwarded checks await one owner."""
+
+    def add(self, name: str, *, seeds: Iterable[str] = (), skew_ns: int = 0) -> Node:
+        addr = (name, PORT)
+        config = NodeConfig.preset(
+            "sim", name, addr, default_rule=self.default_rule, max_pending_per_owner=PER_OWNER
+        )
+        self.skew_ns[name] = skew_ns
+        node = Node(config, random.Random(name), now_ns=self.now_ns, wall_ns=self.wall(name))
+        node.decision_log = []
+        self.nodes[name] = node
+        self.events[name] = []
+        self._names[addr] = name
+        node.start([self.nodes[s].config.addr for s in seeds], now_ns=self.now_ns)
+        self.settle()
+        return node
+
+
+PER_OWNER = 3
+
+
+def test_a_backlogged_owner_gets_overloaded_answers_not_degraded_ones() -> None:
+    link = TightLink()
+    link.add("a")
+    for name in "bc":
+        link.add(name, seeds=["a"])
+    link.advance(2_000 * NS_PER_MS)
+    asker = link.nodes["b"]
+    busy, other = client_owned_by(link, "a"), client_owned_by(link, "c")
+    link.slow = "a"
+    now, wall = link.now_ns, link.wall("b")
+    tickets = [asker.check(busy, 1, now_ns=now, wall_ns=wall) for _ in range(PER_OWNER)]
+    assert all(isinstance(t, int) for t in tickets), "forwarding: not forwarded"
+    refused = asker.check(busy, 1, now_ns=now, wall_ns=wall)
+    assert isinstance(refused, Decision), "backpressure: a fourth check was queued"
+    assert (refused.path, refused.allowed) == ("overloaded", False)
+    assert refused.retry_after == asker.config.forward_timeout_ns / 1e9
+    assert asker.stats["overloaded"] == 1
+    assert log_of(link, "b", busy) == [], "backpressure: the refusal was counted"
+    assert isinstance(asker.check(other, 1, now_ns=now, wall_ns=wall), int), "c held back"
+    link.settle()
+    link.advance(asker.config.forward_timeout_ns)  # the three time out: room again
+    assert isinstance(asker.check(busy, 1, now_ns=link.now_ns, wall_ns=link.wall("b")), int)
+    link.slow = ""
+    link.release()
