@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from .runner import FUZZ_SEED_STRIDE, Phase, RunResult
 
 #: The paths a phase row shows, in this order (others are added after them).
-PATHS = ("owner", "forwarded", "local", "degraded")
+PATHS = ("owner", "forwarded", "local", "degraded", "overloaded")
 _LABEL_WIDTH = 34
 
 

@@ -73,9 +73,9 @@ class RespConfig:
     """At shutdown, commands already read get this long to be answered. Why 2 s: a forwarded
     check is decided within the forward timeout, at most a second in every preset."""
     throttle_registry_share: int = 500_000
-    """New CL.THROTTLE keys are refused while the rule registry holds this many entries (rules
-    of every kind, cluster-wide). Why 500,000: half the registry's million, so that clients
-    inventing keys can never crowd out the operators' rules."""
+    """Most per-call CL.THROTTLE rules a node keeps; past it, the one closest to expiry is
+    evicted (never refused, never an operator's rule). Why 500,000: half the registry's
+    million, so that clients inventing keys can never crowd out the operators' rules."""
     rule_spread_wait_s: float = 0.05
     """A CL.THROTTLE answered under another rule (the key's owner has not yet received the
     rule this node just wrote) is retried once after this wait, then refused with

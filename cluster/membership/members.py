@@ -100,8 +100,8 @@ def is_valid_update(m: object) -> bool:
         type(m) is MemberUpdate
         and is_node(m.node)
         and is_addr(m.addr)
+        and type(m.state) is int  # before the lookup: an unhashable state must not raise
         and m.state in MemberState.NAMES
-        and type(m.state) is int
         and is_int(m.incarnation, 0, MAX_INCARNATION + 1)
     )
 
