@@ -9,46 +9,22 @@ its own random stream, as a restarted process has). Nodes may get config overrid
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from test_node_links import NS_PER_S, PORT, Link
+from test_node_links import NS_PER_S, Link
 
 from meshlimit.cluster.membership import MembershipConfig
 from meshlimit.cluster.node import Node
-from meshlimit.cluster.node.config import NodeConfig
 
 
 class PartitionLink(Link):
     """A :class:`Link` with partitions, restarts and per-node config overrides."""
 
     def __init__(self, default_rule: str = "5/hour", **overrides: Any) -> None:
-        super().__init__(default_rule)
+        super().__init__(default_rule, **overrides)
         self.cut: set[tuple[str, str]] = set()
-        self.lives: Counter[str] = Counter()
-        self.overrides = overrides
-
-    def add(self, name: str, *, seeds: Iterable[str] = (), skew_ns: int = 0) -> Node:
-        """Start ``name`` (a new life if it ran before) joining through ``seeds``."""
-        self.lives[name] += 1
-        self.off.discard(name)
-        addr = (name, PORT)
-        config = NodeConfig.preset(
-            "sim", name, addr, default_rule=self.default_rule, **self.overrides
-        )
-        self.skew_ns[name] = skew_ns
-        rng = random.Random(f"{name}:{self.lives[name]}")
-        node = Node(config, rng, now_ns=self.now_ns, wall_ns=self.wall(name))
-        node.decision_log = []
-        self.nodes[name] = node
-        self.events[name] = []
-        self._names[addr] = name
-        node.start([(s, PORT) for s in seeds], now_ns=self.now_ns)
-        self.settle()
-        return node
 
     def restart(self, name: str, *, seeds: Iterable[str]) -> Node:
         """Crash ``name`` and start a new life of it at once (no memory of the old one)."""
@@ -65,16 +41,8 @@ class PartitionLink(Link):
     def heal(self) -> None:
         self.cut.clear()
 
-    def _deliver(self, src: str, node: Node) -> bool:
-        sent = node.datagrams_to_send()
-        for datagram, addr in sent:
-            dst = self._names.get(addr)
-            if dst is None or dst in self.off or (src, dst) in self.cut:
-                continue
-            self.nodes[dst].receive(
-                datagram, node.config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
-            )
-        return bool(sent)
+    def carry(self, src: str, dst: str, datagram: bytes, sender: Node) -> bool:
+        return (src, dst) not in self.cut
 
 
 def partition_cluster(names: str = "abcde", **overrides: Any) -> PartitionLink:

@@ -34,20 +34,12 @@ class CountingLink(Link):
         self.slots_to: Counter[str] = Counter()
         self.clients_to: dict[str, set[str]] = {}
 
-    def _deliver(self, src: str, node: Node) -> bool:
-        sent = node.datagrams_to_send()
-        for datagram, addr in sent:
-            dst = self._names.get(addr)
-            if dst is None or dst in self.off:
-                continue
-            for message in codec.decode(datagram, node.limits).messages:
-                if isinstance(message, CounterDeltas):
-                    self.slots_to[dst] += len(message.deltas)
-                    self.clients_to.setdefault(dst, set()).update(s.client for s in message.deltas)
-            self.nodes[dst].receive(
-                datagram, node.config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
-            )
-        return bool(sent)
+    def carry(self, src: str, dst: str, datagram: bytes, sender: Node) -> bool:
+        for message in codec.decode(datagram, sender.limits).messages:
+            if isinstance(message, CounterDeltas):
+                self.slots_to[dst] += len(message.deltas)
+                self.clients_to.setdefault(dst, set()).update(s.client for s in message.deltas)
+        return True
 
 
 def counting_cluster() -> CountingLink:

@@ -11,13 +11,11 @@ count, and must keep the owner alive: forward timeouts never feed failure detect
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable
+from typing import Any
 
-from test_node_links import NS_PER_MS, PORT, Link, client_owned_by, log_of
+from test_node_links import NS_PER_MS, Link, client_owned_by, log_of
 
 from meshlimit.cluster.node import Decided, MembershipChanged, Node
-from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.messages import Ack, Envelope, Ping, ReplyBatch
 from meshlimit.core.decision import Decision
@@ -28,25 +26,17 @@ CHECKS = 5
 class SlowRepliesLink(Link):
     """The in-memory link, holding back datagrams that carry a reply ``slow`` sends."""
 
-    def __init__(self) -> None:
-        super().__init__(default_rule="100/hour")
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(default_rule="100/hour", **overrides)
         self.slow = ""
         self.held: list[tuple[bytes, str, str]] = []
 
-    def _deliver(self, src: str, node: Node) -> bool:
-        sent = node.datagrams_to_send()
-        for datagram, addr in sent:
-            dst = self._names.get(addr)
-            if dst is None or dst in self.off:
-                continue
-            messages = codec.decode(datagram, node.limits).messages
-            if src == self.slow and any(isinstance(m, ReplyBatch) for m in messages):
-                self.held.append((datagram, src, dst))
-                continue
-            self.nodes[dst].receive(
-                datagram, node.config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
-            )
-        return bool(sent)
+    def carry(self, src: str, dst: str, datagram: bytes, sender: Node) -> bool:
+        messages = codec.decode(datagram, sender.limits).messages
+        if src == self.slow and any(isinstance(m, ReplyBatch) for m in messages):
+            self.held.append((datagram, src, dst))
+            return False
+        return True
 
     def release(self) -> None:
         """Deliver what was held back, now."""
@@ -116,30 +106,11 @@ def test_probes_and_acks_leave_ahead_of_data() -> None:
     link.settle()
 
 
-class TightLink(SlowRepliesLink):
-    """Nodes that let at most ``PER_OWNER`` forwarded checks await one owner."""
-
-    def add(self, name: str, *, seeds: Iterable[str] = (), skew_ns: int = 0) -> Node:
-        addr = (name, PORT)
-        config = NodeConfig.preset(
-            "sim", name, addr, default_rule=self.default_rule, max_pending_per_owner=PER_OWNER
-        )
-        self.skew_ns[name] = skew_ns
-        node = Node(config, random.Random(name), now_ns=self.now_ns, wall_ns=self.wall(name))
-        node.decision_log = []
-        self.nodes[name] = node
-        self.events[name] = []
-        self._names[addr] = name
-        node.start([self.nodes[s].config.addr for s in seeds], now_ns=self.now_ns)
-        self.settle()
-        return node
-
-
 PER_OWNER = 3
 
 
 def test_a_backlogged_owner_gets_overloaded_answers_not_degraded_ones() -> None:
-    link = TightLink()
+    link = SlowRepliesLink(max_pending_per_owner=PER_OWNER)
     link.add("a")
     for name in "bc":
         link.add(name, seeds=["a"])

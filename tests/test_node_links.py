@@ -18,7 +18,9 @@ membership (join), routing and forwarding, replication, rule sync, timeouts.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from meshlimit.cluster.node import Decided, Node
 from meshlimit.cluster.node.config import NodeConfig, local_quota
@@ -45,8 +47,12 @@ class Link:
     test sees which node decided (and counted) each check.
     """
 
-    def __init__(self, default_rule: str = "5/hour") -> None:
+    def __init__(self, default_rule: str = "5/hour", **overrides: Any) -> None:
         self.default_rule = default_rule
+        #: NodeConfig fields every node of this link gets (``max_pending_per_owner=3``...).
+        self.overrides = overrides
+        #: Lives started per name: each life has its own random stream, as a new process.
+        self.lives: Counter[str] = Counter()
         self.now_ns = 0
         self.nodes: dict[str, Node] = {}
         self.events: dict[str, list[object]] = {}
@@ -59,16 +65,23 @@ class Link:
     # --- building ---------------------------------------------------------------------------
 
     def add(self, name: str, *, seeds: Iterable[str] = (), skew_ns: int = 0) -> Node:
-        """Create node ``name`` (seeded by its name) and start it joining through ``seeds``."""
+        """Start node ``name`` (a new life if it ran before) joining through ``seeds``. The
+        first life is seeded by the name alone, later ones by name and life."""
+        self.lives[name] += 1
+        self.off.discard(name)
         addr = (name, PORT)
-        config = NodeConfig.preset("sim", name, addr, default_rule=self.default_rule)
+        config = NodeConfig.preset(
+            "sim", name, addr, default_rule=self.default_rule, **self.overrides
+        )
         self.skew_ns[name] = skew_ns
-        node = Node(config, random.Random(name), now_ns=self.now_ns, wall_ns=self.wall(name))
+        life = self.lives[name]
+        rng = random.Random(name if life == 1 else f"{name}:{life}")
+        node = Node(config, rng, now_ns=self.now_ns, wall_ns=self.wall(name))
         node.decision_log = []
         self.nodes[name] = node
         self.events[name] = []
         self._names[addr] = name
-        node.start([self.nodes[s].config.addr for s in seeds], now_ns=self.now_ns)
+        node.start([(s, PORT) for s in seeds], now_ns=self.now_ns)
         self.settle()
         return node
 
@@ -139,10 +152,16 @@ class Link:
                 self._drops.remove((src, dst))
                 self.dropped.append((src, dst))
                 continue
+            if not self.carry(src, dst, datagram, node):
+                continue
             self.nodes[dst].receive(
                 datagram, node.config.addr, now_ns=self.now_ns, wall_ns=self.wall(dst)
             )
         return bool(sent)
+
+    def carry(self, src: str, dst: str, datagram: bytes, sender: Node) -> bool:
+        """Whether ``datagram`` from ``src`` reaches ``dst`` (subclasses cut, hold or count)."""
+        return True
 
     def advance(self, duration_ns: int) -> None:
         """Move the clock forward by ``duration_ns``, ticking every node at its deadlines."""
