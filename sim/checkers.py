@@ -363,8 +363,9 @@ class Checkers:
             view.advance(end_ns)  # the reaping since each life's last event
         for message in self._exceptions:
             self.violations.append(Violation("exception", message))
-        for stray in self._strays[:20]:
-            self.violations.append(Violation("answered_twice", stray))
+        if self._strays:
+            more = f" (and {len(self._strays) - 1} more)" if len(self._strays) > 1 else ""
+            self.violations.append(Violation("answered_twice", self._strays[0] + more))
         self._judge_windows()
         self._check_under_admission()
         self._check_accounting()

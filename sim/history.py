@@ -16,7 +16,9 @@ runs and is not paused; a pause ends by itself after its duration or at ``resume
 partition's unnamed nodes form one more group; ``heal`` ends partitions, one-way cuts,
 isolations and flaps. For a minority, a flapping link counts as up (the node may still hear
 through it) and loss as a working link; for what a node *must* have heard
-(``link_clean``), both count as cut.
+(``link_clean``), both count as cut. The cluster's members are the nodes some other
+member has reported alive (``heard``, from the membership events the checkers see), and the
+first node, which needs no one; a graceful leave takes one out until it is heard of again.
 """
 
 from __future__ import annotations

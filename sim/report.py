@@ -62,6 +62,14 @@ def format_phases(phases: list[Phase]) -> list[str]:
     return rows
 
 
+def _bounds(summary: dict[str, Any]) -> str:
+    """``exact=120 degraded=4 (97.0% at most the capacity)``: how each window was judged."""
+    counts = summary.get("windows_by_bound") or {}
+    share = summary.get("windows_at_most_capacity")
+    text = " ".join(f"{k}={v}" for k, v in counts.items()) or "none"
+    return text if share is None else f"{text} ({share:.1%} at most the capacity)"
+
+
 def _summary_lines(result: RunResult) -> list[str]:
     s = result.summary
     det, fwd, net = s["detection_s"], s["forward_latency_ms"], s["network"]
@@ -77,6 +85,7 @@ def _summary_lines(result: RunResult) -> list[str]:
         f"{'admitted/refused':<22}{s['admitted']}/{s['refused']}  unavailable={s['unavailable']}",
         f"{'windows checked':<22}{s['windows_checked']}  peak admitted/capacity="
         f"{s['peak_ratio']:.3f}",
+        f"{'windows by bound':<22}{_bounds(s)}",
         f"{'saturated fill':<22}{_fill(s['saturated_fill'])}",
         f"{'detection min/med/max':<22}{detection}",
         f"{'false suspicions':<22}{s['false_suspicions']}",

@@ -463,6 +463,7 @@ def _summary(world: World, recorder: _Recorder, wall_s: float) -> dict[str, Any]
         "refused": sum(checkers.refused.values()),
         "unavailable": checkers.unavailable,
         "windows_checked": checkers.windows_checked(),
+        **checkers.summary(),  # windows_by_bound, windows_at_most_capacity
         "peak_ratio": round(checkers.peak_ratio(), 4),
         "saturated_fill": recorder.saturation(),
         "detection_s": _spread(detection, NS_PER_S),
