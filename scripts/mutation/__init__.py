@@ -1,0 +1,1 @@
+"""The mutation check of the simulator (catalogue); run by ``scripts/mutants.py``."""
