@@ -10,6 +10,7 @@ No sleeps, no sockets; every run is a function of its seed.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from dataclasses import replace
 
@@ -794,3 +795,28 @@ def test_a_remembered_member_that_comes_back_refutes_and_rejoins() -> None:
     ids = ["n0", "n1", "n2", "n3", "n4"]
     assert converged(net, ids)
     assert all(net.nodes[o].remembered() == [] for o in ids)
+
+
+def test_join_retries_back_off_to_a_cap() -> None:
+    from meshlimit.cluster.membership.timing import JOIN_RETRY_CAP_PROBES, join_retry_delay_ns
+
+    interval = 1_000_000_000
+    delays = [join_retry_delay_ns(a, interval) // interval for a in range(1, 7)]
+    assert delays == [1, 2, 4, 4, 4, 4] and JOIN_RETRY_CAP_PROBES == 4
+
+
+def test_a_node_whose_seed_is_silent_sends_joins_with_backoff() -> None:
+    import random
+
+    from meshlimit.cluster.membership import Membership, MembershipConfig
+    from meshlimit.cluster.wire.messages import Join
+
+    config = MembershipConfig.lan()
+    m = Membership("a", ("a", 1), config, random.Random(1), now_ns=0)
+    sent_at = [0] if any(isinstance(msg, Join) for _, msg in m.join([("s", 1)], now_ns=0)) else []
+    step = config.probe_interval_ns // 10
+    for now in range(step, 20 * config.probe_interval_ns, step):
+        if any(isinstance(msg, Join) for _, msg in m.tick(now_ns=now)):
+            sent_at.append(now)
+    gaps = [(b - a) // config.probe_interval_ns for a, b in itertools.pairwise(sent_at)]
+    assert gaps[:4] == [1, 2, 4, 4], gaps  # not one Join a second forever

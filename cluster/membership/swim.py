@@ -68,7 +68,12 @@ from meshlimit.cluster.membership.members import (
 )
 from meshlimit.cluster.membership.probes import PeerClocks, Probe, ProbeOrder, Relay
 from meshlimit.cluster.membership.roster import Roster
-from meshlimit.cluster.membership.timing import NEVER, MembershipConfig, retransmit_limit
+from meshlimit.cluster.membership.timing import (
+    NEVER,
+    MembershipConfig,
+    join_retry_delay_ns,
+    retransmit_limit,
+)
 from meshlimit.cluster.wire.messages import (
     Ack,
     Address,
@@ -156,6 +161,7 @@ class Membership:
         self._quorum: tuple[int, tuple[str, ...]] = (-1, ())  # (generation, members)
         self._joined = True
         self._join_at = NEVER
+        self._join_attempts = 0
         self._stranger_join_at = now_ns
         # Stagger the first probe so that nodes started together do not probe in lockstep.
         self._next_probe_at = now_ns + rng.randrange(config.probe_interval_ns)
@@ -255,11 +261,13 @@ class Membership:
     # -- verbs -----------------------------------------------------------------------------
 
     def join(self, seeds: Sequence[Address], *, now_ns: int) -> Outputs:
-        """Ask each seed for the membership; retried every probe interval until answered."""
+        """Ask each seed for the membership; retried with backoff until answered
+        (``join_retry_delay_ns``)."""
         unique = dict.fromkeys((host, port) for host, port in seeds if (host, port) != self.addr)
         self._seeds = tuple(unique)
         self._joined = not self._seeds
-        self._join_at = now_ns + self.config.probe_interval_ns
+        self._join_attempts = 1
+        self._join_at = now_ns + join_retry_delay_ns(1, self.config.probe_interval_ns)
         if self._seeds:
             self._queue.push(update_of(self._self))  # announce ourselves, as memberlist does
         return self._joins_to(self._seeds)
@@ -453,7 +461,10 @@ class Membership:
     def _retry_join(self, now: int) -> Outputs:
         if self._joined or now < self._join_at:
             return []
-        self._join_at = now + self.config.probe_interval_ns
+        self._join_attempts += 1
+        self._join_at = now + join_retry_delay_ns(
+            self._join_attempts, self.config.probe_interval_ns
+        )
         return self._joins_to(self._seeds)
 
     def _joins_to(self, addrs: Sequence[Address]) -> Outputs:

@@ -146,3 +146,15 @@ def expected_confirmations(config: MembershipConfig, n_members: int) -> int:
     """Lifeguard's K for a cluster of ``n``: at most the members other than self, the
     suspect and the first accuser, who could confirm."""
     return max(0, min(config.suspicion_confirmations, n_members - 3))
+
+
+#: Join retries back off: 1, 2, 4, then every 4 probe intervals. Why a cap of 4: a seed
+#: that comes up is joined within 4 probe intervals (4 s on a LAN), while a node whose
+#: seeds stay down sends one Join per seed every 4 s rather than every second.
+JOIN_RETRY_CAP_PROBES = 4
+
+
+def join_retry_delay_ns(attempt: int, probe_interval_ns: int) -> int:
+    """The wait after join attempt ``attempt`` (from 1) before the next one."""
+    assert attempt >= 1 and probe_interval_ns > 0
+    return probe_interval_ns * min(1 << min(attempt - 1, 8), JOIN_RETRY_CAP_PROBES)
