@@ -58,6 +58,7 @@ seeds = ["127.0.0.1:7401", "[::1]:7402"]
 mode = "local"
 replicas = 2
 degraded_fraction = 0.25
+expected_members = 5
 preset = "local"
 http = "127.0.0.1:0"
 resp = "127.0.0.1:6380"
@@ -93,6 +94,7 @@ def test_a_full_file_parses_into_frozen_settings() -> None:
         mode="local",
         replicas=2,
         degraded_fraction=0.25,
+        expected_members=5,
         preset="local",
         http=(HOST, 0),
         resp=(HOST, 6380),
@@ -118,6 +120,7 @@ def test_node_config_takes_the_file_values_over_the_preset() -> None:
     local = NodeConfig.preset("local", "n1", (HOST, 7400))
     assert (node.node_id, node.addr, node.mode) == ("n1", (HOST, 7400), "local")
     assert (node.replicas, node.degraded_fraction) == (2, 0.25)
+    assert node.expected_members == 5
     assert node.default_rule == "10/minute"
     assert node.forward_timeout_ns == local.forward_timeout_ns  # from the preset
     assert node.membership == local.membership

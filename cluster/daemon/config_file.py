@@ -117,6 +117,10 @@ class ClusterSettings:
         default=None, metadata=toml(low=0, high=1, expected="a number from 0 to 1")
     )
     """Share of a client's capacity nodes cut off from its owner may admit. None: 0.5."""
+    expected_members: int | None = field(default=None, metadata=toml(low=0))
+    """The cluster's size as deployed: the majority rule counts at least this many members,
+    so a minority whose every node restarted without memory still knows it is one. None:
+    unstated (the size learnt from peers, which outlives reaping until ``ctl forget``)."""
     cluster_key_file: str | None = field(default=None, metadata=toml())
     """Shared-key file for cluster traffic; checked to exist (a relative path is resolved
     against the config file's folder, by :func:`parse_config`)."""
@@ -240,6 +244,7 @@ class DaemonConfig:
             "mode": c.mode,
             "replicas": c.replicas,
             "degraded_fraction": c.degraded_fraction,
+            "expected_members": c.expected_members,
         }
         overrides: dict[str, object] = {
             name: value for name, value in settings.items() if value is not None
