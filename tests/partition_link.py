@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from test_node_links import NS_PER_S, Link
+from test_node_links import Link, cluster
 
 from meshlimit.cluster.membership import MembershipConfig
 from meshlimit.cluster.node import Node
@@ -47,13 +47,7 @@ class PartitionLink(Link):
 
 def partition_cluster(names: str = "abcde", **overrides: Any) -> PartitionLink:
     """A joined cluster of ``names`` (the first is every other's seed) on a PartitionLink."""
-    link = PartitionLink(**overrides)
-    first, *rest = names
-    link.add(first)
-    for name in rest:
-        link.add(name, seeds=[first])
-    link.advance(2 * NS_PER_S)
-    return link
+    return cluster(names, kind=PartitionLink, **overrides)
 
 
 def membership(**changes: Any) -> MembershipConfig:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from meshlimit.cluster.node import Decided, Node
 from meshlimit.cluster.node.config import NodeConfig, local_quota
@@ -177,9 +177,13 @@ class Link:
         self.settle()
 
 
-def cluster(names: str = "abc", **link_options: str) -> Link:
-    """A cluster of ``names`` that has finished joining: the first is every other's seed."""
-    link = Link(**link_options)
+L = TypeVar("L", bound=Link)
+
+
+def cluster(names: str = "abc", *, kind: type[L] = Link, **link_options: Any) -> L:
+    """A cluster of ``names`` on a link of ``kind`` that has finished joining: the first
+    is every other's seed."""
+    link = kind(**link_options)
     first, *rest = names
     link.add(first)
     for name in rest:
