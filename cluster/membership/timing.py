@@ -154,7 +154,13 @@ def expected_confirmations(config: MembershipConfig, n_members: int) -> int:
 JOIN_RETRY_CAP_PROBES = 4
 
 
+def backoff_ns(attempt: int, probe_interval_ns: int, cap_probes: int) -> int:
+    """The wait after attempt ``attempt`` (from 1): one probe interval, doubling each
+    attempt, at most ``cap_probes`` of them (join retries, seed re-resolution)."""
+    assert attempt >= 1 and probe_interval_ns > 0 and cap_probes >= 1
+    return probe_interval_ns * min(1 << min(attempt - 1, 16), cap_probes)
+
+
 def join_retry_delay_ns(attempt: int, probe_interval_ns: int) -> int:
     """The wait after join attempt ``attempt`` (from 1) before the next one."""
-    assert attempt >= 1 and probe_interval_ns > 0
-    return probe_interval_ns * min(1 << min(attempt - 1, 8), JOIN_RETRY_CAP_PROBES)
+    return backoff_ns(attempt, probe_interval_ns, JOIN_RETRY_CAP_PROBES)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import Counter
 
 from meshlimit.cluster.membership import Membership
-from meshlimit.cluster.membership.timing import NEVER
+from meshlimit.cluster.membership.timing import NEVER, backoff_ns
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.events import SeedsWanted
 from meshlimit.cluster.node.link import Link
@@ -51,8 +51,7 @@ MAX_SEEDS = 64
 def retry_delay_ns(attempt: int, probe_interval_ns: int) -> int:
     """The wait after join attempt ``attempt`` (from 1): one probe interval, doubling
     each attempt, at most ``RETRY_CAP_PROBES`` of them."""
-    assert attempt >= 1 and probe_interval_ns > 0
-    return probe_interval_ns * min(1 << min(attempt - 1, 16), RETRY_CAP_PROBES)
+    return backoff_ns(attempt, probe_interval_ns, RETRY_CAP_PROBES)
 
 
 class Joining:
