@@ -12,6 +12,22 @@ Identity: every process life gets a boot id that cannot repeat (``new_boot_id``:
 the wall clock's seconds and 32 random bits from the OS), never drawn from the
 seeded RNG, which ``--seed-rng`` makes repeat across restarts.
 
+Load: at most ``max_inflight`` forwarded checks await their owners at once; further
+checks wait for room in arrival order (``Runtime.check``), untimed, so that a busy
+cluster answers later rather than wrongly: a check's forward timeout starts only when it
+is sent, and the queue in front of the owners stays short enough to be answered well
+within it. At most ``max_waiting`` checks wait; beyond that a check is answered
+``overloaded`` at once (``Node.overloaded``). While as many checks wait as may be in
+flight the runtime is ``busy``: RESP stops reading new commands until the queue is down
+to a quarter (TCP then pushes back on the clients), so a loop turn never holds more work
+than a few hundred checks and the answers that free room are read promptly. The
+front-ends add their own bounds per connection.
+
+Late timers: libuv runs due timers before it polls the sockets, so after a long turn of
+the loop a timer would judge a deadline (a forward timeout, a probe's ack) while the
+answer sits unread in the socket. A timer that fires more than ``LATE_TIMER_S`` late
+therefore ticks the node only after one more poll (``_on_timer``).
+
 Names: seeds may be host names. They are resolved when the node starts and
 again whenever the node asks (``SeedsWanted``: with backoff while joining, now
 and then after); a name that does not resolve is logged and tried again later
@@ -28,6 +44,7 @@ import random
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 
 from meshlimit.cluster.node import Decided, MembershipChanged, Node, SeedsWanted
@@ -40,6 +57,21 @@ log = logging.getLogger("meshlimit.cluster")
 
 #: Datagrams waiting in the kernel beyond this are the kernel's to drop; ours is bounded too.
 MAX_DATAGRAM = 65_535
+#: Forwarded checks awaiting their owners at once before new checks wait (``check``). Why
+#: 256: at full speed (~30k forwarded checks/s a node) that is under 10 ms of queue, far
+#: inside the forward timeout, and ~7 full datagrams per owner in flight: enough to batch.
+MAX_INFLIGHT = 256
+#: Checks waiting for room; beyond it a check is answered ``overloaded`` at once.
+MAX_WAITING = 65_536
+#: Socket buffer sizes asked for (the kernel caps them at net.core.rmem_max / wmem_max).
+#: Why 4 MiB: a node that stalls for a moment (a GC pause, a loaded host) must not lose
+#: the datagrams that arrive meanwhile; at the default ~200 KiB a 100 ms stall at a few
+#: thousand datagrams a second overflows, and each lost batch is a forward timeout.
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+#: A timer this late ticks the node only after the loop has polled its sockets again.
+LATE_TIMER_S = 0.002
+#: The short timer that puts one poll of the sockets before a late tick.
+AFTER_POLL_S = 0.0002
 
 
 def new_boot_id() -> int:
@@ -70,10 +102,24 @@ class Runtime:
         seed: int | None = None,
         bind: Address | None = None,
         boot_id: int | None = None,
+        max_inflight: int = MAX_INFLIGHT,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         """``seed`` seeds the node's RNG (probe order, reproducible runs); ``bind`` is the
         address the socket binds (default: ``config.addr``, the one peers are told);
-        ``boot_id`` defaults to a new one (``new_boot_id``)."""
+        ``boot_id`` defaults to a new one (``new_boot_id``); ``max_inflight`` and
+        ``max_waiting`` bound the forwarded checks in flight and those waiting for room."""
+        if max_inflight < 1 or max_waiting < 0:
+            raise ValueError("max_inflight must be >= 1 and max_waiting >= 0")
+        self.max_inflight = max_inflight
+        self.max_waiting = max_waiting
+        #: Checks waiting for room (``check``), oldest first.
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        #: True while as many checks wait for room as may be in flight: front-ends stop
+        #: reading new requests (TCP pushes back on the clients) until the queue is down to
+        #: a quarter of that, when ``on_not_busy`` callbacks run.
+        self.busy = False
+        self.on_not_busy: list[Callable[[], None]] = []
         now = time.monotonic_ns()
         boot = new_boot_id() if boot_id is None else boot_id
         self.node = Node(
@@ -89,6 +135,7 @@ class Runtime:
         self._futures: dict[int, asyncio.Future[Decision]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
+        self._after_poll = False  # the armed timer is a late tick's second chance
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self.on_membership: Callable[[MembershipChanged], None] | None = None
@@ -104,6 +151,10 @@ class Runtime:
             lambda: _Protocol(self), local_addr=self.bind
         )
         self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
         self._seeds = list(seeds)
         addresses = await self._resolve() if seeds else []
         self.node.start(addresses, now_ns=time.monotonic_ns(), resolve=bool(seeds))
@@ -145,7 +196,12 @@ class Runtime:
             self._pump()
 
     async def check(self, client: str, cost: int = 1) -> Decision:
-        """Decide a check, waiting for the owner when the check is forwarded."""
+        """Decide a check, waiting for the owner when the check is forwarded, and first
+        for room when ``max_inflight`` forwarded checks are already in flight."""
+        if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
+            if len(self._waiting) >= self.max_waiting:
+                return self.node.overloaded(client, "waiting_full")
+            await self._room()
         now_ns = time.monotonic_ns()
         result = self.node.check(client, cost, now_ns=now_ns, wall_ns=time.time_ns())
         if isinstance(result, Decision):
@@ -159,6 +215,32 @@ class Runtime:
         if self.on_forwarded is not None:
             self.on_forwarded(time.monotonic_ns() - now_ns, decision.path)
         return decision
+
+    async def _room(self) -> None:
+        """Wait, in arrival order, until a forwarded check may be sent (``_pump`` lets
+        waiters go as answers free room)."""
+        assert self._loop is not None, "runtime not started"
+        room: asyncio.Future[None] = self._loop.create_future()
+        self._waiting.append(room)
+        self.node.stats["checks_waited"] += 1
+        if not self.busy and len(self._waiting) >= self.max_inflight:
+            self.busy = True
+            self.node.stats["busy_periods"] += 1
+        self._schedule_flush()
+        await room
+
+    def _let_waiters_go(self) -> None:
+        free = self.max_inflight - len(self.node.forwarding.pending)
+        waiting = self._waiting
+        while waiting and free > 0:
+            room = waiting.popleft()
+            if not room.done():  # a cancelled caller's place goes to the next
+                room.set_result(None)
+                free -= 1
+        if self.busy and len(waiting) <= self.max_inflight // 4:
+            self.busy = False
+            for callback in list(self.on_not_busy):
+                callback()
 
     def set_rule(self, key: str, value: object) -> bool:
         """Change a rule entry (``default``, ``tier:NAME``, ``client:ID``) and spread it."""
@@ -183,6 +265,8 @@ class Runtime:
             if not future.done():
                 future.cancel()
         self._futures.clear()
+        while self._waiting:
+            self._waiting.popleft().cancel()
 
     # --- driving the node -------------------------------------------------------------
 
@@ -200,7 +284,19 @@ class Runtime:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.node.tick(now_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+        now_ns = time.monotonic_ns()
+        if not self._after_poll and now_ns - self._timer_at > LATE_TIMER_S * 1e9:
+            # Late: answers to what this tick would time out may be unread in the socket.
+            # Tick after the loop has polled once more (a timer, not call_soon: both loops
+            # run ready callbacks before they poll, timers due later only after).
+            assert self._loop is not None
+            self._after_poll = True
+            self._timer_at = now_ns
+            self._timer = self._loop.call_later(AFTER_POLL_S, self._on_timer)
+            self.node.stats["late_timers"] += 1
+            return
+        self._after_poll = False
+        self.node.tick(now_ns=now_ns, wall_ns=time.time_ns())
         self._pump()
 
     def _pump(self) -> None:
@@ -223,6 +319,8 @@ class Runtime:
                 self._log_membership(event)
             elif isinstance(event, SeedsWanted):
                 self._resolve_again(event)
+        if self._waiting:
+            self._let_waiters_go()
         if node.ready and not self._ready.is_set():
             self._ready.set()
             log.info("joined the cluster", extra={"members": len(node.membership.alive_nodes())})

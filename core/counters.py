@@ -223,6 +223,10 @@ class CounterStore:
         """Every ``((series, client), counter)`` (a snapshot, safe to mutate the store)."""
         return iter(list(self._counters.items()))
 
+    def keys(self) -> list[tuple[str, str]]:
+        """Every ``(series, client)`` held (a snapshot, safe to mutate the store)."""
+        return list(self._counters)
+
     def reset(self, client: str, series: list[str]) -> int:
         """Forget ``client``'s counters in the given series; returns how many went."""
         return sum(self._counters.pop((s, client), None) is not None for s in series)

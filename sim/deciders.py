@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.forwarding import MAX_TIMEOUT_MULT
 from meshlimit.core.rules import Rule
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED, degraded_share, max_share, with_timer_slack
@@ -94,7 +95,8 @@ class Deciders:
         be asked for a client it does not own)."""
         history = self._history
         members = history.members
-        wait = self._config.forward_timeout_ns + history.delay_bound(0, now) + TICK_SLACK_NS
+        timeout = MAX_TIMEOUT_MULT * self._config.forward_timeout_ns  # the adaptive one's most
+        wait = timeout + history.delay_bound(0, now) + TICK_SLACK_NS
         for name in history.running_nodes():
             other = history.life(name)
             seen = self._views.get(other.key) if other is not None else None

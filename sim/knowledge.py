@@ -13,7 +13,7 @@ it could not fail.
   ``a``'s view held ``b`` live meanwhile, and the link ``a -> b`` was clean.
 - **Hand-over** (strict mode): when ``a``'s ring changes so that ``b`` owns the client,
   ``a`` queues the counters whose holders changed and sends them paced, a batch a gossip
-  round (:data:`~meshlimit.cluster.node.replication.HANDOVER_BUDGET` counters and
+  round (:func:`~meshlimit.cluster.node.replication.handover_budget` counters and
   ``handover_bytes_per_round`` bytes at most); when ``a`` leaves gracefully it sends
   everything at once. So ``a``'s admissions before that instant are known to ``b`` once
   the last batch can have arrived -- ``rounds x G`` plus a delay later, ``rounds`` the
@@ -30,16 +30,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshlimit.cluster.membership import MembershipConfig
-from meshlimit.cluster.node import replication
-from meshlimit.cluster.node.replication import HANDOVER_BUDGET
+from meshlimit.cluster.node.replication import handover_budget, handover_scan_budget
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED
 from .history import History, Life
 from .views import Rings, View
 from .windows import NOTHING_KNOWN, LifeKey
-
-#: Counters a hand-over examines per gossip round (the node's own figure, if it paces).
-_SCAN_BUDGET: int = getattr(replication, "HANDOVER_SCAN_BUDGET", HANDOVER_BUDGET)
 
 
 class Knowledge:
@@ -136,10 +132,11 @@ class Knowledge:
     def _pace(self, at: int) -> int:
         """How long a hand-over that starts at ``at`` may take to send its last counter:
         ``rounds x G``, ``rounds`` = the node's counters over what one round sends (at most
-        ``HANDOVER_BUDGET`` counters, ``HANDOVER_SCAN_BUDGET`` examined, and
+        ``handover_budget`` counters, ``handover_scan_budget`` examined, and
         ``handover_bytes_per_round`` bytes of counters this run's largest)."""
         by_bytes = max(1, self._round_bytes // self._counter_bytes)
-        per_round = min(HANDOVER_BUDGET, _SCAN_BUDGET, by_bytes)
+        scanned = handover_scan_budget(self._gossip_ns)
+        per_round = min(handover_budget(self._gossip_ns), scanned, by_bytes)
         rounds = 1 + -(-self._counters(at) // per_round)
         return rounds * self._gossip_ns
 

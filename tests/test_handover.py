@@ -14,7 +14,7 @@ from test_node_links import NS_PER_MS, NS_PER_S, Link
 
 from meshlimit.cluster.node import Node
 from meshlimit.cluster.node.config import NodeConfig
-from meshlimit.cluster.node.replication import HANDOVER_SCAN_BUDGET, Replication
+from meshlimit.cluster.node.replication import Replication
 from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.messages import CounterDeltas, CounterSlot, Envelope, Message
 from meshlimit.core.counters import CounterStore
@@ -84,7 +84,10 @@ def test_a_join_hands_over_only_the_counters_whose_holders_changed() -> None:
     assert queued < 2 * CLIENTS, f"hand-over: {queued} queued for {CLIENTS} counters"
 
 
-def test_a_false_suspicion_hands_over_only_the_counters_the_member_holds() -> None:
+def test_a_false_suspicion_hands_nothing_over() -> None:
+    """A suspected member that refutes never left the ring nor lost its counts: nothing
+    changed holders, so nothing moves (handing it all it holds at every false suspicion
+    is what turned overload into self-sustaining membership churn)."""
     link = counting_cluster()
     clients = [f"user-{i}" for i in range(CLIENTS)]
     ring = link.nodes["a"].ring
@@ -102,9 +105,8 @@ def test_a_false_suspicion_hands_over_only_the_counters_the_member_holds() -> No
     link.advance(3 * NS_PER_S)
     assert all(s == "alive" for _, _, s, _ in link.nodes["a"].members()), "c not alive again"
     assert link.nodes["a"].ring.nodes == ring.nodes, "ring: a suspicion changed the ring"
-    held = {c for c in clients if "c" in ring.preference_list(c, 2)}
-    assert link.clients_to["c"] == held, "hand-over: c did not get back exactly what it holds"
-    for name in "ab":
+    assert clients and not link.clients_to.get("c"), "hand-over: a false suspicion moved counters"
+    for name in "abc":
         assert link.slots_to[name] == 0, f"hand-over: {name} got {link.slots_to[name]} slots"
 
 
@@ -186,15 +188,17 @@ def test_leave_still_hands_over_everything_at_once() -> None:
 
 
 def test_finding_the_counters_due_is_paced_too() -> None:
-    replication, _, stats = replication_with(3 * HANDOVER_SCAN_BUDGET, byte_budget=2**30)
+    replication, _, stats = replication_with(3000, byte_budget=2**30)
+    budget = replication.scan_budget()
+    assert budget < 3000, "the test needs more counters than one round examines"
     ring = HashRing("abcd")
     replication.queue_handover(ring, ring, ["b"])  # b came back: it needs what it holds
     assert stats["handover_queued"] == 0, "hand-over: examined counters before a round"
     replication.continue_handover(NS_PER_S, ring)
     first = stats["handover_queued"]
-    assert 0 < first <= HANDOVER_SCAN_BUDGET, f"scan: {first} queued in one round"
+    assert 0 < first <= budget, f"scan: {first} queued in one round"
     while replication.handover_backlog():
         replication.continue_handover(NS_PER_S, ring)
-    clients = [f"user-{i}" for i in range(3 * HANDOVER_SCAN_BUDGET)]
+    clients = [f"user-{i}" for i in range(3000)]
     held_by_b = sum("b" in ring.preference_list(c, 2) for c in clients)
     assert stats["handover_queued"] == held_by_b, "hand-over: b did not get its share"

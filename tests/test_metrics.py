@@ -75,14 +75,21 @@ def test_families_read_the_node_counters() -> None:
     assert [d.allowed for d in decisions if isinstance(d, Decision)] == [True, True, False]
     node.stats["degraded_allowed"] += 5
     node.stats["forward_timeouts"] += 2
+    node.overloaded("acme", "slow_owner")
+    node.overloaded("acme", "waiting_full")
     node.dropped["decode_truncated"] += 1
     node.membership.dropped["bad_sender"] += 4
     families = by_family(node_families(node, reloads={"ok": 3, "error": 1}))
     checks = dict(families["meshlimit_checks"].samples)
     assert checks[("owner", "allowed")] == 2 and checks[("owner", "refused")] == 1
     assert checks[("degraded", "allowed")] == 5 and checks[("forwarded", "refused")] == 0
-    assert len(checks) == 8  # every path and result, zeros included
+    assert len(checks) == 9  # every path and result, zeros included, and overloaded
+    assert checks[("overloaded", "refused")] == 2
+    overloaded = dict(families["meshlimit_overloaded"].samples)
+    assert overloaded == {("owner_backlog",): 0, ("slow_owner",): 1, ("waiting_full",): 1}
     assert families["meshlimit_forward_timeouts"].samples == (((), 2),)
+    events = dict(families["meshlimit_node_events"].samples)
+    assert not any(e.startswith("overloaded") for (e,) in events), "overloaded twice"
     assert dict(families["meshlimit_dropped"].samples) == {
         ("node", "decode_truncated"): 1,
         ("membership", "bad_sender"): 4,

@@ -366,6 +366,8 @@ class StandInRuntime:
         self.writes: list[tuple[str, object]] = []
         self.node = SimpleNamespace(registry=RuleRegistry("100/minute", max_calls=max_calls))
         self.clock_ms = time.time_ns() // MS
+        self.busy = False  # never short of room (``Runtime.busy``)
+        self.on_not_busy: list[object] = []
 
     def set_rule(self, key: str, value: object) -> bool:
         self.writes.append((key, value))
@@ -754,7 +756,7 @@ def test_deep_pipeline_is_paced_not_dropped() -> None:
         decided += 1
         return Decision(True, 10**6, decided, 1.0, 0.0, "forwarded")
 
-    runtime = SimpleNamespace(check=check)
+    runtime = SimpleNamespace(check=check, busy=False, on_not_busy=[])
 
     async def main() -> None:
         server = RespServer(runtime, RespConfig(max_pipeline=8))  # type: ignore[arg-type]

@@ -53,7 +53,12 @@ STAT_FAMILIES = {
     ),
     "forward_timeouts": (
         "meshlimit_forward_timeouts",
-        "Forwarded checks the owner did not answer in time (then decided degraded).",
+        "Forwarded checks the owner did not answer in time (then decided degraded, or "
+        "overloaded when the owner was answering slowly).",
+    ),
+    "checks_waited": (
+        "meshlimit_checks_waited",
+        "Checks that waited for room because max_inflight forwarded checks were in flight.",
     ),
     "late_replies": (
         "meshlimit_forward_late_replies",
@@ -65,7 +70,14 @@ STAT_FAMILIES = {
     ),
     "datagrams_sent": ("meshlimit_datagrams_sent", "UDP datagrams sent."),
 }
-_OWN_FAMILY = frozenset({f"{p}_{r}" for p in PATHS for r in RESULTS} | set(STAT_FAMILIES))
+#: Why a check was answered ``overloaded`` (``Node.overloaded``), as ``overloaded_REASON``.
+OVERLOAD_REASONS = ("owner_backlog", "slow_owner", "waiting_full")
+_OWN_FAMILY = frozenset(
+    {f"{p}_{r}" for p in PATHS for r in RESULTS}
+    | set(STAT_FAMILIES)
+    | {"overloaded"}
+    | {f"overloaded_{reason}" for reason in OVERLOAD_REASONS}
+)
 #: Forward latency buckets, in seconds. Why these: a loopback round trip is ~0.1 ms, a
 #: LAN one below 1 ms plus the 0.3 ms batch window; the top ones catch the forward
 #: timeout (200 ms on a LAN, 1 s on a WAN).
@@ -178,9 +190,23 @@ def _checks(node: Node) -> list[Family]:
         "counter",
         "Checks decided on this node by path and result. path=forwarded counts both the "
         "checks this node forwarded and got answered and those it decided as owner for a "
-        "peer; path=degraded are the degraded decisions (owner unreachable, or minority).",
+        "peer; path=degraded are the degraded decisions (owner unreachable, or minority); "
+        "path=overloaded the checks refused because the cluster was too busy to decide "
+        "them in time (backpressure; see meshlimit_overloaded_total).",
         ("path", "result"),
-        tuple(((p, r), stats.get(f"{p}_{r}", 0)) for p in PATHS for r in RESULTS),
+        (
+            *(((p, r), stats.get(f"{p}_{r}", 0)) for p in PATHS for r in RESULTS),
+            (("overloaded", "refused"), stats.get("overloaded", 0)),
+        ),
+    )
+    overloaded = Family(
+        "meshlimit_overloaded",
+        "counter",
+        "Checks answered overloaded, by reason: owner_backlog (too many checks awaiting "
+        "the owner), slow_owner (timed out while the owner answered slowly), waiting_full "
+        "(too many checks waiting for room).",
+        ("reason",),
+        tuple(((r,), stats.get(f"overloaded_{r}", 0)) for r in OVERLOAD_REASONS),
     )
     singles = [
         _one(name, "counter", doc, stats.get(key, 0)) for key, (name, doc) in STAT_FAMILIES.items()
@@ -191,7 +217,7 @@ def _checks(node: Node) -> list[Family]:
         "Forwarded checks awaiting their owner's answer.",
         node.pending_count(),
     )
-    return [checks, *singles, pending]
+    return [checks, overloaded, *singles, pending]
 
 
 def _membership(node: Node) -> list[Family]:

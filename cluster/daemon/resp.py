@@ -105,12 +105,21 @@ class RespServer:
         self.stats: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        #: Connections paused because the runtime is busy (``Runtime.busy``).
+        self._paused_busy: set[_Connection] = set()
+        runtime.on_not_busy.append(self._not_busy)
         self.commands = RespCommands(
             runtime,
             self.stats,
             throttle_registry_share=self.config.throttle_registry_share,
             rule_spread_wait_s=self.config.rule_spread_wait_s,
         )
+
+    def _not_busy(self) -> None:
+        """The runtime has room again: read from the connections paused for it."""
+        paused, self._paused_busy = self._paused_busy, set()
+        for connection in paused:
+            connection.resume_busy()
 
     def execute(self, args: list[bytes]) -> Reply:
         """Run one command: its reply now, or a future of it. Never raises."""
@@ -210,6 +219,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
+        self.server._paused_busy.discard(self)
         self.reading = False
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -225,6 +235,13 @@ class _Connection(asyncio.Protocol):
         self._flush()
         if len(self.replies) >= self.config.max_pipeline:
             self._pause("pipeline")
+        if self.server.runtime.busy and self.reading:
+            # Backpressure: leave the next commands in the socket until checks drain.
+            self._pause("busy")
+            self.server._paused_busy.add(self)
+
+    def resume_busy(self) -> None:
+        self._resume("busy")
 
     def eof_received(self) -> bool:
         # The client wrote its last command: answer what it sent, then close.

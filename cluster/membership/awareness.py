@@ -3,7 +3,8 @@
 A node that is overloaded, or whose network is, misses acks that its peers did send, and
 would accuse healthy members. Lifeguard (memberlist's ``awareness.go``) keeps a score:
 up by one each time this node had to refute a suspicion about itself (its peers found it
-slow), down by one for each probe of ours answered in time, between 0 and
+slow) or found itself stalled (a tick far behind its deadline: ``Membership`` then also
+holds its probe inconclusive), down by one for each probe of ours answered in time, between 0 and
 ``awareness_max - 1``. The score widens what this node waits before it accuses: the time
 its probe waits for a direct ack before asking others, and the starting timeout of the
 suspicions it raises, each times ``score + 1``, the first kept within the probe interval
@@ -28,6 +29,10 @@ class Awareness:
 
     def refuted(self) -> None:
         """Peers suspected this node: it may be the slow one."""
+        self._apply(1)
+
+    def stalled(self) -> None:
+        """This node did not run for a while (overloaded, or paused): it is the slow one."""
         self._apply(1)
 
     def probe_answered(self) -> None:

@@ -9,7 +9,14 @@ suspicion or death about itself, and to leave.
 Failure detection runs in probe rounds. Every ``probe_interval_ns`` the next member
 of a shuffled round-robin order gets a Ping. With no Ack after ``probe_timeout_ns``,
 ``indirect_checks`` alive members are asked to probe it for us (PingReq, answered by
-IndirectAck). With no answer by the end of the interval the target becomes SUSPECT.
+IndirectAck). With no answer by the end of the interval the target becomes SUSPECT,
+unless this node was itself stalled meanwhile: a tick that comes more than half a probe
+timeout after the earliest deadline it was due at means the node did not run (an
+overloaded or paused process), and an ack may have sat unread; such a probe is
+inconclusive (``probes_inconclusive``; at most ``awareness_max`` in a row, so a node
+that is always stalled still accuses in the end) and the stall raises the node's
+Lifeguard awareness score, which widens its next waits. A slow node refutes; it does
+not accuse.
 A suspicion turns into DEAD when its Lifeguard timer runs out: the timer starts at
 ``suspicion_max_mult`` times the base timeout and shrinks towards the base as other
 members confirm the suspicion (see :mod:`~meshlimit.cluster.membership.suspicion`).
@@ -151,6 +158,8 @@ class Membership:
         self._members = self._table.members  # the table's dict, never rebound
         self._relays: dict[int, Relay] = {}
         self._probe: Probe | None = None
+        self._stalled_at = -1  # when a tick last found this node stalled
+        self._inconclusive = 0  # probes in a row found inconclusive by a stall
         self._seq = 0
         self._clocks = PeerClocks()
         self.wall_offset_ns = 0
@@ -334,6 +343,7 @@ class Membership:
     def tick(self, *, now_ns: int) -> Outputs:
         """Do whatever is due: probes, indirect probes, suspicion timeouts, gossip, reaping."""
         out: Outputs = []
+        self._note_stall(now_ns)
         if self._self.state != LEFT:
             out += self._retry_join(now_ns)
             out += self._indirect_probe(now_ns)
@@ -347,6 +357,15 @@ class Membership:
             self._clocks.forget(node)
         self._expire_relays(now_ns)
         return out
+
+    def _note_stall(self, now: int) -> None:
+        """A tick more than half a probe timeout after the earliest deadline it was due at:
+        this node did not run meanwhile (overloaded, or paused), so what it timed out may
+        have been answered; it waits longer from now on (Lifeguard's awareness)."""
+        if now - self.next_deadline() >= self.config.probe_timeout_ns // 2:
+            self._stalled_at = now
+            self.stats["stalls"] += 1
+            self._awareness.stalled()
 
     def next_deadline(self) -> int:
         """The earliest ``now_ns`` at which :meth:`tick` has work."""
@@ -493,11 +512,17 @@ class Membership:
         if p is None:
             return
         if p.acked:
+            self._inconclusive = 0
             self._awareness.probe_answered()
             return
         m = self._members.get(p.target)
         if m is None or m.state not in LIVE:
             return
+        if self._stalled_at >= p.sent_ns and self._inconclusive < self.config.awareness_max:
+            self._inconclusive += 1  # this node stalled while it waited: no accusation
+            self.stats["probes_inconclusive"] += 1
+            return
+        self._inconclusive = 0
         self.stats["failed_probes"] += 1
         if m.state == ALIVE:
             suspect = MemberUpdate(m.node, m.addr, SUSPECT, m.incarnation)

@@ -124,6 +124,13 @@ class NodeConfig:
         return replace(base, **overrides)  # type: ignore[arg-type]
 
 
+def per_round(rate_per_s: int, gossip_interval_ns: int, minimum: int) -> int:
+    """A budget given per second, as a gossip round's share of it (at least ``minimum``):
+    background work paced per second costs the same CPU and bandwidth whatever the preset's
+    gossip interval."""
+    return max(minimum, rate_per_s * gossip_interval_ns // 1_000_000_000)
+
+
 #: ``degraded_start`` hashes the window index modulo 2**32 (mmh3's seed is 32 bits).
 _SEED_MASK = 0xFFFF_FFFF
 

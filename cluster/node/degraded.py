@@ -21,9 +21,11 @@ Once an owner stops being known alive, checks already forwarded to it are decide
 once (``stranded``) rather than at their forward timeout: detection ends the wait.
 
 Degraded admissions must reach the owner, whose merged count then includes them: each
-is re-sent, with the client's replicas, every gossip round while the owner is
-unreachable (it can only merge them once it hears us), then ``DEGRADED_RESENDS`` more
-rounds once it is alive again, for loss; the end of the counter's window also ends it.
+is re-sent, with the client's replicas, while the owner is unreachable (it can only
+merge them once it hears us), then ``DEGRADED_RESENDS`` more times once it is alive
+again, for loss; the end of the counter's window also ends it. At most
+``DEGRADED_RESENDS_PER_S`` go a second, the longest waiting first: every round while
+there are fewer, each every ``ceil(waiting / budget)`` rounds beyond.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections import Counter, OrderedDict
 import mmh3
 
 from meshlimit.cluster.membership import Membership
-from meshlimit.cluster.node.config import NodeConfig, degraded_share
+from meshlimit.cluster.node.config import NodeConfig, degraded_share, per_round
 from meshlimit.cluster.node.forwarding import PendingCheck
 from meshlimit.cluster.node.replication import Replication, SeriesKey, mark_dirty
 from meshlimit.cluster.wire.messages import CounterSlot, MemberState
@@ -42,6 +44,12 @@ from meshlimit.core.rules import Rule
 
 #: Gossip rounds a degraded admission is re-sent once its owner is reachable (for loss).
 DEGRADED_RESENDS = 3
+#: Most degraded admissions reported per second (the longest waiting first), as a gossip
+#: round's share (``per_round``), at least ``DEGRADED_RESEND_MIN`` a round. Why 10,000: as
+#: many as a hand-over moves; a burst of degraded admissions is then reported over
+#: several rounds rather than in one flood that delays the probes.
+DEGRADED_RESENDS_PER_S = 10_000
+DEGRADED_RESEND_MIN = 100
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
@@ -136,18 +144,25 @@ class DegradedMode:
             self._resends.pop((series, client), None)
 
     def resend(self, wall: int, ring: HashRing) -> None:
-        """Send degraded admissions to the client's owner and replicas (one gossip round)."""
-        if not self._resends:
-            return
+        """Send degraded admissions to the client's owner and replicas (one gossip round):
+        the longest waiting (``DEGRADED_RESENDS_PER_S``), each then queued again at the back
+        while it has re-sends left, so a flood of degraded admissions is reported at a
+        bounded pace and never crowds out probes and checks."""
         by_node: dict[str, list[CounterSlot]] = {}
-        for key, resends in list(self._resends.items()):
+        resends_of = self._resends
+        budget = per_round(
+            DEGRADED_RESENDS_PER_S, self._config.gossip_interval_ns, DEGRADED_RESEND_MIN
+        )
+        for _ in range(min(len(resends_of), budget)):
+            key, resends = resends_of.popitem(last=False)
             slots = self._replication.slots_of(key, wall, own_only=True)
             if not slots or resends <= 0:
-                del self._resends[key]
                 continue
             prefs = ring.preference_list(key[1], 1 + self._config.replicas)
             if not self.owner_unreachable(prefs[0]):
-                self._resends[key] = resends - 1
+                resends -= 1
+            if resends > 0:
+                resends_of[key] = resends
             for node in prefs:
                 if node != self._node_id:
                     by_node.setdefault(node, []).extend(slots)

@@ -5,15 +5,23 @@ as pending with a deadline, and queues it in the batch for its owner. A batch le
 when the batch window closes (``flush_due``) or as soon as the next check might not
 fit one datagram. A reply resolves a pending check only when it comes from the owner
 asked; later or foreign replies are counted and ignored. A check still pending at its
-deadline is handed back (``expire``) for the node to decide degraded. Every forward
-gets the same timeout, so the pending map's insertion order is its deadline order.
+deadline is handed back (``expire``) for the node to decide. Forwards get the timeout
+of the moment they leave, which moves slowly, so the pending map's insertion order is
+nearly its deadline order (``expire`` stops at the first not yet due).
 
-A timed-out check is answered once, from the degraded quota, and counted in this
-node's slot; the owner may have counted it too (the batch was only slow). Its late
-reply resolves nothing: no second answer, no count here; it is counted
-(``late_replies``, and ``late_replies_counted_twice`` when both admitted). The double
-count errs on the strict side and is bounded by the degraded quota this node may use
-per window. Timeouts never touch membership: only SWIM probes suspect a member.
+A timed-out check is answered once. If its owner is *slow* -- one of its replies took
+at least half the forward timeout, or came after it, within the last two timeouts
+(``owner_slow``) -- the owner is reachable but overloaded, and the node answers
+``overloaded``: refused, counted nowhere, so the late reply (which the owner counted)
+is the only count. The timeout itself adapts as TCP's does (``timeout_ns``: the smoothed
+round trip plus four deviations, from the configured timeout up to ``MAX_TIMEOUT_MULT``
+times it), so a loaded cluster whose answers are slow but coming is waited for. Degraded mode is for owners that are really unreachable: a check
+whose owner is not slow (a lost datagram, an owner crashed but not yet detected) is
+decided from the degraded quota and counted in this node's slot; the owner may have
+counted it too. A late reply resolves nothing: no second answer, no count here; it is
+counted (``late_replies``, and ``late_replies_counted_twice`` when both admitted). That
+double count errs on the strict side and is bounded by the degraded quota this node may
+use per window. Timeouts never touch membership: only SWIM probes suspect a member.
 
 Tickets double as request ids on the wire, and owners de-duplicate them: a restarted
 node must not have the ids of its previous life answered from an owner's cache without
@@ -43,6 +51,10 @@ from meshlimit.cluster.wire.messages import Address, CheckBatch, CheckResult, Re
 from meshlimit.core.decision import Decision, make_decision
 
 _NEVER = 2**63 - 1
+#: The adaptive forward timeout (``Forwarding.timeout_ns``) is at most this many times the
+#: configured one. Why 4: an owner that answers ~4x slower than the operator allowed
+#: for is overloaded or gone, and a caller should not wait longer.
+MAX_TIMEOUT_MULT = 4
 #: Encoded size of one forwarded check beyond its client id: the request id (up to 9
 #: bytes), the cost (up to 9), the id's string header (up to 3) and the array header.
 CHECK_OVERHEAD_BYTES = 22
@@ -89,6 +101,7 @@ class PendingCheck:
     client: str
     cost: int
     owner: str
+    sent_ns: int
     deadline_ns: int
 
 
@@ -109,8 +122,15 @@ class Forwarding:
         self._batch_bytes: dict[str, int] = {}  # upper bound of each batch's encoded size
         self._batch_due_ns = _NEVER
         #: Tickets given up on (``expire``), oldest first: ticket -> (owner, whether this
-        #: node admitted it degraded). At most ``max_pending``; a reply for one is late.
-        self._timed_out: OrderedDict[int, tuple[str, bool]] = OrderedDict()
+        #: node admitted it degraded, when it was sent). At most ``max_pending``; a reply
+        #: for one is late.
+        self._timed_out: OrderedDict[int, tuple[str, bool, int]] = OrderedDict()
+        # Round trips of forwarded checks, smoothed as TCP's (RFC 6298): ``timeout_ns``.
+        self._srtt_ns = 0
+        self._rttvar_ns = 0
+        #: Owners whose replies were slow, with the instant they stop counting as such
+        #: (``owner_slow``); at most ``max_members`` entries.
+        self._slow_until: dict[str, int] = {}
         #: The owner's answers by (peer, life), least recently used first.
         self._dedup: OrderedDict[tuple[str, int], OrderedDict[int, CheckResult]] = OrderedDict()
 
@@ -122,6 +142,41 @@ class Forwarding:
     def owner_backlogged(self, owner: str) -> bool:
         """Whether ``max_pending_per_owner`` checks already await ``owner``."""
         return self._per_owner[owner] >= self._config.max_pending_per_owner
+
+    def timeout_ns(self) -> int:
+        """The forward timeout now: TCP's retransmission timeout (RFC 6298) over the round
+        trips of forwarded checks, ``srtt + 4 * rttvar``, at least ``forward_timeout_ns``
+        and at most ``MAX_TIMEOUT_MULT`` times it. A healthy cluster answers far inside the
+        configured timeout; a busy one (a loaded host, long GC pauses) waits for answers
+        that are slow but coming, rather than time them out and decide them again."""
+        floor = self._config.forward_timeout_ns
+        return min(MAX_TIMEOUT_MULT * floor, max(floor, self._srtt_ns + 4 * self._rttvar_ns))
+
+    def _sample_rtt(self, rtt_ns: int) -> None:
+        if self._srtt_ns == 0:
+            self._srtt_ns, self._rttvar_ns = rtt_ns, rtt_ns // 2
+        else:
+            self._rttvar_ns += (abs(self._srtt_ns - rtt_ns) - self._rttvar_ns) // 4
+            self._srtt_ns += (rtt_ns - self._srtt_ns) // 8
+
+    def owner_slow(self, owner: str, now_ns: int) -> bool:
+        """Whether ``owner`` answered slowly lately: a reply of its took at least half the
+        forward timeout, or came after it, within the last two timeouts. A check to a slow
+        owner that times out is ``overloaded``, not degraded: the owner is reachable."""
+        until = self._slow_until.get(owner)
+        if until is None:
+            return False
+        if until > now_ns:
+            return True
+        del self._slow_until[owner]
+        return False
+
+    def _replied_slowly(self, owner: str, now_ns: int) -> None:
+        if owner not in self._slow_until and len(self._slow_until) >= (
+            self._config.membership.max_members
+        ):
+            self._slow_until.clear()  # bounded; forgetting errs towards degraded answers
+        self._slow_until[owner] = now_ns + 2 * self._config.forward_timeout_ns
 
     def released(self, owner: str) -> None:
         """A pending check for ``owner`` left ``pending`` other than by ``expire`` or
@@ -148,9 +203,7 @@ class Forwarding:
         """Queue a check for ``owner``; returns its ticket."""
         ticket = self._life << SEQ_BITS | self._seq
         self._seq = (self._seq + 1) & _SEQ_MASK
-        self.pending[ticket] = PendingCheck(
-            client, cost, owner, now_ns + self._config.forward_timeout_ns
-        )
+        self.pending[ticket] = PendingCheck(client, cost, owner, now_ns, now_ns + self.timeout_ns())
         self._per_owner[owner] += 1
         batch = self._batches.setdefault(owner, [])
         batch.append((ticket, client, cost))
@@ -199,21 +252,26 @@ class Forwarding:
             expired.append((ticket, pending))
         return expired
 
-    def gave_up(self, ticket: int, owner: str, *, admitted: bool) -> None:
+    def gave_up(self, ticket: int, request: PendingCheck, *, admitted: bool) -> None:
         """The node answered ``ticket`` itself after it timed out (``admitted``: counted in
         its own slot): a reply the owner sends later is late, and is counted as such."""
-        self._timed_out[ticket] = (owner, admitted)
+        self._timed_out[ticket] = (request.owner, admitted, request.sent_ns)
         if len(self._timed_out) > self._config.max_pending:
             self._timed_out.popitem(last=False)
 
-    def resolve(self, sender: str, message: ReplyBatch) -> list[Decided]:
+    def resolve(self, sender: str, message: ReplyBatch, now_ns: int) -> list[Decided]:
         """The owner's answers: the checks they decide (replies from others are ignored)."""
         decided = []
+        slow_ns = self._config.forward_timeout_ns // 2
         for result in message.results:
             pending = self.pending.get(result.request_id)
             if pending is None or pending.owner != sender:
-                self._not_pending(sender, result)
+                self._not_pending(sender, result, now_ns)
                 continue
+            rtt_ns = now_ns - pending.sent_ns
+            self._sample_rtt(rtt_ns)
+            if rtt_ns >= slow_ns:
+                self._replied_slowly(sender, now_ns)
             del self.pending[result.request_id]
             self._release(sender)
             retry_ns = -1 if result.retry_after_ms < 0 else result.retry_after_ms * 1_000_000
@@ -229,7 +287,7 @@ class Forwarding:
             decided.append(Decided(result.request_id, pending.client, decision))
         return decided
 
-    def _not_pending(self, sender: str, result: CheckResult) -> None:
+    def _not_pending(self, sender: str, result: CheckResult, now_ns: int) -> None:
         """A reply to no pending check: never a second answer, never a count here. A late
         one (the check timed out here) is counted, and so is a check thereby counted twice
         (the owner admitted it, and so did this node's degraded quota); anything else is a
@@ -239,6 +297,8 @@ class Forwarding:
             self._stats["unexpected_replies"] += 1
             return
         del self._timed_out[result.request_id]
+        self._sample_rtt(now_ns - gave_up[2])  # late, but a round trip all the same
+        self._replied_slowly(sender, now_ns)
         self._stats["late_replies"] += 1
         if result.allowed and gave_up[1]:
             self._stats["late_replies_counted_twice"] += 1

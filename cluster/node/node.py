@@ -193,7 +193,7 @@ class Node:
             self.dropped["pending_full"] += 1
             return self._decide_degraded(client, cost, wall)
         if self.forwarding.owner_backlogged(owner):
-            return self._overloaded(client)
+            return self.overloaded(client, "owner_backlog")
         return self.forwarding.forward(client, cost, owner, now_ns)
 
     def receive(
@@ -222,10 +222,14 @@ class Node:
         self._after_membership_input(now_ns)
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
-            # Answered once, here: a late reply from the owner is counted, not used.
-            decision = self._decide_degraded(request.client, request.cost, wall)
+            # Answered once, here: a late reply from the owner is counted, not used. A slow
+            # owner is busy, not unreachable: overloaded (counted nowhere), not degraded.
+            if self.forwarding.owner_slow(request.owner, now_ns):
+                decision = self.overloaded(request.client, "slow_owner")
+            else:
+                decision = self._decide_degraded(request.client, request.cost, wall)
             admitted = decision.allowed and not decision.shadowed and request.cost > 0
-            self.forwarding.gave_up(ticket, request.owner, admitted=admitted)
+            self.forwarding.gave_up(ticket, request, admitted=admitted)
             self._events.append(Decided(ticket, request.client, decision))
         if now_ns >= self._gossip_at:
             self._gossip_at = now_ns + self.config.gossip_interval_ns
@@ -346,11 +350,15 @@ class Node:
             outcome = self._retry_soon(outcome, rule, wall)
         return self._report(wall, client, rule, cost, "degraded", outcome)
 
-    def _overloaded(self, client: str) -> Decision:
-        """Refuse a check whose (alive) owner already has ``max_pending_per_owner`` checks
-        awaiting it: explicit backpressure, counted in stats only (no counter, no decision
-        log), to retry after a forward timeout. Not degraded: a busy owner is reachable."""
+    def overloaded(self, client: str, reason: str) -> Decision:
+        """Refuse a check because the cluster is too busy to decide it in time: its (alive)
+        owner already has ``max_pending_per_owner`` checks awaiting it, or was slow to
+        answer and the check timed out (``reason``: ``owner_backlog``, ``slow_owner``, or a
+        driver's own, such as ``waiting_full``). Explicit backpressure, counted in stats
+        only (``overloaded`` and ``overloaded_REASON``; no counter, no decision log), to
+        retry after a forward timeout. Not degraded: a busy owner is reachable."""
         self.stats["overloaded"] += 1
+        self.stats[f"overloaded_{reason}"] += 1
         rule = self.registry.resolve(client)
         retry_ns = self.config.forward_timeout_ns
         shadow = rule.shadow or self.config.shadow
@@ -388,7 +396,7 @@ class Node:
             reply_to = envelope.sender_addr
             self.forwarding.answer(sender, reply_to, message, wall, self._decide_forwarded)
         elif isinstance(message, ReplyBatch):
-            self._events.extend(self.forwarding.resolve(sender, message))
+            self._events.extend(self.forwarding.resolve(sender, message, now_ns))
         elif isinstance(message, CounterDeltas):
             self.replication.merge(message, wall)
         elif isinstance(message, RuleEntries):
@@ -424,12 +432,15 @@ class Node:
             wall = now_ns + self._wall_offset
             decision = self._decide_degraded(request.client, request.cost, wall)
             self._events.append(Decided(ticket, request.client, decision))
-        # A new or restarted member needs the counts it holds, and so does a new ring's
-        # holder: only the counters whose holders changed are handed over, paced.
+        # A member back from the dead (perhaps restarted without memory) needs the counts
+        # it holds, and so does a new ring's holder: only the counters whose holders
+        # changed are handed over, paced. A refuted suspicion is no such change: the
+        # member never left the ring, and handing it everything it holds at each false
+        # suspicion is what turns a busy moment into a flood of hand-over traffic.
         rejoined = [
             e.node
             for e in events
-            if e.new_state == MemberState.ALIVE and e.old_state != MemberState.ALIVE
+            if e.new_state == MemberState.ALIVE and e.old_state == MemberState.DEAD
         ]
         old_ring = self.ring
         ring_members = tuple(sorted(n for n, s in states.items() if s != MemberState.LEFT))

@@ -7,11 +7,14 @@ a new owner takes over with the counts. When the ring changes, or a member joins
 restarts, the counters held here whose holders changed are queued for hand-over
 (``queue_handover``): those whose preference list (owner and replicas) gained a member
 or changed owner, for the new holders only, and those a rejoined member holds, for it.
-All slots, not only ours, go, paced: at most ``HANDOVER_BUDGET`` counters and
+All slots, not only ours, go, paced: at most ``HANDOVER_PER_S`` counters a second and
 ``handover_bytes_per_round`` bytes a gossip round, so a ring change moves ~1/n of the
 counters and never floods the links that probes share. Finding them is paced too
-(``HANDOVER_SCAN_BUDGET`` counters examined a round), so it never stalls the node. On a graceful leave everything goes at once to the holders in
-the ring without this node (``hand_over_everything``).
+(``HANDOVER_SCAN_PER_S`` counters examined a second, whatever the gossip interval), so
+it never stalls the node, however often the ring changes: a flapping member must not
+turn into a node busy scanning its counters, whose late acks breed the next suspicion.
+On a graceful leave everything goes at once to the holders in the ring without this
+node (``hand_over_everything``).
 
 Incoming deltas (``merge``) merge slot by slot (G-counters: per-slot max, so loss,
 duplication and reordering are harmless), except for windows that began before an
@@ -30,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.config import NodeConfig, per_round
 from meshlimit.cluster.node.link import Link
 from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.messages import CounterDeltas, CounterSlot
@@ -41,12 +44,19 @@ from meshlimit.core.rules import Rule
 
 #: A counter's key: ``(series, client)``.
 SeriesKey = tuple[str, str]
-#: Most counters handed over per gossip round after a ring change (and at most
-#: ``NodeConfig.handover_bytes_per_round`` bytes of them).
-HANDOVER_BUDGET = 2000
-#: Counters a hand-over scan examines per gossip round (at least ``HANDOVER_BUDGET``, so a
-#: node holding no more than that sends them all in the first round).
-HANDOVER_SCAN_BUDGET = 4096
+#: Most counters handed over per second after a ring change (``handover_budget``; and at
+#: most ``NodeConfig.handover_bytes_per_round`` bytes a round). Why 10,000: sending one
+#: costs ~10-15 us of encoding, so a hand-over takes at most ~15% of a core however
+#: often the ring changes, and the ~1/n of 100k counters that move go within seconds.
+HANDOVER_PER_S = 10_000
+#: Fewest counters handed over per gossip round, however short the round.
+HANDOVER_MIN = 100
+#: Counters a hand-over scan examines per second of gossip rounds (``scan_budget``). Why
+#: 20,000: examining one costs a ring lookup or two (~5-10 us), so a scan takes at most
+#: ~15% of a core however often the ring changes, and 100k counters are examined in 5 s.
+HANDOVER_SCAN_PER_S = 20_000
+#: Fewest counters a hand-over scan examines per gossip round, however short the round.
+HANDOVER_SCAN_MIN = 256
 #: Byte budget of the hand-over on a graceful leave: everything, at once.
 MAX_HANDOVER_BYTES = 2**62
 #: Encoded size of a delta slot beyond its strings: window, array headers, framing.
@@ -58,6 +68,18 @@ MAX_SERIES = 1024
 
 _V = TypeVar("_V")
 _NOBODY: frozenset[str] = frozenset()
+
+
+def handover_scan_budget(gossip_interval_ns: int) -> int:
+    """Counters a hand-over scan examines per gossip round: ``HANDOVER_SCAN_PER_S`` over the
+    rounds of a second, at least ``HANDOVER_SCAN_MIN``."""
+    return per_round(HANDOVER_SCAN_PER_S, gossip_interval_ns, HANDOVER_SCAN_MIN)
+
+
+def handover_budget(gossip_interval_ns: int) -> int:
+    """Counters a hand-over sends per gossip round: ``HANDOVER_PER_S`` over the rounds of a
+    second, at least ``HANDOVER_MIN``."""
+    return per_round(HANDOVER_PER_S, gossip_interval_ns, HANDOVER_MIN)
 
 
 def mark_dirty(
@@ -186,15 +208,18 @@ class Replication:
         local mode, the new and rejoined members. Counters whose holders did not change
         stay put (a ring change among n members moves ~1/n of them).
 
-        The counters are examined ``HANDOVER_SCAN_BUDGET`` a round (``continue_handover``),
+        The counters are examined ``scan_budget`` a round (``continue_handover``),
         so a change never stalls the node. One scan runs at a time: a change during one
         restarts it over both changes (``old`` of the first, ``new`` of the last)."""
         back = frozenset(rejoined) - {self._node_id}
         scan = self._scan
         if scan is not None:
             old, back = scan.old, back | scan.back
-        keys = [key for key, _ in self._counters.items()]
-        self._scan = _Scan(old, new, back, keys)
+        self._scan = _Scan(old, new, back, self._counters.keys())
+
+    def scan_budget(self) -> int:
+        """Counters a hand-over scan examines per gossip round (``handover_scan_budget``)."""
+        return handover_scan_budget(self._config.gossip_interval_ns)
 
     def _scan_some(self, budget: int) -> None:
         """Examine up to ``budget`` more counters of the running scan, queueing those due."""
@@ -254,16 +279,18 @@ class Replication:
         wall: int,
         ring: HashRing,
         *,
-        budget: int = HANDOVER_BUDGET,
+        budget: int | None = None,
         byte_budget: int | None = None,
     ) -> None:
         """Send queued counters, every slot, to the holders they were queued for that still
-        hold them in ``ring``: up to ``budget`` counters and ``byte_budget`` bytes (default:
-        ``handover_bytes_per_round``), oldest first, at least one; first examine the next
-        ``HANDOVER_SCAN_BUDGET`` counters of a running scan (``queue_handover``)."""
-        self._scan_some(HANDOVER_SCAN_BUDGET)
+        hold them in ``ring``: up to ``budget`` counters (default: ``handover_budget``) and
+        ``byte_budget`` bytes (default: ``handover_bytes_per_round``), oldest first, at least one; first examine the next
+        ``scan_budget()`` counters of a running scan (``queue_handover``)."""
+        self._scan_some(self.scan_budget())
         if not self._handover:
             return
+        if budget is None:
+            budget = handover_budget(self._config.gossip_interval_ns)
         bytes_left = self._config.handover_bytes_per_round if byte_budget is None else byte_budget
         local = self._config.mode == "local"
         live = frozenset(self._link.peers()) if local else frozenset()

@@ -1,0 +1,176 @@
+"""Overload is answered, not misread as failure.
+
+- A forward that times out while its owner answers slowly is ``overloaded`` (refused,
+  counted nowhere), not degraded: the owner's late count stays the only one.
+- The forward timeout adapts to the round trips it sees (RFC 6298), within bounds.
+- A node that was itself stalled holds its probe inconclusive and accuses nobody.
+- Degraded admissions are reported at a bounded pace per gossip round.
+- The runtime lets at most ``max_inflight`` forwarded checks out at once; the rest wait
+  their turn, untimed, and RESP stops reading while the queue is deep.
+
+The sans-IO cases run on the in-memory link of ``test_node_links``; the runtime cases on
+loopback, with every runtime stopped by its context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from runtimes import started_runtime
+from test_late_replies import SlowRepliesLink
+from test_node_links import NS_PER_MS, NS_PER_S, Link, client_owned_by, cluster, log_of
+
+from meshlimit.cluster.node import Node
+from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.degraded import DEGRADED_RESEND_MIN, DEGRADED_RESENDS_PER_S
+from meshlimit.cluster.node.forwarding import MAX_TIMEOUT_MULT
+from meshlimit.cluster.wire.messages import MemberState
+from meshlimit.core.decision import Decision
+
+
+def test_a_timeout_on_a_slow_owner_is_overloaded_not_degraded() -> None:
+    link = cluster("abc", kind=SlowRepliesLink)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    timeout = asker.config.forward_timeout_ns
+    # One reply that takes 60% of the timeout: the owner is answering, slowly.
+    link.slow = "a"
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    assert isinstance(ticket, int)
+    link.advance(timeout * 6 // 10)
+    link.slow = ""
+    link.release()
+    assert link.decided("b", ticket).path == "forwarded"
+    assert asker.forwarding.owner_slow("a", link.now_ns), "a slow reply did not mark the owner"
+    # Now its replies stop coming in time: the checks time out.
+    link.slow = "a"
+    tickets = [asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))]
+    link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
+    decision = link.decided("b", tickets[0])  # type: ignore[arg-type]
+    assert decision.path == "overloaded" and not decision.allowed, decision
+    assert asker.stats["overloaded_slow_owner"] == 1
+    assert [p for p, _ in log_of(link, "b", client)] == [], "asker: counted a check itself"
+    link.slow = ""
+    link.release()
+    assert asker.stats["late_replies"] == 1 and asker.stats["late_replies_counted_twice"] == 0
+
+
+def test_a_timeout_on_a_silent_owner_is_still_degraded() -> None:
+    link = cluster("abc", kind=SlowRepliesLink)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    link.slow = "a"  # a lost reply, from an owner never seen slow
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
+    assert link.decided("b", ticket).path == "degraded"  # type: ignore[arg-type]
+
+
+def test_the_forward_timeout_adapts_within_its_bounds() -> None:
+    config = NodeConfig.preset("lan", "a", ("127.0.0.1", 7000))
+    floor = config.forward_timeout_ns
+    node = Node(config, random.Random(1), now_ns=0, wall_ns=NS_PER_S)
+    fwd = node.forwarding
+    assert fwd.timeout_ns() == floor
+    for _ in range(20):
+        fwd._sample_rtt(floor)  # answers that take the whole configured timeout
+    assert floor < fwd.timeout_ns() <= MAX_TIMEOUT_MULT * floor
+    for _ in range(20):
+        fwd._sample_rtt(10 * floor)  # far slower: capped
+    assert fwd.timeout_ns() == MAX_TIMEOUT_MULT * floor
+    for _ in range(200):
+        fwd._sample_rtt(NS_PER_MS)  # healthy again: back to the configured timeout
+    assert fwd.timeout_ns() == floor
+
+
+class StallLink(Link):
+    """The in-memory link, where a stalled node neither runs nor reads: what is sent to it
+    waits (as in its socket) until it resumes; it then ticks first, then reads (as libuv
+    runs due timers before it polls)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.stalled = ""
+        self.unread = ""  # runs, but what is sent to it waits unread
+        self.held: list[tuple[bytes, str, str]] = []
+
+    def up(self) -> list[tuple[str, Node]]:
+        return [(n, node) for n, node in super().up() if n != self.stalled]
+
+    def carry(self, src: str, dst: str, datagram: bytes, sender: Node) -> bool:
+        if dst in (self.stalled, self.unread):
+            self.held.append((datagram, src, dst))
+            return False
+        return True
+
+    def resume(self) -> None:
+        name, self.stalled, self.unread = self.stalled, "", ""
+        node = self.nodes[name]
+        node.tick(now_ns=self.now_ns, wall_ns=self.wall(name))
+        held, self.held = self.held, []
+        for datagram, src, _ in held:
+            node.receive(
+                datagram, self.nodes[src].config.addr, now_ns=self.now_ns, wall_ns=self.wall(name)
+            )
+        self.settle()
+
+
+def test_a_stalled_node_accuses_nobody() -> None:
+    link = cluster("abc", kind=StallLink)
+    a = link.nodes["a"]
+    interval = a.config.membership.probe_interval_ns
+    for _ in range(3):  # stalls, each just after a sends a probe and longer than a round
+        link.advance(a.membership._next_probe_at - link.now_ns - 1)
+        link.unread = "a"
+        link.advance(1)  # a sends its next ping...
+        link.stalled = "a"  # ...and stalls before it reads the ack
+        link.advance(2 * interval)
+        link.resume()
+        link.advance(interval)
+    assert a.membership.stats["probes_inconclusive"] >= 3, a.membership.stats
+    assert a.membership.stats["stalls"] >= 3
+    accused = [m.node for m in a.membership.members() if m.state != MemberState.ALIVE]
+    assert not accused, f"a stalled node accused its peers: {accused}"
+    assert a.membership.local_health > 0, "a stall did not raise the awareness score"
+
+
+def test_degraded_admissions_are_reported_at_a_bounded_pace() -> None:
+    link = cluster("abc", default_rule="1000/hour")
+    b = link.nodes["b"]
+    clients = [f"user-{i}" for i in range(3000)]
+    for client in clients:
+        b.degraded.note_admitted("sliding_window:3600000000000", client)
+        b.counters.check(client, b.registry.resolve(client), 1, now_ns=link.wall("b"))
+    sent: list[int] = []
+    real_send = b.replication.send_slots
+
+    def count(by_node: dict[str, list[Any]]) -> None:
+        sent.append(len({s.client for slots in by_node.values() for s in slots}))
+        real_send(by_node)
+
+    b.replication.send_slots = count  # type: ignore[method-assign]
+    b.degraded.resend(link.wall("b"), b.ring)
+    budget = max(
+        DEGRADED_RESEND_MIN, DEGRADED_RESENDS_PER_S * b.config.gossip_interval_ns // NS_PER_S
+    )
+    assert sent == [budget] and budget < len(clients), f"resend: {sent} in one round"
+
+
+def test_checks_wait_for_room_when_too_many_are_in_flight() -> None:
+    async def main() -> None:
+        async with (
+            started_runtime("a", default_rule="1000/hour") as a,
+            started_runtime("b", seeds=[a.node.config.addr], default_rule="1000/hour") as b,
+        ):
+            assert await b.wait_ready(5.0)
+            await asyncio.sleep(0.3)
+            b.max_inflight = 2
+            clients = [f"user-{i}" for i in range(400) if b.node.owner(f"user-{i}") == "a"]
+            decisions = await asyncio.gather(*(b.check(c) for c in clients[:40]))
+            assert all(isinstance(d, Decision) for d in decisions)
+            assert {d.path for d in decisions} == {"forwarded"}, decisions
+            assert b.node.stats["checks_waited"] >= 30, b.node.stats
+            assert b.node.stats["busy_periods"] >= 1 and not b.busy
+
+    asyncio.run(main())
