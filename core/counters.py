@@ -138,18 +138,27 @@ class CounterStore:
         return True
 
     def check(
-        self, client: str, rule: Rule, cost: int, *, now_ns: int, capacity: int | None = None
+        self,
+        client: str,
+        rule: Rule,
+        cost: int,
+        *,
+        now_ns: int,
+        capacity: int | None = None,
+        commit: bool = True,
     ) -> Outcome:
         """Decide a request on the merged counts and count it in this node's slot.
 
+        ``rule`` is one limit (a rule of several is checked limit by limit).
         ``capacity`` replaces the rule's limit (a degraded node's local quota);
-        the burst then does not apply. Returns ``(allowed, remaining,
+        the burst then does not apply. With ``commit=False`` nothing is counted
+        (nor a counter created): the answer only. Returns ``(allowed, remaining,
         reset_after_ns, retry_after_ns)``.
         """
         limit, burst = (rule.limit, rule.burst) if capacity is None else (capacity, 0)
         counter = self._counters.get((rule.series, client))
         if counter is None:
-            if cost == 0:
+            if cost == 0 or not commit:
                 counter = ClientCounter(now_ns // rule.window_ns - 2)
             else:
                 counter = self._counter(rule.series, client, now_ns // rule.window_ns - 2)
@@ -161,7 +170,7 @@ class CounterStore:
             allowed, tat, remaining, reset_ns, retry_ns = token_bucket(
                 counter.tat, limit, burst, rule.window_ns, cost, now_ns
             )
-            if allowed:
+            if allowed and commit:
                 counter.tat = tat
             return allowed, remaining, reset_ns, retry_ns
         now_idx = now_ns // rule.window_ns
@@ -190,7 +199,7 @@ class CounterStore:
             counter.roll(now_idx)
             if not quota:
                 counter.carry = carry
-        if allowed and cost:
+        if allowed and cost and commit:
             counter.cur.increment(self.node_id, cost)
         return allowed, remaining, reset_ns, retry_ns
 

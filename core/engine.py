@@ -7,12 +7,14 @@ slice of clients.
 
 A check costs: one hash of the client id (cached by Python on the string),
 one or two dict lookups to resolve the rule, one dict lookup for the series
-and one bucket scan in the series' table.
+and one bucket scan in the series' table. A rule of several limits
+(``10/second;1000/hour``) asks each limit's series first and counts in all of
+them only if all allow: twice that per limit.
 """
 
 from __future__ import annotations
 
-from .decision import Decision, allowed_decision, make_decision
+from .decision import Decision, Outcome, allowed_decision, make_decision, most_restrictive
 from .hlc import ZERO, Stamp
 from .registry import RuleRegistry, check_client_id
 from .rules import MAX_COUNT, Rule, as_rule
@@ -33,33 +35,65 @@ class Engine:
         max_clients: int = DEFAULT_MAX_CLIENTS,
         max_rules: int = 1_000_000,
     ) -> None:
+        check_max_clients(max_clients)
         self.registry = RuleRegistry(default, max_entries=max_rules)
         #: One series per (algo, window): ``Rule.series`` -> state.
         self.series: dict[str, Series] = {}
         self.max_clients = max_clients
         # Note the default's burst now: a series another rule creates first would
         # otherwise keep its records too briefly for the default's carry to drain.
-        self.series_for(self.registry.default)
+        for limit in self.registry.default.limits:
+            self.series_for(limit)
 
     def check(self, client: str, cost: int, *, now_ns: int, path: str = "local") -> Decision:
-        """Decide one request of ``cost`` for ``client`` at ``now_ns``."""
+        """Decide one request of ``cost`` for ``client`` at ``now_ns``.
+
+        ``remaining`` is capped at the limit (a burst is spendable, not shown)."""
         if type(client) is not str or not client or len(client) > 64:
             check_client_id(client)
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
-            raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
+            check_cost(cost)
         rule = self.registry.resolve(client)
+        if rule.also:
+            return self._check_all(client, rule, cost, now_ns, path)
         series = self.series.get(rule.series)
         if series is None:
             series = self.series_for(rule)
         allowed, remaining, reset_ns, retry_ns = series.check(
             hash(client), rule.limit, rule.burst, cost, now_ns
         )
+        if remaining > rule.limit:
+            remaining = rule.limit
         if allowed:
-            return allowed_decision(rule.limit, remaining, reset_ns, path)
-        return make_decision(False, rule.limit, remaining, reset_ns, retry_ns, path, rule.shadow)
+            return allowed_decision(rule.limit, remaining, reset_ns, path, rule.window_ns)
+        return make_decision(
+            False, rule.limit, remaining, reset_ns, retry_ns, path, rule.shadow, rule.window_ns
+        )
+
+    def _check_all(self, client: str, rule: Rule, cost: int, now_ns: int, path: str) -> Decision:
+        """A rule of several limits: each answers first; only if all allow, each counts."""
+        key = hash(client)
+        parts = [
+            (limit, self.series.get(limit.series) or self.series_for(limit))
+            for limit in rule.limits
+        ]
+        outcomes: list[Outcome] = [
+            series.check(key, limit.limit, limit.burst, cost, now_ns, False)
+            for limit, series in parts
+        ]
+        if cost and all(outcome[0] for outcome in outcomes):
+            outcomes = [
+                series.check(key, limit.limit, limit.burst, cost, now_ns) for limit, series in parts
+            ]
+        index, (allowed, remaining, reset_ns, retry_ns) = most_restrictive(outcomes)
+        shown = rule.limits[index]
+        remaining = min(remaining, shown.limit)
+        return make_decision(
+            allowed, shown.limit, remaining, reset_ns, retry_ns, path, rule.shadow, shown.window_ns
+        )
 
     def series_for(self, rule: Rule) -> Series:
-        """The series counting under ``rule``, created on first use."""
+        """The series counting under ``rule`` (a single limit), created on first use."""
         series = self.series.get(rule.series)
         if series is None:
             series = self.series[rule.series] = new_series(
@@ -74,7 +108,8 @@ class Engine:
             value = as_rule(value)
         changed = self.registry.apply(key, value, stamp)
         if changed and isinstance(value, Rule):
-            self.series_for(value)
+            for limit in value.limits:
+                self.series_for(limit)
         return changed
 
     def reset(self, client: str) -> int:
@@ -92,4 +127,20 @@ class Engine:
         return dead, sum(s.table.evicted_live for s in self.series.values())
 
 
-__all__ = ["DEFAULT_MAX_CLIENTS", "Engine", "ZERO"]
+def check_cost(cost: object) -> None:
+    """Refuse a cost that is no ``int`` (``TypeError``) or out of range (``ValueError``)."""
+    if type(cost) is not int:
+        raise TypeError(f"cost must be an int, got {type(cost).__name__} {cost!r}")
+    if not 0 <= cost <= MAX_COUNT:
+        raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
+
+
+def check_max_clients(max_clients: object) -> None:
+    """Refuse a client bound that is no ``int`` or below 1 (0 would track nobody)."""
+    if type(max_clients) is not int:
+        raise TypeError(f"max_clients must be an int, got {max_clients!r}")
+    if max_clients < 1:
+        raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+
+
+__all__ = ["DEFAULT_MAX_CLIENTS", "Engine", "ZERO", "check_cost", "check_max_clients"]

@@ -129,9 +129,12 @@ class Entry:
 
 
 def check_client_id(client: str) -> None:
-    """Refuse client ids that are empty, not text, or longer than 256 UTF-8 bytes."""
-    if not isinstance(client, str) or not client:
-        raise ValueError(f"client id must be a non-empty string, got {client!r}")
+    """Refuse client ids that are not text (``TypeError``), empty or longer than 256 UTF-8
+    bytes (``ValueError``)."""
+    if not isinstance(client, str):
+        raise TypeError(f"client id must be a str, got {type(client).__name__} {client!r}")
+    if not client:
+        raise ValueError("client id must be a non-empty string, got ''")
     try:
         size = len(client.encode())
     except UnicodeEncodeError:
@@ -141,8 +144,11 @@ def check_client_id(client: str) -> None:
 
 
 def check_tier_name(name: str) -> None:
-    """Tier names are 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""
-    if not isinstance(name, str) or not _TIER_NAME.match(name):
+    """Tier names are 1 to 64 letters, digits, ``_``, ``.`` or ``-`` (``TypeError`` if
+    not text)."""
+    if not isinstance(name, str):
+        raise TypeError(f"tier name must be a str, got {type(name).__name__} {name!r}")
+    if not _TIER_NAME.match(name):
         raise ValueError(f"tier name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
 
 
@@ -158,8 +164,11 @@ def drain_ns(rule: Rule) -> int:
     Window algorithms keep a window's count for the next one and carry a burst
     ``ceil(burst / limit)`` windows further (``series.py``'s horizon); a token
     bucket is full again ``(limit + burst)`` emission intervals after its last
-    admission. The larger of the two, so it holds for every algorithm.
+    admission. The larger of the two, so it holds for every algorithm; for a rule of
+    several limits, the longest of its limits'.
     """
+    if rule.also:
+        return max(drain_ns(limit) for limit in rule.limits)
     windows = (2 + -(-rule.burst // rule.limit)) * rule.window_ns
     interval = -(-rule.window_ns // rule.limit)
     return max(windows, interval * (rule.limit + rule.burst))

@@ -11,7 +11,9 @@ Records (24 bytes for windows, 16 for the token bucket):
 - window algorithms: ``key, window index (low 32 bits), count, previous count, carry``
 - token bucket: ``key, theoretical arrival time (ns)``
 
-``check`` returns ``(allowed, remaining, reset_after_ns, retry_after_ns)``.
+``check`` returns ``(allowed, remaining, reset_after_ns, retry_after_ns)``; with
+``commit=False`` it only answers (a rule of several limits asks each before it
+counts in any).
 Every ``SWEEP_EVERY`` checks one bucket of expired records is dropped, so
 idle clients cost nothing once their windows can no longer matter.
 """
@@ -56,8 +58,10 @@ class WindowSeries:
         """Keep records long enough for this rule's carry to drain."""
         self.horizon = max(self.horizon, 2 + -(-burst // limit))
 
-    def check(self, key: int, limit: int, burst: int, cost: int, now_ns: int) -> Outcome:
-        """Decide one request and record it if admitted with a positive cost."""
+    def check(
+        self, key: int, limit: int, burst: int, cost: int, now_ns: int, commit: bool = True
+    ) -> Outcome:
+        """Decide one request and record it if admitted with a positive cost (and ``commit``)."""
         table = self.table
         bucket, pos = table.find(key)
         if bucket is not None and pos >= 0:  # found (the bucket test narrows the type)
@@ -68,7 +72,7 @@ class WindowSeries:
         allowed, idx, cur, prev, carry, remaining, reset_ns, retry_ns = self._decide(
             idx, cur, prev, carry, limit, burst, self.window_ns, cost, now_ns
         )
-        if allowed and cost:
+        if allowed and cost and commit:
             if bucket is not None and pos >= 0:
                 _pack_window(bucket, pos, key, idx, cur, prev, carry)
             else:
@@ -122,15 +126,17 @@ class TokenSeries:
     def note_rule(self, limit: int, burst: int) -> None:
         """Token buckets expire by their own clock; nothing to note."""
 
-    def check(self, key: int, limit: int, burst: int, cost: int, now_ns: int) -> Outcome:
-        """Decide one request and record it if admitted with a positive cost."""
+    def check(
+        self, key: int, limit: int, burst: int, cost: int, now_ns: int, commit: bool = True
+    ) -> Outcome:
+        """Decide one request and record it if admitted with a positive cost (and ``commit``)."""
         table = self.table
         bucket, pos = table.find(key)
         tat = TOKEN_RECORD.unpack_from(bucket, pos)[1] if bucket is not None and pos >= 0 else 0
         allowed, tat, remaining, reset_ns, retry_ns = token_bucket(
             tat, limit, burst, self.window_ns, cost, now_ns
         )
-        if allowed and cost:
+        if allowed and cost and commit:
             if bucket is not None and pos >= 0:
                 TOKEN_RECORD.pack_into(bucket, pos, key, tat)
             else:

@@ -53,7 +53,31 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     daemon.add_arguments(parser)
 
 
+#: What ``meshlimit node`` needs beyond the library: the ``daemon`` extra.
+DAEMON_MODULES = ("aiohttp", "prometheus_client", "hiredis")
+
+
+def missing_daemon_modules() -> list[str]:
+    """The daemon extra's modules that cannot be imported here."""
+    import importlib
+
+    missing = []
+    for name in DAEMON_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def _node_run(args: argparse.Namespace) -> int:
+    missing = missing_daemon_modules()
+    if missing:
+        print(
+            f"meshlimit node: needs {', '.join(missing)}: pip install 'meshlimit[daemon]'",
+            file=sys.stderr,
+        )
+        return 1
     import meshlimit.cluster.daemon.main as daemon
 
     return daemon.run_daemon(args)

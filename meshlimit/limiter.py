@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from meshlimit.core.decision import Decision
-from meshlimit.core.engine import DEFAULT_MAX_CLIENTS, Engine
+from meshlimit.core.engine import DEFAULT_MAX_CLIENTS, Engine, check_max_clients
 from meshlimit.core.hlc import ZERO, Stamp, next_stamp
 from meshlimit.core.registry import (
     CLIENT_PREFIX,
@@ -34,7 +34,12 @@ class Limiter:
     ``default`` applies to every client without a rule of its own; ``rules``
     maps clients to rules (``"1000/minute burst 200"``) or tiers (``"@gold"``);
     ``tiers`` names rules that many clients share. ``clock`` returns wall time
-    in nanoseconds (windows align to wall time).
+    in nanoseconds (windows align to wall time). A rule may hold several limits
+    (``"10/second;1000/hour"``): every one must allow a request.
+
+    Arguments of the wrong type raise ``TypeError``, bad values ``ValueError``,
+    each naming the argument; a tier must be defined before a client is put on it
+    (a misspelled tier is an error, never the default in disguise).
     """
 
     def __init__(
@@ -47,12 +52,17 @@ class Limiter:
         max_clients: int = DEFAULT_MAX_CLIENTS,
         node_id: str = "local",
     ) -> None:
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning nanoseconds, got {clock!r}")
+        check_max_clients(max_clients)
+        for what, mapping in (("rules", rules), ("tiers", tiers)):
+            if mapping is not None and not isinstance(mapping, Mapping):
+                raise TypeError(f"{what} must be a mapping of names to rules, got {mapping!r}")
         self._clock = clock
         self._lock = threading.Lock()
         self._node_id = node_id
         self._stamp: Stamp = ZERO
-        self._engine = Engine(default, max_clients=max_clients)
-        self._engine.series_for(self._engine.registry.default)
+        self._engine = Engine(as_rule(default, "default"), max_clients=max_clients)
         for name, rule in (tiers or {}).items():
             self.set_tier(name, rule)
         for client, rule in (rules or {}).items():
@@ -66,14 +76,20 @@ class Limiter:
     def set_rule(self, client: str, rule: Rule | str) -> None:
         """Give ``client`` its own rule, or a tier with ``"@NAME"``. Counts are kept
         when only the limit or burst changes; a new window starts a fresh count."""
-        check_client_id(client)  # before building the key: a non-str id is a ValueError
-        value = rule if isinstance(rule, str) and rule.startswith("@") else as_rule(rule)
-        self._write(CLIENT_PREFIX + client, value)
+        check_client_id(client)  # before building the key: a non-str id is a TypeError
+        if isinstance(rule, str) and rule.startswith("@"):
+            self.assign_tier(client, rule[1:])
+        else:
+            self._write(CLIENT_PREFIX + client, as_rule(rule))
 
     def assign_tier(self, client: str, tier: str) -> None:
-        """Put ``client`` on a named tier."""
+        """Put ``client`` on a named tier, which must exist (``ValueError`` otherwise)."""
         check_client_id(client)
         check_tier_name(tier)
+        with self._lock:
+            known = tier in self._engine.registry.tiers()
+        if not known:
+            raise ValueError(f"no tier {tier!r} is defined (define it with set_tier first)")
         self._write(CLIENT_PREFIX + client, "@" + tier)
 
     def remove_rule(self, client: str) -> None:
@@ -89,6 +105,7 @@ class Limiter:
 
     def get_rule(self, client: str) -> Rule:
         """The rule in force for ``client``."""
+        check_client_id(client)
         with self._lock:
             return self._engine.registry.resolve(client)
 
@@ -104,7 +121,7 @@ class Limiter:
 
     def set_default(self, rule: Rule | str) -> None:
         """Change the default rule."""
-        self._write(DEFAULT_KEY, as_rule(rule))
+        self._write(DEFAULT_KEY, as_rule(rule, "default"))
 
     @property
     def default(self) -> Rule:

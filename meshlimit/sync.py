@@ -15,6 +15,16 @@ Every method hands a coroutine to that loop with
 node itself is only ever touched from its own thread and needs no lock. A
 check costs one hop to the loop thread and back (tens of microseconds) on
 top of the node's own work; a forwarded check waits for the owner too.
+
+Fork. A forked child has a copy of the node's memory but not its thread: nothing
+would ever run its loop (a pre-fork server such as ``gunicorn --preload`` starts
+the node in the master, then forks the workers). A node cannot follow its
+process into the child either: the parent still holds its address and members.
+So the fork is detected (``os.register_at_fork``) and in the child every call
+raises :class:`NodeForkedError` at once, saying what to do instead: start a node
+in each worker after the fork (gunicorn's ``post_fork`` hook, or no
+``--preload``), each on its own address, or share one daemon through
+:class:`meshlimit.client.Client`. The parent's node carries on unharmed.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -32,7 +44,7 @@ from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
 from meshlimit.node import JOIN_TIMEOUT_S, JoinTimeoutError, Node
 
-__all__ = ["JoinTimeoutError", "NodeStoppedError", "SyncNode", "new_event_loop"]
+__all__ = ["JoinTimeoutError", "NodeForkedError", "NodeStoppedError", "SyncNode", "new_event_loop"]
 
 log = logging.getLogger("meshlimit.sync")
 
@@ -50,6 +62,27 @@ CALL_TIMEOUT_S = 5.0
 
 class NodeStoppedError(RuntimeError):
     """The :class:`SyncNode` was stopped (or never started); start a new one."""
+
+
+class NodeForkedError(NodeStoppedError):
+    """The :class:`SyncNode` was started in a parent process; this forked child has no
+    node thread. Start a node after the fork, or use :class:`meshlimit.client.Client`."""
+
+
+#: Every SyncNode running in this process, for the fork hook (weak: a dropped node goes).
+_RUNNING: weakref.WeakSet[SyncNode] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: every node inherited from the parent is dead here."""
+    pid = os.getpid()
+    for node in list(_RUNNING):
+        node._forked_into(pid)
+    _RUNNING.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def new_event_loop(*, use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
@@ -81,6 +114,9 @@ class SyncNode:
         self._thread = thread
         self._lock = threading.Lock()  # guards _stopped against a concurrent stop()
         self._stopped = False
+        self._started_in = os.getpid()
+        self._forked: str | None = None  # why calls fail in a forked child
+        _RUNNING.add(self)
 
     @classmethod
     def start(
@@ -152,16 +188,28 @@ class SyncNode:
         return self._call(self._node.check(client, cost), timeout)
 
     def set_rule(self, client: str, rule: Rule | str) -> None:
-        """Give ``client`` a rule (or ``"@tier"``); spreads to every node."""
+        """Give ``client`` a rule (or ``"@tier"``, a known tier); spreads to every node."""
         self._call(self._node.set_rule(client, rule), CALL_TIMEOUT_S)
+
+    def assign_tier(self, client: str, tier: str) -> None:
+        """Put ``client`` on a tier this node knows (``ValueError`` otherwise)."""
+        self._call(self._node.assign_tier(client, tier), CALL_TIMEOUT_S)
 
     def remove_rule(self, client: str) -> None:
         """Drop ``client``'s own rule; the default applies again."""
         self._call(self._node.remove_rule(client), CALL_TIMEOUT_S)
 
+    def reset(self, client: str) -> None:
+        """Forget ``client``'s counts cluster-wide."""
+        self._call(self._node.reset(client), CALL_TIMEOUT_S)
+
     def set_tier(self, name: str, rule: Rule | str) -> None:
         """Define or change a tier everywhere."""
         self._call(self._node.set_tier(name, rule), CALL_TIMEOUT_S)
+
+    def remove_tier(self, name: str) -> None:
+        """Remove a tier everywhere; its clients fall back to the default."""
+        self._call(self._node.remove_tier(name), CALL_TIMEOUT_S)
 
     def set_default(self, rule: Rule | str) -> None:
         """Change the default rule everywhere."""
@@ -171,9 +219,22 @@ class SyncNode:
         """The rule in force for ``client`` on this node."""
         return self._call(_value(self._node.get_rule, client), CALL_TIMEOUT_S)
 
+    @property
+    def default(self) -> Rule:
+        """The default rule, as this node knows it."""
+        return self._call(_value(lambda: self._node.default), CALL_TIMEOUT_S)
+
+    def tiers(self) -> dict[str, Rule]:
+        """Tiers by name, as this node knows them."""
+        return self._call(_value(self._node.tiers), CALL_TIMEOUT_S)
+
     def owner(self, client: str) -> str:
         """The member that owns ``client`` in this node's view of the ring."""
-        return self._call(_value(self._node.sans_io.owner, client), CALL_TIMEOUT_S)
+        return self._call(_value(self._node.owner, client), CALL_TIMEOUT_S)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this node's work, for monitoring."""
+        return self._call(_value(self._node.stats), CALL_TIMEOUT_S)
 
     def members(self) -> list[tuple[str, Address, str, int]]:
         """``(node, addr, state, incarnation)`` of every known member."""
@@ -193,6 +254,9 @@ class SyncNode:
             if self._stopped:
                 return
             self._stopped = True
+        _RUNNING.discard(self)
+        if self._forked is not None:
+            return  # the node is the parent's to stop: this child has no thread to join
         future = asyncio.run_coroutine_threadsafe(self._node.stop(), self._loop)
         try:
             future.result(timeout)
@@ -215,13 +279,26 @@ class SyncNode:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped else "running"
+        state = "forked" if self._forked else "stopped" if self._stopped else "running"
         return f"<SyncNode {self.node_id} {state}>"
 
     # --- plumbing ---------------------------------------------------------------------
 
+    def _forked_into(self, pid: int) -> None:
+        """This process is a fork of the one the node runs in: refuse every call here."""
+        self._lock = threading.Lock()  # the parent's may have been held at the fork
+        self._forked = (
+            f"SyncNode {self.node_id} was started in process {self._started_in} before "
+            f"it forked; this process ({pid}) has no node thread. Start a node after the "
+            "fork (in each worker, on its own address: gunicorn's post_fork hook, or no "
+            "--preload), or share one daemon with meshlimit.client.Client"
+        )
+
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the node's loop and wait for it; refuse after stop."""
+        if self._forked is not None:
+            coro.close()
+            raise NodeForkedError(self._forked)
         with self._lock:
             if self._stopped:
                 coro.close()  # never scheduled: close it, so no "never awaited" warning

@@ -152,42 +152,65 @@ class Checkers:
         """Decisions made at ``node``, each with the wall time it decided at."""
         self.history.advance(now)
         life = self._life(node)
-        key = life.key
         view = self._view(life)
-        first_seen = self._first_seen
         for wall, client, rule, cost, allowed, path in log:
             self.decisions[path] += 1
             if path == "forwarded":
                 self._owner_decided[client] += 1
             elif path == "degraded" and not self.history.faults_seen:
                 self.deciders.judge_degraded(life, view, client, now)
-            if cost and (client, rule.series) not in first_seen:
-                first_seen[(client, rule.series)] = now
             full = path != "degraded"
-            index, relived = self._charged_window(key, wall, client, rule)
-            if not allowed:
-                if cost and full and not relived:
-                    self.refusals.judge(life, wall, client, rule, cost, now)
-                continue
-            if not cost:
-                continue
-            self._logged[(node, client, path)] += cost
-            self._logged[("", client, "")] += cost
-            window_ns = rule.window_ns
-            wkey = (client, rule.series, index)
-            window = self.windows.get(wkey)
-            if window is None:
-                window = self.windows[wkey] = WindowTally()
-                self._window_ns[rule.series] = window_ns
-            window.capacity = max(window.capacity, rule.capacity)
-            window.limit = max(window.limit, rule.limit)
-            tally = window.add(key, now, cost, full=full)
-            tally.relived |= relived
-            if full:
+            if cost and allowed:
+                self._logged[(node, client, path)] += cost
+                self._logged[("", client, "")] += cost
+            # A rule of several limits is several counts: each limit is tallied in its own
+            # windows. A refusal under such a rule names no one limit, so it is not judged.
+            for limit in rule.limits:
+                single = not rule.also
+                self._tally(
+                    life, view, wall, client, limit, cost, allowed, full, now, single=single
+                )
+            if allowed and cost and full:
                 self.deciders.judge_full(life, view, client, path, now)
-            else:
-                share = self.deciders.share(view, client, rule, wall // window_ns)
-                tally.share = max(tally.share, share)
+
+    def _tally(
+        self,
+        life: Life,
+        view: View,
+        wall: int,
+        client: str,
+        rule: Rule,
+        cost: int,
+        allowed: bool,
+        full: bool,
+        now: int,
+        *,
+        single: bool,
+    ) -> None:
+        """One limit's part of a decision: its window tally, or the judgement of a refusal."""
+        key = life.key
+        if cost and (client, rule.series) not in self._first_seen:
+            self._first_seen[(client, rule.series)] = now
+        index, relived = self._charged_window(key, wall, client, rule)
+        if not allowed:
+            if cost and full and not relived and single:
+                self.refusals.judge(life, wall, client, rule, cost, now)
+            return
+        if not cost:
+            return
+        window_ns = rule.window_ns
+        wkey = (client, rule.series, index)
+        window = self.windows.get(wkey)
+        if window is None:
+            window = self.windows[wkey] = WindowTally()
+            self._window_ns[rule.series] = window_ns
+        window.capacity = max(window.capacity, rule.capacity)
+        window.limit = max(window.limit, rule.limit)
+        tally = window.add(key, now, cost, full=full)
+        tally.relived |= relived
+        if not full:
+            share = self.deciders.share(view, client, rule, wall // window_ns)
+            tally.share = max(tally.share, share)
 
     def _charged_window(
         self, life: LifeKey, wall: int, client: str, rule: Rule

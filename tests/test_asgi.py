@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
@@ -34,8 +34,10 @@ from meshlimit import Limiter, Node
 from meshlimit.asgi import (
     RateLimitMiddleware,
     Scope,
+    exempt,
     key_from_client_address,
     key_from_header,
+    limit,
 )
 from meshlimit.core.decision import Decision
 from meshlimit.core.rules import Rule
@@ -319,14 +321,25 @@ def test_limiter_errors_fail_open_by_default(caplog: pytest.LogCaptureFixture):
     assert any("failing open" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
-def test_limiter_errors_fail_closed_when_asked():
+@pytest.mark.parametrize("spelling", ["deny", "closed"])
+def test_limiter_errors_fail_closed_when_asked(spelling: str):
     calls = Calls()
-    app, _, _ = limited("1/minute", calls, on_error="closed")
+    app, _, _ = limited("1/minute", calls, on_error=spelling)
+    assert app.on_error == "deny"
     response = TestClient(app).get("/items", headers=TOO_LONG)
     assert response.status_code == 503
     assert response.json() == {"error": "rate limiter unavailable"}
     assert calls.count == {}
     assert app.stats["errors"] == 1
+
+
+def test_limiter_errors_propagate_when_asked():
+    calls = Calls()
+    app, _, _ = limited("1/minute", calls, on_error="raise")
+    with pytest.raises(ValueError, match="client id longer"):
+        TestClient(app).get("/items", headers=TOO_LONG)
+    assert calls.count == {}
+    assert limited("1/minute", on_error="open")[0].on_error == "allow"
 
 
 def test_the_apps_own_errors_are_not_the_limiters():
@@ -344,13 +357,10 @@ def test_bad_arguments_are_refused_at_construction():
         RateLimitMiddleware(make_app(), limiter, on_error="ajar")
     with pytest.raises(ValueError, match="cost"):
         RateLimitMiddleware(make_app(), limiter, cost=-1)
-    with pytest.raises(TypeError, match="get_rule"):
-        RateLimitMiddleware(make_app(), _CheckOnly())
-
-
-class _CheckOnly:
-    def check(self, client: str, cost: int = 1) -> Decision:
-        raise AssertionError("never called")
+    with pytest.raises(TypeError, match="check"):
+        RateLimitMiddleware(make_app(), object())
+    with pytest.raises(TypeError, match="set_rule"):  # a route table needs rules written
+        RateLimitMiddleware(make_app(), CheckOnly(), routes={"/items": "1/minute"})
 
 
 # --- async limiters -------------------------------------------------------------------
@@ -454,3 +464,235 @@ def test_headers_survive_a_real_http_server():
     assert int(refused.headers["Retry-After"]) > 0
     assert refused.json()["error"] == "rate limited"
     assert int(refused.headers["content-length"]) == len(refused.content)
+
+
+# --- async keys, minimal and blocking backends ------------------------------------------
+
+
+def test_an_async_key_function_is_awaited():
+    # Before: the coroutine itself became the client id, the check raised, and the
+    # request went through with no headers (failing open, silently).
+    async def api_key(scope: Scope) -> str | None:
+        return dict(scope["headers"]).get(b"x-api-key", b"").decode() or None
+
+    calls = Calls()
+    limiter = Limiter("2/minute", clock=FakeClock())
+    app = RateLimitMiddleware(make_app(calls), limiter, key=api_key)
+    client = TestClient(app)
+    responses = [client.get("/items", headers=KEY_A) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert params(responses[1].headers["ratelimit"])[1]["r"] == 0
+    assert client.get("/items", headers=KEY_B).status_code == 200
+    assert client.get("/items").status_code == 200  # the async key answered None
+    assert app.stats == {**app.stats, "allowed": 3, "refused": 1, "skipped": 1, "errors": 0}
+    assert limiter.check("alice", 0).remaining == 0  # counted under the key's value
+
+
+class CheckOnly:
+    """A backend with nothing but a plain ``check``: blocking, as far as anyone knows."""
+
+    def __init__(self, rule: str = "2/minute") -> None:
+        self.inner = Limiter(rule, clock=FakeClock())
+        self.threads: list[str] = []
+
+    def check(self, key: str, cost: int = 1) -> Decision:
+        self.threads.append(threading.current_thread().name)
+        return self.inner.check(key, cost)._replace(window_ns=0)
+
+
+def test_a_backend_with_only_check_fits_and_runs_off_the_event_loop():
+    loop_threads: list[str] = []
+
+    async def where(request: Request) -> JSONResponse:
+        loop_threads.append(threading.current_thread().name)
+        return JSONResponse({})
+
+    backend = CheckOnly("2/minute")
+    app = RateLimitMiddleware(
+        Starlette(routes=[Route("/where", where)]), backend, key=lambda scope: "alice"
+    )
+    assert app.gate.backend.blocking
+    client = TestClient(app)
+    responses = [client.get("/where") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    # No rule to ask for and none in the decision: the policy has its quota but no window.
+    assert params(responses[0].headers["ratelimit-policy"]) == ("default", {"q": 2})
+    assert len(backend.threads) == 3 and not set(backend.threads) & set(loop_threads)
+
+
+def test_a_declared_non_blocking_backend_runs_on_the_loop():
+    backend = CheckOnly("2/minute")
+    backend.blocking = False  # type: ignore[attr-defined]
+    app = RateLimitMiddleware(make_app(), backend, key=lambda scope: "alice")
+    assert not app.gate.backend.blocking
+    assert TestClient(app).get("/items").status_code == 200
+
+
+@pytest.mark.loopback
+def test_a_sync_node_runs_off_the_loop():
+    from meshlimit.sync import SyncNode
+
+    node = SyncNode.start(f"127.0.0.1:{free_udp_port()}", default="2/day", preset="local")
+    try:
+        app = RateLimitMiddleware(make_app(), node, key=key_from_header("x-api-key"))
+        assert app.gate.backend.blocking
+        client = TestClient(app)
+        responses = [client.get("/items", headers=KEY_A) for _ in range(3)]
+        assert [r.status_code for r in responses] == [200, 200, 429]
+        assert params(responses[0].headers["ratelimit-policy"]) == (
+            "default",
+            {"q": 2, "w": 86_400},
+        )
+    finally:
+        node.stop()
+
+
+def test_a_fallback_decision_passes_unannotated_or_is_refused_503():
+    # A daemon client that reached no daemon answers from its own error policy.
+    class Unreachable:
+        blocking = False
+
+        def __init__(self, allowed: bool) -> None:
+            self.allowed = allowed
+
+        def check(self, key: str, cost: int = 1) -> Decision:
+            return Decision(self.allowed, 0, 0, 0.0, 0.0, "fallback")
+
+    allow = RateLimitMiddleware(make_app(), Unreachable(True), key=lambda scope: "alice")
+    response = TestClient(allow).get("/items")
+    assert response.status_code == 200 and "ratelimit" not in response.headers
+    deny = RateLimitMiddleware(make_app(), Unreachable(False), key=lambda scope: "alice")
+    assert TestClient(deny).get("/items").status_code == 503
+    assert allow.stats["errors"] == deny.stats["errors"] == 1
+
+
+# --- per-route limits -----------------------------------------------------------------
+
+
+def route_app(calls: Calls) -> Starlette:
+    """Routes with limits of their own (the decorator), one exempt, one plain."""
+
+    @limit("2/minute")
+    async def login(request: Request) -> JSONResponse:
+        calls.hit("login")
+        return JSONResponse({})
+
+    @limit("1/second;3/minute")
+    async def search(request: Request) -> JSONResponse:
+        calls.hit("search")
+        return JSONResponse({})
+
+    @exempt
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    async def items(request: Request) -> JSONResponse:
+        calls.hit("items")
+        return JSONResponse({})
+
+    api = [Route("/search/{term}", search)]
+    return Starlette(
+        routes=[
+            Route("/login", login, methods=["POST"]),
+            Route("/status", status),
+            Route("/items", items),
+            Mount("/api", routes=api),
+        ]
+    )
+
+
+def test_a_decorated_route_counts_under_its_own_limit_per_key():
+    calls = Calls()
+    limiter = Limiter("5/minute", clock=FakeClock())
+    middleware = [
+        Middleware(RateLimitMiddleware, limiter=limiter, key=key_from_header("x-api-key"))
+    ]
+    client = TestClient(Starlette(routes=route_app(calls).routes, middleware=middleware))
+    logins = [client.post("/login", headers=KEY_A) for _ in range(3)]
+    assert [r.status_code for r in logins] == [200, 200, 429]
+    assert params(logins[0].headers["ratelimit-policy"]) == ("2/minute", {"q": 2, "w": 60})
+    assert params(logins[1].headers["ratelimit"]) == ("2/minute", {"r": 0, "t": 60})
+    assert client.post("/login", headers=KEY_B).status_code == 200  # per key
+    # The key's own rule is untouched by the route's counter, and applies elsewhere.
+    items = client.get("/items", headers=KEY_A)
+    assert params(items.headers["ratelimit-policy"]) == ("default", {"q": 5, "w": 60})
+    assert params(items.headers["ratelimit"])[1]["r"] == 4
+    for _ in range(4):
+        response = client.get("/status", headers=KEY_A)
+        assert response.status_code == 200 and "ratelimit" not in response.headers
+    assert calls.count == {"login": 3, "items": 1}
+
+
+def split(value: str) -> dict[str, dict[str, int]]:
+    """A Structured-Field list of policies, by name."""
+    return dict(params(item.strip()) for item in value.split(","))
+
+
+def test_several_limits_at_once_are_distinct_policies_in_the_headers():
+    calls = Calls()
+    limiter = Limiter("100/minute", clock=(clock := FakeClock()))
+    app = RateLimitMiddleware(route_app(calls), limiter, key=key_from_header("x-api-key"))
+    client = TestClient(app)
+    first = client.get("/api/search/x", headers=KEY_A)
+    assert first.status_code == 200
+    assert split(first.headers["ratelimit-policy"]) == {
+        "1/second": {"q": 1, "w": 1},
+        "3/minute": {"q": 3, "w": 60},
+    }
+    assert split(first.headers["ratelimit"]) == {
+        "1/second": {"r": 0, "t": 1},
+        "3/minute": {"r": 2, "t": 60},
+    }
+    refused = client.get("/api/search/y", headers=KEY_A)  # the same route: one counter
+    assert refused.status_code == 429
+    twin = Limiter("1/second", clock=clock)  # the per-second counter's history
+    twin.check("alice")
+    assert int(refused.headers["retry-after"]) == math.ceil(twin.check("alice").retry_after)
+    # Refused by the second's limit (checked first): the minute's was not charged.
+    assert "3/minute" not in refused.headers["ratelimit"]
+    for _ in range(2):
+        clock.advance(2)
+        assert client.get("/api/search/x", headers=KEY_A).status_code == 200
+    clock.advance(2)
+    last = client.get("/api/search/x", headers=KEY_A)  # the minute's 3 are spent
+    assert last.status_code == 429
+    assert split(last.headers["ratelimit"])["3/minute"]["r"] == 0
+    assert calls.count == {"search": 3}
+
+
+def test_a_route_table_limits_paths_of_any_app():
+    calls = Calls()
+    app, limiter, _ = limited(
+        "5/minute", calls, routes={"POST /items": "1/minute", "/health": "2/minute"}
+    )
+    client = TestClient(app)
+    assert [client.post("/items", headers=KEY_A).status_code for _ in range(2)] == [200, 429]
+    got = client.get("/items", headers=KEY_A)  # GET is not the entry's method
+    assert params(got.headers["ratelimit-policy"]) == ("default", {"q": 5, "w": 60})
+    codes = [client.get("/health/live", headers=KEY_A).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]  # /health covers what lies below it
+    assert limiter.check("alice", 0).remaining == 4  # only the GET counted as the key's own
+
+
+def test_route_limits_over_an_async_backend():
+    backend = AsyncRuleLimiter("100/minute")
+    app = RateLimitMiddleware(
+        make_app(), backend, key=key_from_header("x-api-key"), routes={"/items": "2/minute"}
+    )
+    client = TestClient(app)
+    assert [client.get("/items", headers=KEY_A).status_code for _ in range(3)] == [200, 200, 429]
+    (route_id,) = backend.rules
+    assert route_id.startswith("cl.throttle:route:/items|2/minute|alice")
+    assert backend.rules[route_id] == Rule.parse("2/minute")
+
+
+class AsyncRuleLimiter(AsyncLimiter):
+    """An async backend that takes rules too."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(rule)
+        self.rules: dict[str, Rule] = {}
+
+    async def set_rule(self, client: str, rule: Rule) -> None:
+        self.rules[client] = rule
+        self.inner.set_rule(client, rule)

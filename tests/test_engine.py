@@ -31,6 +31,14 @@ def peek(engine: Engine, client: str, now_ns: int) -> Decision:
     return engine.check(client, 0, now_ns=now_ns)
 
 
+def room(engine: Engine, client: str, now_ns: int) -> int:
+    """What ``client`` may spend at once, the burst included: the series' own answer
+    (a decision caps ``remaining`` at the limit)."""
+    rule = engine.registry.resolve(client)
+    outcome = engine.series[rule.series].check(hash(client), rule.limit, rule.burst, 0, now_ns)
+    return outcome[1]
+
+
 def spend(engine: Engine, client: str, times: int, now_ns: int) -> int:
     return sum(engine.check(client, 1, now_ns=now_ns).allowed for _ in range(times))
 
@@ -44,8 +52,8 @@ def series_of(engine: Engine, rule: str) -> WindowSeries | TokenSeries:
 
 def test_make_decision_maps_nanoseconds_to_seconds():
     assert make_decision(True, 10, 3, 1_500_000_000, 0) == Decision(True, 10, 3, 1.5, 0.0)
-    refused = make_decision(False, 10, 0, S, 250_000_000, "owner")
-    assert refused == Decision(False, 10, 0, 1.0, 0.25, "owner")
+    refused = make_decision(False, 10, 0, S, 250_000_000, "owner", window_ns=S)
+    assert refused == Decision(False, 10, 0, 1.0, 0.25, "owner", window_ns=S)
     assert make_decision(False, 10, 0, S, -1).retry_after == math.inf
     assert Decision(True, 1, 0, 0.0, 0.0).path == "local" and "local" in PATHS
 
@@ -56,7 +64,7 @@ def test_a_check_counts_and_refuses_with_retry_after():
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions] == [2, 1, 0, 0]
     assert all(d.limit == 3 and d.path == "local" for d in decisions)
-    assert decisions[0] == Decision(True, 3, 2, 0.75, 0.0, "local")
+    assert decisions[0] == Decision(True, 3, 2, 0.75, 0.0, "local", window_ns=S)
     # Sliding window: the 3 counted weigh fully until the next window starts, then fade.
     assert decisions[3].retry_after == pytest.approx(0.75 + 1 / 3)
     assert engine.check("acme", 1, now_ns=T0 + S + S // 3 + 1).allowed
@@ -65,7 +73,8 @@ def test_a_check_counts_and_refuses_with_retry_after():
 
 def test_cost_zero_peeks_and_cost_over_capacity_is_never_allowed():
     engine = Engine("10/second burst 5")
-    assert peek(engine, "acme", T0).remaining == 15
+    assert room(engine, "acme", T0) == 15
+    assert peek(engine, "acme", T0).remaining == 10  # capped at the limit
     assert engine.client_count() == 0  # a peek stores nothing
     never = engine.check("acme", 16, now_ns=T0)
     assert not never.allowed and never.retry_after == math.inf
@@ -80,16 +89,76 @@ def test_path_is_passed_through():
     assert engine.check("a", 1, now_ns=T0, path="forwarded").path == "forwarded"
 
 
-@pytest.mark.parametrize("cost", [-1, 1.0, True, "1", None, MAX_COUNT + 1])
-def test_bad_costs_are_refused(cost):
-    with pytest.raises(ValueError, match="cost"):
+@pytest.mark.parametrize(
+    ("cost", "error"),
+    [(-1, ValueError), (MAX_COUNT + 1, ValueError), (1.0, TypeError), (True, TypeError)]
+    + [("1", TypeError), (None, TypeError)],
+)
+def test_bad_costs_are_refused(cost, error):
+    with pytest.raises(error, match="cost"):
         Engine().check("acme", cost, now_ns=T0)
 
 
-@pytest.mark.parametrize("client", ["", None, 5, b"acme", "x" * 257, "\u00e9" * 129])
-def test_bad_client_ids_are_refused(client):
-    with pytest.raises(ValueError, match="client id"):
+@pytest.mark.parametrize(
+    ("client", "error"),
+    [("", ValueError), ("x" * 257, ValueError), ("\u00e9" * 129, ValueError)]
+    + [(None, TypeError), (5, TypeError), (b"acme", TypeError)],
+)
+def test_bad_client_ids_are_refused(client, error):
+    with pytest.raises(error, match="client id"):
         Engine().check(client, 1, now_ns=T0)
+
+
+def test_max_clients_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="max_clients must be at least 1"):
+        Engine(max_clients=0)
+    with pytest.raises(TypeError, match="max_clients must be an int"):
+        Engine(max_clients=1.5)  # type: ignore[arg-type]
+
+
+# -- several limits in one rule ------------------------------------------------------------
+
+
+def test_a_multi_limit_rule_allows_only_what_every_limit_allows_and_counts_in_all():
+    engine = Engine("3/second;5/minute")
+    first = [engine.check("acme", 1, now_ns=T0) for _ in range(4)]
+    assert [d.allowed for d in first] == [True, True, True, False]
+    # The second's limit is the most restrictive: 2, 1, 0 left of 3 (vs 4, 3, 2 of 5).
+    assert [(d.limit, d.remaining, d.window_ns) for d in first[:3]] == [
+        (3, 2, S),
+        (3, 1, S),
+        (3, 0, S),
+    ]
+    refused = first[3]
+    assert (refused.limit, refused.window_ns) == (3, S)
+    # The refused fourth counted in neither: two seconds on, the minute has 2 left.
+    later = [engine.check("acme", 1, now_ns=T0 + 2 * S) for _ in range(3)]
+    assert [d.allowed for d in later] == [True, True, False]
+    assert (later[1].limit, later[1].remaining, later[1].window_ns) == (5, 0, 60 * S)
+    # Refused by the minute: the wait is the minute's, which the second's would not give.
+    assert (later[2].limit, later[2].window_ns) == (5, 60 * S)
+    assert later[2].retry_after > 50
+    assert peek(engine, "other", T0).allowed and engine.client_count() == 2
+
+
+def test_a_multi_limit_refusal_waits_for_the_slowest_limit_and_counts_nothing():
+    engine = Engine("10/second;10/minute algo fixed_window")
+    assert spend(engine, "a", 10, T0) == 10
+    refused = engine.check("a", 1, now_ns=T0 + 1)
+    assert not refused.allowed and refused.limit == 10 and refused.window_ns == 60 * S
+    assert refused.retry_after == pytest.approx(60 - 1e-9)
+    never = engine.check("b", 11, now_ns=T0)
+    assert never.retry_after == math.inf
+    assert engine.check("b", 10, now_ns=T0).allowed  # the refusal of 11 counted nothing
+
+
+def test_a_multi_limit_rule_set_later_creates_every_series():
+    engine, stamp = Engine("10/second"), Writer()
+    engine.apply_rule("client:acme", "2/second algo token_bucket;3/hour", stamp())
+    assert parse_rule("3/hour").series in engine.series
+    assert spend(engine, "acme", 5, T0) == 2
+    assert spend(engine, "acme", 5, T0 + 5 * S) == 1  # the hour holds the third
+    assert engine.reset("acme") == 2  # both series forget it
 
 
 def test_client_ids_up_to_256_bytes_are_accepted():
@@ -115,7 +184,7 @@ def test_a_limit_change_in_the_same_window_keeps_the_count():
     assert engine.apply_rule("client:acme", "20/minute", stamp())
     assert peek(engine, "acme", T0).remaining == 12
     assert engine.apply_rule("client:acme", "5/minute burst 5", stamp())  # burst too
-    assert peek(engine, "acme", T0).remaining == 2
+    assert room(engine, "acme", T0) == 2
     assert engine.apply_rule("client:acme", "6/minute", stamp())
     assert not engine.check("acme", 1, now_ns=T0).allowed  # 8 counted > 6
     assert peek(engine, "acme", T0).remaining == 0
@@ -158,7 +227,7 @@ def test_the_defaults_burst_keeps_records_until_its_carry_has_drained():
         peek(engine, "x", later)
     assert len(series.table) == 1  # the carry still matters: not swept
     # Over the three windows T0..T0+2s at most 3 * 10 + 30 may pass.
-    assert peek(engine, "y", later).remaining == 20
+    assert room(engine, "y", later) == 20
     assert not engine.check("y", 21, now_ns=later).allowed
 
 
@@ -170,7 +239,7 @@ def test_records_are_dropped_once_the_carry_has_drained():
     for _ in range(SWEEP_EVERY * series.table.bucket_count):
         peek(engine, "x", later)
     assert len(series.table) == 0
-    assert peek(engine, "y", later).remaining == 40
+    assert room(engine, "y", later) == 40
 
 
 # -- memory: expiry and the client cap ---------------------------------------------------

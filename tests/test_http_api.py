@@ -226,14 +226,16 @@ def test_rules_get_put_delete_and_sources():
         assert await response.json() == expected
         assert await get("acme") == expected
         status, body, headers = await post_check(client, {"client": "acme"})
-        assert body["limit"] == 50 and body["remaining"] == 54
+        assert body["limit"] == 50 and body["remaining"] == 50  # capped at the limit
         policy = header_params(headers["RateLimit-Policy"])
         assert policy == ("default", {"q": 50, "w": 1, "meshlimit-burst": 5})
 
-        # A tier that does not exist yet: the default applies until it is defined.
+        # A tier that does not exist is refused (a typo must not become the default).
         response = await client.put("/v1/rules/acme", json={"rule": "@gold"})
-        assert response.status == 200 and (await response.json())["source"] == "default"
+        assert response.status == 400 and "no tier 'gold'" in (await response.json())["error"]
         runtime.set_rule("tier:gold", "500/minute")
+        response = await client.put("/v1/rules/acme", json={"rule": "@gold"})
+        assert response.status == 200
         assert await get("acme") == {"client": "acme", "rule": "500/minute", "source": "tier:gold"}
 
         response = await client.delete("/v1/rules/acme")

@@ -120,6 +120,59 @@ def test_importing_the_limiter_loads_no_cluster_machinery(tmp_path: Path) -> Non
     assert seen["node_class"] == "meshlimit.node"
 
 
+#: Run in a fresh interpreter where the daemon extra's modules cannot be imported: what
+#: ``pip install meshlimit`` (no extras) gives the library, the embedded node and the client.
+_NO_DAEMON_EXTRAS_PROBE = """
+import json, sys
+from importlib.machinery import ModuleSpec
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocked())
+from meshlimit import Limiter, Rule
+limiter = Limiter("1/minute", clock=lambda: 0)
+allowed = [limiter.check("a").allowed for _ in range(2)]
+multi = str(Rule.parse("10/second;1000/hour"))
+from meshlimit.client import AsyncClient, Client
+client = Client("127.0.0.1:1", on_error="deny").check("a")
+from meshlimit.node import Node
+from meshlimit.sync import SyncNode
+from meshlimit.cli import main
+code = main(["node", "--bind", "127.0.0.1:1"])
+print(json.dumps({{
+    "allowed": allowed, "multi": multi, "fallback": client.fallback, "node_exit": code,
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r}),
+}}))
+"""
+#: The daemon extra: the library must work without these.
+DAEMON_EXTRA = ("aiohttp", "prometheus_client")
+
+
+def test_the_library_node_and_client_need_no_daemon_extras(tmp_path: Path) -> None:
+    probe = _NO_DAEMON_EXTRAS_PROBE.format(blocked=DAEMON_EXTRA)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["allowed"] == [True, False] and seen["multi"] == "10/second;1000/hour"
+    assert seen["fallback"] is True and seen["loaded"] == []
+    assert seen["node_exit"] == 1
+    assert "pip install 'meshlimit[daemon]'" in done.stderr and "Traceback" not in done.stderr
+    # And the package says so: the library's own dependencies hold none of them.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    base = " ".join(pyproject["project"]["dependencies"])
+    extras = pyproject["project"]["optional-dependencies"]
+    for name in (*DAEMON_EXTRA, "hiredis"):
+        assert name not in base and any(name in d for d in extras["daemon"])
+    assert any("hiredis" in d for d in extras["client"]) and "web" in extras
+    assert any(d.startswith("meshlimit[daemon") for d in extras["test"])
+
+
 def test_unknown_names_of_the_face_raise_attribute_error() -> None:
     import meshlimit
 

@@ -46,7 +46,8 @@ def test_the_brief_example():
     lim = Limiter(default="100/minute", rules={"acme": "1000/minute burst 200"}, clock=clock)
     d = lim.check("acme", cost=1)
     assert isinstance(d, Decision)
-    assert d == Decision(True, 1000, 1199, 60.0, 0.0, "local")
+    # remaining is capped at the limit: the burst is spendable, not shown
+    assert d == Decision(True, 1000, 1000, 60.0, 0.0, "local", window_ns=60 * S)
     assert (d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after) == d[:5]
     assert lim.get_rule("acme") == parse_rule("1000/minute burst 200")
     assert lim.get_rule("someone") == lim.default == parse_rule("100/minute")
@@ -84,7 +85,7 @@ def test_retry_after_is_infinite_when_the_cost_exceeds_the_capacity():
 def test_cost_zero_peeks_without_counting():
     lim, _ = limiter("3/minute")
     for _ in range(5):
-        assert lim.check("a", cost=0) == Decision(True, 3, 3, 60.0, 0.0)
+        assert lim.check("a", cost=0) == Decision(True, 3, 3, 60.0, 0.0, window_ns=60 * S)
     assert lim.stats()["clients"] == 0
     assert admitted(lim, "a", 5) == 3
 
@@ -101,24 +102,38 @@ def test_windows_follow_the_clock():
 # -- validation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cost", [-1, 1.5, 1.0, True, False, "1", None, MAX_COUNT + 1])
+@pytest.mark.parametrize("cost", [-1, MAX_COUNT + 1])
 def test_bad_costs_raise_value_error(cost):
     lim, _ = limiter()
     with pytest.raises(ValueError, match="cost"):
         lim.check("a", cost)
 
 
-@pytest.mark.parametrize("client", ["", "x" * 257, "\u00e9" * 129, None, 42, b"acme", ["a"]])
-def test_bad_client_ids_raise_value_error(client):
+@pytest.mark.parametrize("cost", [1.5, 1.0, True, False, "1", None])
+def test_costs_of_the_wrong_type_raise_type_error(cost):
     lim, _ = limiter()
-    with pytest.raises(ValueError, match="client id"):
-        lim.check(client)
-    with pytest.raises(ValueError, match="client id"):
-        lim.set_rule(client, "1/second")
-    with pytest.raises(ValueError, match="client id"):
-        lim.assign_tier(client, "gold")
-    with pytest.raises(ValueError, match="client id"):
-        lim.remove_rule(client)
+    with pytest.raises(TypeError, match="cost must be an int"):
+        lim.check("a", cost)
+
+
+@pytest.mark.parametrize(
+    ("client", "error"),
+    [("", ValueError), ("x" * 257, ValueError), ("\u00e9" * 129, ValueError)]
+    + [(None, TypeError), (42, TypeError), (b"acme", TypeError), (["a"], TypeError)],
+)
+def test_bad_client_ids_raise_naming_the_client_id(client, error):
+    lim, _ = limiter()
+    lim.set_tier("gold", "5/second")
+    for call in (
+        lambda: lim.check(client),
+        lambda: lim.set_rule(client, "1/second"),
+        lambda: lim.assign_tier(client, "gold"),
+        lambda: lim.remove_rule(client),
+        lambda: lim.reset(client),
+        lambda: lim.get_rule(client),
+    ):
+        with pytest.raises(error, match="client id"):
+            call()
 
 
 def test_client_ids_of_up_to_256_bytes_work():
@@ -134,8 +149,8 @@ def test_bad_rules_and_tier_names_raise_value_error_and_change_nothing():
     for call in [
         lambda: lim.set_rule("a", "5/fortnight"),
         lambda: lim.set_rule("a", "@bad tier"),
-        lambda: lim.set_rule("a", None),  # type: ignore[arg-type]
-        lambda: lim.set_rule("a", 5),  # type: ignore[arg-type]
+        lambda: lim.set_rule("a", "@gold"),  # no such tier: a typo, not the default
+        lambda: lim.assign_tier("a", "glod"),
         lambda: lim.set_tier("bad tier", "1/second"),
         lambda: lim.set_tier("gold", "nonsense"),
         lambda: lim.assign_tier("a", "bad tier"),
@@ -144,11 +159,49 @@ def test_bad_rules_and_tier_names_raise_value_error_and_change_nothing():
         lambda: Limiter("1/fortnight"),
         lambda: Limiter("1/second", rules={"a": "nonsense"}),
         lambda: Limiter("1/second", tiers={"gold": "nonsense"}),
+        lambda: Limiter("1/second", rules={"a": "@gold"}),
+        lambda: Limiter("1/second", max_clients=0),
     ]:
         with pytest.raises(ValueError):
             call()
+    for call in [
+        lambda: lim.set_rule("a", None),  # type: ignore[arg-type]
+        lambda: lim.set_rule("a", 5),  # type: ignore[arg-type]
+        lambda: lim.set_tier("gold", 5),  # type: ignore[arg-type]
+        lambda: lim.set_default(None),  # type: ignore[arg-type]
+        lambda: Limiter(5),  # type: ignore[arg-type]
+        lambda: Limiter("1/second", rules=["a"]),  # type: ignore[arg-type]
+        lambda: Limiter("1/second", max_clients="10"),  # type: ignore[arg-type]
+        lambda: Limiter("1/second", clock=5),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(TypeError):
+            call()
     assert lim.stats() == before
     assert lim.get_rule("a") == parse_rule("5/minute")
+
+
+def test_type_errors_name_the_argument():
+    lim, _ = limiter("5/minute")
+    with pytest.raises(TypeError, match="^rule must be"):
+        lim.set_rule("a", 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^default must be"):
+        Limiter(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^rules must be a mapping"):
+        Limiter("1/second", rules=["a"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no tier 'glod'"):
+        lim.assign_tier("a", "glod")
+
+
+def test_a_multi_limit_rule_through_the_limiter():
+    lim, clock = limiter("10/second;15/minute")
+    assert lim.get_rule("a").limits == (Rule(10, S), Rule(15, 60 * S))
+    assert admitted(lim, "a", 12) == 10
+    clock.advance(2)  # the second's count has slid out; the minute's has not
+    assert admitted(lim, "a", 12) == 5  # the minute's 15
+    refused = lim.check("a")
+    assert (refused.limit, refused.window_ns) == (15, 60 * S) and refused.retry_after > 50
+    lim.set_rule("b", "1/second;2/day")
+    assert lim.get_rule("b") == parse_rule("1/second;2/day")
 
 
 # -- rules, tiers, defaults --------------------------------------------------------------
@@ -179,9 +232,10 @@ def test_tiers_assignment_removal_and_fallback():
     lim.remove_tier("silver")
     assert lim.get_rule("bob") == lim.default
     assert set(lim.tiers()) == {"gold"}
-    lim.assign_tier("carol", "platinum")  # a tier that does not exist (yet): the default
-    assert lim.get_rule("carol") == lim.default
+    with pytest.raises(ValueError, match="no tier 'platinum'"):  # a typo is no default
+        lim.assign_tier("carol", "platinum")
     lim.set_tier("platinum", "9/minute")
+    lim.assign_tier("carol", "platinum")
     assert lim.get_rule("carol") == parse_rule("9/minute")
 
 

@@ -117,7 +117,7 @@ def test_as_rule_accepts_a_rule_or_its_notation():
     rule = Rule(3, S)
     assert as_rule(rule) is rule
     assert as_rule("3/s") == rule
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="rule must be a Rule"):
         as_rule(3)  # type: ignore[arg-type]
 
 
@@ -192,8 +192,8 @@ def test_long_but_valid_text_is_refused_only_past_the_bound():
 
 
 @pytest.mark.parametrize("value", [None, 10, 10.0, b"10/minute", ["10/minute"], Rule])
-def test_non_text_is_refused_with_value_error(value):
-    with pytest.raises(ValueError, match="expected a string"):
+def test_non_text_is_refused_with_type_error(value):
+    with pytest.raises(TypeError, match="expected a string"):
         parse_rule(value)  # type: ignore[arg-type]
 
 
@@ -201,22 +201,97 @@ def test_non_text_is_refused_with_value_error(value):
     ("args", "part"),
     [
         ((0, S), "limit 0"),
-        ((True, S), "limit True"),
-        ((1.0, S), "limit 1.0"),
         ((MAX_COUNT + 1, S), "limit"),
         ((1, MS - 1), "window"),
         ((1, MAX_WINDOW_NS + MS), "window"),
         ((1, 1500 * 1000), "whole number of milliseconds"),
-        ((1, float(S)), "window"),
         ((1, S, -1), "burst -1"),
         ((MAX_COUNT, S, 1), "burst 1"),
         ((1, S, 0, "leaky"), "'leaky'"),
+        ((1, S, 0, "sliding_window", False, (Rule(1, S),)), "same window and algo"),
+        ((1, S, 0, "sliding_window", False, (Rule(1, MINUTE, shadow=True),)), "whole rule"),
+        ((1, S, 0, "sliding_window", False, (Rule(1, MINUTE, also=(Rule(1, HOUR),)),)), "own"),
+        ((1, S, 0, "sliding_window", False, tuple(Rule(1, n * MINUTE) for n in range(1, 9))), "8"),
+        (
+            (
+                1,
+                S,
+                0,
+                "sliding_window",
+                False,
+                tuple(Rule(MAX_COUNT - 9, n * DAY + MS, 9, "fixed_window") for n in range(1, 6)),
+            ),
+            "200 characters",
+        ),
     ],
 )
 def test_rule_constructor_validates(args, part):
     with pytest.raises(ValueError) as info:
         Rule(*args)
     assert part in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "part"),
+    [
+        ((True, S), "limit must be an int"),
+        ((1.0, S), "limit must be an int"),
+        (("10", S), "limit must be an int"),
+        ((1, float(S)), "window_ns must be an int"),
+        ((1, S, None), "burst must be an int"),
+        ((1, S, 0, None), "algo must be a str"),
+        ((1, S, 0, "sliding_window", 1), "shadow must be a bool"),
+        ((1, S, 0, "sliding_window", False, [Rule(1, MINUTE)]), "also must be a tuple of Rule"),
+        ((1, S, 0, "sliding_window", False, ("1/minute",)), "also must be a tuple of Rule"),
+    ],
+)
+def test_rule_constructor_refuses_wrong_types_naming_the_argument(args, part):
+    with pytest.raises(TypeError, match=part):
+        Rule(*args)
+
+
+# -- several limits in one rule, months and years ------------------------------------------
+
+
+def test_several_limits_parse_into_one_rule_in_the_order_given():
+    rule = parse_rule("10/second;1000/hour")
+    assert rule == Rule(10, S, also=(Rule(1000, HOUR),))
+    assert rule.limits == (Rule(10, S), Rule(1000, HOUR))
+    assert str(rule) == "10/second;1000/hour"
+    # limits' separators, spaces, per-limit options and one shadow for the whole rule
+    spelled = parse_rule(" 10 per second , 1000/hour burst 50 | 5/day algo fixed_window shadow")
+    assert spelled.shadow and spelled.limits[1] == Rule(1000, HOUR, 50)
+    assert str(spelled) == "10/second;1000/hour burst 50;5/day algo fixed_window shadow"
+    assert parse_rule(str(spelled)) == spelled
+    # A single limit is its own only limit.
+    assert parse_rule("10/s").limits == (Rule(10, S),)
+
+
+@pytest.mark.parametrize(
+    ("text", "part"),
+    [
+        ("10/second;20/second", "same window and algo"),
+        ("10/second;", "limit 2 of 2 is empty"),
+        (";10/second", "limit 1 of 2 is empty"),
+        ("10/second shadow;1000/hour", "shadow applies to the whole rule"),
+        ("10/second;1000/fortnight", "'fortnight'"),
+        (";".join(f"{n}/{n}s" for n in range(1, 10)), "more than 8 limits"),
+    ],
+)
+def test_bad_multi_limit_notation_names_the_problem(text, part):
+    with pytest.raises(ValueError, match="bad rule") as info:
+        parse_rule(text)
+    assert part in str(info.value)
+
+
+def test_months_and_years_are_thirty_and_365_days():
+    assert parse_rule("1000/month") == Rule(1000, 30 * DAY)
+    assert parse_rule("2 per year") == Rule(2, 365 * DAY)
+    assert parse_rule("5/2 months") == Rule(5, 60 * DAY)
+    assert str(Rule(1, 30 * DAY)) == "1/month" and str(Rule(1, 365 * DAY)) == "1/year"
+    assert str(Rule(1, 60 * DAY)) == "1/60d"
+    with pytest.raises(ValueError, match="366 days"):
+        parse_rule("1/2 years")
 
 
 # -- round trips -------------------------------------------------------------------------
@@ -239,8 +314,18 @@ def rules(draw):
     return Rule(limit, draw(window_ms) * MS, burst, draw(st.sampled_from(ALGORITHMS)))
 
 
+@st.composite
+def multi_rules(draw):
+    """A rule of 1 to 4 limits on distinct series, shadow or not."""
+    limits = draw(st.lists(rules(), min_size=1, max_size=4, unique_by=lambda r: r.series))
+    first, *also = limits
+    return Rule(
+        first.limit, first.window_ns, first.burst, first.algo, draw(st.booleans()), tuple(also)
+    )
+
+
 @settings(max_examples=300)
-@given(rules())
+@given(st.one_of(rules(), multi_rules()))
 def test_canonical_text_round_trips(rule):
     text = str(rule)
     assert parse_rule(text) == rule
@@ -291,6 +376,17 @@ def test_generated_notation_parses_to_its_rule(case):
     text, rule = case
     assert parse_rule(text) == rule
     assert parse_rule(str(parse_rule(text))) == rule
+
+
+@settings(max_examples=150)
+@given(st.lists(notations(), min_size=2, max_size=4), st.sampled_from([";", ",", "|", " ; "]))
+def test_generated_multi_limit_notation_parses_to_its_limits(cases, separator):
+    assume(len({rule.series for _, rule in cases}) == len(cases))
+    text = separator.join(t.strip() for t, _ in cases)
+    assume(len(text) <= MAX_RULE_CHARS)
+    rule = parse_rule(text)
+    assert rule.limits == tuple(r for _, r in cases)
+    assert parse_rule(str(rule)) == rule
 
 
 # -- fuzzing -----------------------------------------------------------------------------

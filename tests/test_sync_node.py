@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import Rule
-from meshlimit.sync import JoinTimeoutError, NodeStoppedError, SyncNode
+from meshlimit.sync import JoinTimeoutError, NodeForkedError, NodeStoppedError, SyncNode
 
 pytestmark = pytest.mark.loopback
 
@@ -197,3 +198,80 @@ def test_start_returns_joined_so_the_first_check_is_the_owners():
     ):
         assert second.ready
         assert second.check(client).path == "forwarded", "decided before it knew the ring"
+
+
+def test_a_forked_child_is_refused_at_once_and_the_parent_carries_on():
+    # gunicorn --preload: the node starts in the master, the workers are forks of it.
+    with start(default="5/minute") as node:
+        assert node.check("before").allowed
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what a check does, then leave at once
+            code = 1
+            try:
+                began = time.monotonic()
+                try:
+                    node.check("in-child")
+                    answer = "answered"
+                except NodeForkedError as error:
+                    answer = f"refused {time.monotonic() - began:.3f} {error}"
+                    node.stop()  # does nothing here, and must not hang
+                    answer += f" | {node!r}"
+                os.write(write_end, answer.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, answer
+        word, seconds, message = answer.split(" ", 2)
+        assert word == "refused", answer
+        assert float(seconds) < 0.1, "the child must be refused at once, not time out"
+        assert f"started in process {os.getpid()}" in message and "Client" in message
+        assert "forked>" in message  # the child's repr says so
+        assert isinstance(NodeForkedError("x"), NodeStoppedError)
+        # The parent's node never noticed.
+        assert node.check("after").allowed and node.running
+
+
+def test_the_node_api_has_what_the_limiter_has_and_refuses_bad_arguments_clearly():
+    with start(default="3/minute", tiers={"gold": "5/minute"}, rules={"vip": "@gold"}) as node:
+        assert node.get_rule("vip") == Rule.parse("5/minute")
+        assert node.tiers() == {"gold": Rule.parse("5/minute")}
+        assert node.default == Rule.parse("3/minute")
+        assert node.owner("anyone") == node.node_id  # a cluster of one
+        assert [node.check("r").allowed for _ in range(4)] == [True, True, True, False]
+        node.reset("r")
+        assert node.check("r").allowed
+        node.assign_tier("r", "gold")
+        assert node.get_rule("r").limit == 5
+        with pytest.raises(ValueError, match="no tier 'glod'"):
+            node.set_rule("r", "@glod")
+        node.set_rule("multi", "2/second;4/minute")
+        assert node.get_rule("multi").limits == (Rule.parse("2/second"), Rule.parse("4/minute"))
+        node.remove_tier("gold")
+        assert node.get_rule("vip") == node.default
+        assert node.stats()["owner_allowed"] >= 4
+        with pytest.raises(TypeError, match="cost must be an int"):
+            node.check("r", "1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="client id must be a str"):
+            node.get_rule(5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="rule must be a Rule"):
+            node.set_rule("r", 10)  # type: ignore[arg-type]
+        # remaining never exceeds the limit, burst or not
+        node.set_rule("bursty", "2/minute burst 3")
+        assert node.check("bursty").remaining == 2
+    port = free_udp_port()
+    for bad, error, message in [
+        ({"rules": {"a": "@nope"}}, ValueError, "no tier 'nope' in tiers"),
+        ({"max_clients": 0}, ValueError, "max_clients must be at least 1"),
+        ({"preset": "lna"}, ValueError, "preset must be one of"),
+        ({"seeds": "127.0.0.1:7401"}, TypeError, "seeds must be a list"),
+        ({"default": 100}, TypeError, "default must be a Rule"),
+        ({"tiers": [("gold", "1/s")]}, TypeError, "tiers must be a mapping"),
+    ]:
+        with pytest.raises(error, match=message):
+            SyncNode.start(f"127.0.0.1:{port}", **bad)  # type: ignore[arg-type]
+        assert port_is_free(port) and not node_threads(port)

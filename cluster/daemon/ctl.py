@@ -10,6 +10,7 @@ decision is in the output.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import socket
 import sys
@@ -106,6 +107,9 @@ def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except CtlError as error:
         print(f"meshlimit ctl: {error}", file=sys.stderr)
         return error.exit_code
+    except Exception as error:  # a tool's user gets one line, never a traceback
+        print(f"meshlimit ctl: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,6 +144,11 @@ def request(base: str, method: str, path: str, body: object = None) -> dict[str,
         if isinstance(reason, socket.timeout | TimeoutError):
             reason = f"no answer within {TIMEOUT_S:g} s"
         raise CtlError(f"cannot reach the node at {base}: {reason}", 2) from None
+    except http.client.HTTPException as error:  # not HTTP: a wrong port, say
+        what = type(error).__name__
+        raise CtlError(
+            f"{base} did not answer in HTTP ({what}): is it the --http port?", 2
+        ) from None
 
 
 def _decode(raw: bytes, base: str) -> dict[str, Any]:

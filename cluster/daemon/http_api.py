@@ -44,7 +44,7 @@ from prometheus_client.exposition import choose_encoder
 
 from meshlimit.cluster.daemon.metrics import Family, Histogram, LatencyHistogram, node_families
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision
+from meshlimit.core.decision import Decision, capped
 from meshlimit.core.headers import ratelimit_headers
 from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, RESET_PREFIX, check_tier_name
 from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
@@ -107,7 +107,7 @@ async def _check(request: web.Request) -> web.Response:
     cost = _cost(body.get("cost", 1))
     runtime = request.app[_RUNTIME]
     try:
-        decision = await runtime.check(client, cost)
+        decision = capped(await runtime.check(client, cost))
     except ValueError as error:  # validated above; the node has the last word
         raise BadRequest(str(error)) from None
     # ``q`` comes from the decision (the owner's rule); the window from this node's view
@@ -127,6 +127,8 @@ async def _put_rule(request: web.Request) -> web.Response:
     _refuse_unknown(body, RULE_FIELDS)
     value = _rule_value(body.get("rule"))
     runtime = request.app[_RUNTIME]
+    if isinstance(value, str) and value[1:] not in runtime.node.registry.tiers():
+        raise BadRequest(f"no tier {value[1:]!r} is defined on this node (a typo?)")
     try:
         runtime.set_rule(CLIENT_PREFIX + client, value)
     except ValueError as error:  # e.g. the registry is full
@@ -327,7 +329,9 @@ def _json_type(value: Any) -> str:
 
 
 def decision_json(decision: Decision) -> dict[str, Any]:
-    """A decision as the API's JSON object; ``retry_after`` is -1 when the cost never fits."""
+    """A decision as the API's JSON object; ``retry_after`` is -1 when the cost never fits,
+    ``remaining`` at most the limit."""
+    decision = capped(decision)
     retry = -1 if math.isinf(decision.retry_after) else round(decision.retry_after, 3)
     return {
         "allowed": decision.allowed,

@@ -28,7 +28,8 @@ Settings come from flags and, with ``--config FILE``, a TOML file
 in force. With ``--http``, ``GET /metrics`` serves Prometheus metrics
 (``cluster/daemon/metrics.py``).
 
-Logs go to stderr, one ``key=value`` line per event; membership changes come
+Logs go to stderr, one ``key=value`` line per event (``--log-format json``: a JSON
+object; ``--log-level`` the threshold; ``cluster/daemon/logs.py``); membership changes come
 from the runtime's ``meshlimit.cluster`` logger at INFO, reloads at INFO (a
 bad one at WARNING), and every 10 s with degraded decisions one INFO line
 counts them. This module and the other front-ends are the only code that may
@@ -40,12 +41,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -59,6 +58,7 @@ from meshlimit.cluster.daemon.config_file import (
     effective_config,
     parse_bind_address,
 )
+from meshlimit.cluster.daemon.logs import FORMATS, LEVELS, setup_logging
 from meshlimit.cluster.daemon.reload import (
     POLL_INTERVAL_S,
     Reloader,
@@ -125,7 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resp",
         type=_address,
         metavar="HOST:PORT",
-        help="serve RESP here for Redis clients: PING, ML.CHECK, CL.THROTTLE "
+        help="serve RESP here for Redis clients and meshlimit.client: ML.CHECK, ML.RULE, "
+        "ML.RESET, CL.THROTTLE "
         "(port 0: any free port, shown on the ready line)",
     )
     parser.add_argument(
@@ -167,6 +168,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="file of shared keys (one per line, primary first) authenticating cluster "
         "traffic; see docs/security.md",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(LEVELS),
+        default="info",
+        help="least severe log lines written to stderr (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="kv",
+        help="log lines as key=value pairs (kv) or JSON objects (default: %(default)s)",
     )
     parser.add_argument(
         "--config-poll-s",
@@ -227,49 +240,6 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
     return effective_config(args)[0].node_config()
 
 
-# --- logging --------------------------------------------------------------------------
-
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=info logger=... msg="..." key=value ...``: one line per record.
-
-    Values with spaces, quotes or ``=`` are JSON-quoted; fields passed with
-    ``extra={...}`` follow the message.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields: dict[str, object] = {
-            "ts": f"{ts}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
-
-
-def _quote(value: object) -> str:
-    text = str(value)
-    if not text or any(c in text for c in ' "=\n\t\\') or not text.isprintable():
-        return json.dumps(text)
-    return text
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Send meshlimit's loggers to stderr in ``key=value`` form."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger("meshlimit")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 # --- running --------------------------------------------------------------------------
 
 
@@ -277,7 +247,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM/SIGINT; 0 after a graceful leave, 1 if it cannot start."""
     from meshlimit.cluster.runtime import install_uvloop
 
-    setup_logging()
+    setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "kv"))
     try:
         settings = effective_config(args)
         config = settings[0].node_config()

@@ -10,12 +10,14 @@ synchronously (the check coroutine is stepped eagerly, see
 owner-local checks is answered with one write; a forwarded check's reply waits
 for the owner without holding back the parsing of later commands.
 
-Three modules, one job each: ``resp_protocol.py`` reads commands from the
-byte stream and encodes replies; ``resp_commands.py`` runs the commands
-(``PING``, ``ML.CHECK``, ``CL.THROTTLE``, ``HELLO``, ``CLIENT``; it documents
-each, and what CL.THROTTLE costs the cluster); this one serves them: the
-listening socket, the connections, the order of their replies, their bounds.
-``QUIT`` belongs to the connection: ``+OK``, then it closes.
+Four modules, one job each: ``resp_protocol.py`` reads commands from the
+byte stream and encodes replies; ``resp_commands.py`` runs the limiter's commands
+(``PING``, ``ML.CHECK``, ``ML.RULE``, ``ML.RESET``, ``CL.THROTTLE``; it documents
+each, and what CL.THROTTLE costs the cluster); ``resp_session.py`` the connection
+and server commands Redis tooling sends (``HELLO``, ``CLIENT``, ``ECHO``,
+``SELECT``, ``COMMAND``), with each connection's :class:`Session`; this one serves
+them: the listening socket, the connections, the order of their replies, their
+bounds. ``QUIT`` belongs to the connection: ``+OK``, then it closes.
 
 Bad input. Anything but an array of bulk strings, or a command frame larger
 than ``max_frame_bytes``, is answered ``-ERR Protocol error: ...`` after the
@@ -42,6 +44,7 @@ from typing import Protocol, cast
 
 from meshlimit.cluster.daemon.resp_commands import Reply, RespCommands
 from meshlimit.cluster.daemon.resp_protocol import OK, CommandReader, ProtocolError, encode_error
+from meshlimit.cluster.daemon.resp_session import Session
 from meshlimit.cluster.runtime import Runtime
 
 log = logging.getLogger("meshlimit.resp")
@@ -121,9 +124,9 @@ class RespServer:
         for connection in paused:
             connection.resume_busy()
 
-    def execute(self, args: list[bytes]) -> Reply:
+    def execute(self, args: list[bytes], session: Session | None = None) -> Reply:
         """Run one command: its reply now, or a future of it. Never raises."""
-        return self.commands.execute(args)
+        return self.commands.execute(args, session)
 
     async def start(self, host: str, port: int, *, serve: bool = True) -> tuple[str, int]:
         """Bind ``host:port`` (port 0: any free one) and return the bound address.
@@ -200,6 +203,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.drain_waiters: list[asyncio.Future[None]] = []
+        self.session = server.commands.new_session()
 
     # --- asyncio callbacks ------------------------------------------------------------
 
@@ -305,7 +309,7 @@ class _Connection(asyncio.Protocol):
                 self.reading = False
                 self.close_when_drained = True
             else:
-                self.replies.append(self.server.commands.execute(frame))
+                self.replies.append(self.server.commands.execute(frame, self.session))
 
     def _protocol_error(self, message: str) -> None:
         """Answer what was read before, then the error, then close (as Redis does)."""

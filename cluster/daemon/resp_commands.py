@@ -3,23 +3,28 @@
 Commands (names are case-insensitive):
 
 - ``PING [message]``: ``+PONG``, or the message as a bulk string.
-- ``ML.CHECK client [cost]``: a check of ``client`` (cost 1 by default),
-  answered with ``[allowed, limit, remaining, reset_after_ms, retry_after_ms,
-  path]``: ``allowed`` 1 or 0; ``reset_after_ms`` and ``retry_after_ms``
-  whole milliseconds rounded up (never early); ``retry_after_ms`` is 0 when
-  allowed and -1 when the cost can never fit, as in the HTTP API; ``path`` a
-  bulk string, ``owner``, ``forwarded``, ``local`` or ``degraded``.
+- ``ML.CHECK client [cost] [WITHWINDOW]``: a check of ``client`` (cost 1 by
+  default), answered with ``[allowed, limit, remaining, reset_after_ms,
+  retry_after_ms, path]``, and ``window_ms`` after them when asked ``WITHWINDOW``
+  (the window of the limit reported, for ``RateLimit-Policy``'s ``w``; 0 when
+  unknown): ``allowed`` 1 or 0; ``remaining`` at most ``limit``;
+  ``reset_after_ms`` and ``retry_after_ms`` whole milliseconds rounded up (never
+  early); ``retry_after_ms`` is 0 when allowed and -1 when the cost can never fit,
+  as in the HTTP API; ``path`` a bulk string, ``owner``, ``forwarded``, ``local``,
+  ``degraded`` or ``overloaded``. Under a rule of several limits the most
+  restrictive is reported. The six-element reply is the one older clients read.
+- ``ML.RULE SET client rule``: give ``client`` its own rule (``10/second;1000/hour``)
+  or a tier (``@gold``, one this node knows), spread to every node: ``+OK``.
+  ``ML.RULE GET client``: ``[rule, source]``, the rule in force and where it comes
+  from, ``client``, ``tier:NAME`` or ``default``. ``ML.RULE DEL client``: drop the
+  client's own rule, ``:1`` if it had one, else ``:0``.
+- ``ML.RESET client``: forget the client's counts cluster-wide: ``+OK``.
 - ``CL.THROTTLE key max_burst count_per_period period [quantity]``:
   redis-cell's command and reply, ``[limited, limit, remaining, retry_after,
   reset_after]`` (seconds, -1 when no retry applies); cluster-wide, see below.
-- ``QUIT``: ``+OK``, then the connection closes (handled by the connection, ``resp.py``).
-- ``HELLO [2|3] [SETNAME name]``: the server's description (a map under 3,
-  a flat array under 2). Every reply this server sends is the same in RESP2
-  and RESP3 (integers, arrays, bulk and simple strings, errors: no maps,
-  nulls or doubles), so both are accepted; redis-py 8 and go-redis open
-  with ``HELLO 3``. ``AUTH`` is refused: the front-end has no users.
-- ``CLIENT SETNAME name``, ``CLIENT SETINFO attr value``: ``+OK``, ignored
-  (clients send them on connecting).
+- ``HELLO``, ``CLIENT``, ``ECHO``, ``SELECT``, ``COMMAND``: the connection and server
+  commands Redis tooling sends (``resp_session.py``); ``QUIT``: ``+OK``, then the
+  connection closes (handled by the connection, ``resp.py``).
 
 A check is stepped eagerly (:func:`~meshlimit.cluster.daemon.eager.start_eagerly`):
 one the node decides itself is answered at once; a forwarded one is answered by
@@ -65,7 +70,6 @@ errors are logged and answered ``-ERR internal error``.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
 import math
 import re
@@ -81,6 +85,12 @@ from meshlimit.cluster.daemon.resp_protocol import (
     encode_integers,
     show,
 )
+from meshlimit.cluster.daemon.resp_session import (
+    CommandError,
+    CommandInfo,
+    Session,
+    SessionCommands,
+)
 from meshlimit.cluster.daemon.throttle import (
     check_params,
     reply_from_decision,
@@ -88,38 +98,36 @@ from meshlimit.cluster.daemon.throttle import (
     throttle_rule,
 )
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision
-from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, PER_CALL_PREFIX
-from meshlimit.core.rules import MAX_COUNT, NS_PER_MS, Rule
+from meshlimit.core.decision import Decision, capped
+from meshlimit.core.registry import (
+    CLIENT_PREFIX,
+    MAX_CLIENT_BYTES,
+    PER_CALL_PREFIX,
+    RESET_PREFIX,
+    check_tier_name,
+)
+from meshlimit.core.rules import MAX_COUNT, MAX_RULE_CHARS, NS_PER_MS, Rule, parse_rule
 
 log = logging.getLogger("meshlimit.resp")
 
 #: CL.THROTTLE keys are checked as these clients, apart from ML.CHECK's own ids; the
 #: registry holds their rules as per-call entries.
 THROTTLE_PREFIX = PER_CALL_PREFIX
+#: Per-route counters of the web integrations (``meshlimit.routes.ROUTE_PREFIX``): per-call
+#: entries too (bounded, expiring), which a client may write with ``ML.RULE SET``.
+ROUTE_PREFIX = PER_CALL_PREFIX + "route:"
 MAX_KEY_BYTES = MAX_CLIENT_BYTES - len(THROTTLE_PREFIX)
 #: redis-cell parses its numbers as i64.
 _I64_MAX = 2**63 - 1
 _INTEGER = re.compile(rb"[+-]?[0-9]{1,19}")
-try:
-    _VERSION = importlib.metadata.version("meshlimit").encode()
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare tree
-    _VERSION = b"0"
-
 #: A command's reply: its bytes now, or a future of them (a check waiting for its owner).
 Reply = bytes | asyncio.Future[bytes]
 
 
-class CommandError(ValueError):
-    """A client's mistake in one command: answered with ``-CODE message``, the connection lives."""
-
-    def __init__(self, message: str, code: str = "ERR") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def check_reply(decision: Decision) -> bytes:
-    """``ML.CHECK``'s reply: ``[allowed, limit, remaining, reset_after_ms, retry_after_ms, path]``."""
+def check_reply(decision: Decision, *, with_window: bool = False) -> bytes:
+    """``ML.CHECK``'s reply: ``[allowed, limit, remaining, reset_after_ms, retry_after_ms,
+    path]``, then ``window_ms`` when asked (``WITHWINDOW``); ``remaining`` capped at the limit."""
+    decision = capped(decision)
     if decision.allowed:
         retry_ms = 0
     elif math.isinf(decision.retry_after):
@@ -127,7 +135,8 @@ def check_reply(decision: Decision) -> bytes:
     else:
         retry_ms = _ceil_ms(decision.retry_after)
     path = decision.path.encode()
-    return _CHECK_REPLY % (
+    reply = _CHECK_REPLY % (
+        b"7" if with_window else b"6",
         decision.allowed,
         decision.limit,
         decision.remaining,
@@ -136,9 +145,15 @@ def check_reply(decision: Decision) -> bytes:
         len(path),
         path,
     )
+    if with_window:
+        reply += b":%d\r\n" % -(-decision.window_ns // NS_PER_MS)
+    return reply
 
 
-_CHECK_REPLY = b"*6\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
+_CHECK_REPLY = b"*%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
+_WITHWINDOW = b"WITHWINDOW"
+#: Command table entries: handler, fewest and most arguments (the name included), flags.
+_Spec = tuple[Callable[[list[bytes]], Reply], int, int, tuple[bytes, ...]]
 
 
 def _ceil_ms(seconds: float) -> int:
@@ -164,27 +179,48 @@ class RespCommands:
         self.stats = stats
         self.throttle_registry_share = throttle_registry_share
         self.rule_spread_wait_s = rule_spread_wait_s
-        self._commands: dict[bytes, tuple[Callable[[list[bytes]], Reply], int, int]] = {
-            b"PING": (self._ping, 1, 2),
-            b"ML.CHECK": (self._ml_check, 2, 3),
-            b"CL.THROTTLE": (self._cl_throttle, 5, 6),
-            b"CLIENT": (self._client, 2, 4),
-            b"HELLO": (self._hello, 1, 6),
+        self._commands: dict[bytes, _Spec] = {
+            b"PING": (self._ping, 1, 2, (b"fast", b"stale")),
+            b"ML.CHECK": (self._ml_check, 2, 4, (b"write", b"fast")),
+            b"ML.RULE": (self._ml_rule, 3, 4, (b"write",)),
+            b"ML.RESET": (self._ml_reset, 2, 2, (b"write",)),
+            b"CL.THROTTLE": (self._cl_throttle, 5, 6, (b"write",)),
         }
-        self._next_id = 0
+        self.session = SessionCommands(self.command_infos)
+        self._sessions = 0
+        #: The session of commands run without a connection (tests, :meth:`execute` bare).
+        self._no_connection = self.new_session()
 
-    def execute(self, args: list[bytes]) -> Reply:
-        """Run one command: its reply now, or a future of it. Never raises."""
+    def new_session(self) -> Session:
+        """A new connection's state, with its id (``CLIENT ID``, ``HELLO``'s ``id``)."""
+        self._sessions += 1
+        return Session(self._sessions)
+
+    def command_infos(self) -> list[CommandInfo]:
+        """Every command served, for ``COMMAND`` (``QUIT`` is the connection's own)."""
+        infos = [
+            CommandInfo(name, fewest if fewest == most else -fewest, flags, 1 if fewest > 1 else 0)
+            for name, (_, fewest, most, flags) in self._commands.items()
+        ]
+        quit_info = CommandInfo(b"QUIT", -1, (b"noscript", b"loading", b"stale", b"fast"))
+        return [*infos, *self.session.infos(), quit_info]
+
+    def execute(self, args: list[bytes], session: Session | None = None) -> Reply:
+        """Run one command for the connection ``session``: its reply now, or a future of
+        it. Never raises."""
         self.stats["commands"] += 1
         try:
-            spec = self._commands.get(args[0].upper())
+            name = args[0].upper()
+            spec = self._commands.get(name)
             if spec is None:
-                raise CommandError(f"unknown command '{show(args[0])}'")
-            handler, fewest, most = spec
-            if not fewest <= len(args) <= most:
-                name = args[0].decode("ascii").lower()
-                raise CommandError(f"wrong number of arguments for '{name}' command")
-            return handler(args)
+                session_spec = self.session.handlers.get(name)
+                if session_spec is None:
+                    raise CommandError(f"unknown command '{show(args[0])}'")
+                handler, fewest, most = session_spec
+                _check_arity(args, fewest, most)
+                return handler(args, session or self._no_connection)
+            _check_arity(args, spec[1], spec[2])
+            return spec[0](args)
         except CommandError as error:
             self.stats["command_errors"] += 1
             return encode_error(str(error), error.code)
@@ -194,49 +230,79 @@ class RespCommands:
 
     # --- the commands -----------------------------------------------------------------
 
-    def _hello(self, args: list[bytes]) -> Reply:
-        """``HELLO [protover [AUTH user pass] [SETNAME name]]``: the server's description."""
-        version = 2 if len(args) == 1 else _int_arg(args[1], "protocol version", 0, 2**31)
-        if version not in (2, 3):
-            raise CommandError("sorry, this protocol version is not supported", "NOPROTO")
-        options = [a.upper() for a in args[2:]]
-        if b"AUTH" in options:
-            raise CommandError("AUTH is not supported: this front-end has no users")
-        if len(args) not in (1, 2, 4) or (options and options[0] != b"SETNAME"):
-            raise CommandError("syntax error: HELLO [2|3] [SETNAME name]")
-        self._next_id += 1
-        fields = [
-            (b"server", encode_bulk(b"meshlimit")),
-            (b"version", encode_bulk(_VERSION)),
-            (b"proto", b":%d\r\n" % version),
-            (b"id", b":%d\r\n" % self._next_id),
-            (b"mode", encode_bulk(b"standalone")),
-            (b"role", encode_bulk(b"master")),
-            (b"modules", b"*0\r\n"),
-        ]
-        head = b"%%%d\r\n" % len(fields) if version == 3 else b"*%d\r\n" % (2 * len(fields))
-        return head + b"".join(encode_bulk(name) + value for name, value in fields)
-
-    def _client(self, args: list[bytes]) -> Reply:
-        sub = args[1].upper()
-        if (sub, len(args)) in ((b"SETNAME", 3), (b"SETINFO", 4)):
-            return OK  # accepted and ignored: nothing here shows client names
-        raise CommandError(f"unknown subcommand or wrong arguments for 'client|{show(args[1])}'")
-
     def _ping(self, args: list[bytes]) -> Reply:
         return b"+PONG\r\n" if len(args) == 1 else encode_bulk(args[1])
 
     def _ml_check(self, args: list[bytes]) -> Reply:
         client = _text_arg(args[1], "client id", MAX_CLIENT_BYTES)
-        cost = _int_arg(args[2], "cost", 0, MAX_COUNT) if len(args) == 3 else 1
-        return start_eagerly(self._check(client, cost))
+        rest = args[2:]
+        with_window = bool(rest) and rest[-1].upper() == _WITHWINDOW
+        if with_window:
+            rest = rest[:-1]
+        if len(rest) > 1:
+            raise CommandError(
+                "wrong number of arguments for 'ml.check' command "
+                "(ML.CHECK client [cost] [WITHWINDOW])"
+            )
+        cost = _int_arg(rest[0], "cost", 0, MAX_COUNT) if rest else 1
+        return start_eagerly(self._check(client, cost, with_window))
 
-    async def _check(self, client: str, cost: int) -> bytes:
+    async def _check(self, client: str, cost: int, with_window: bool) -> bytes:
         try:
             decision = await self.runtime.check(client, cost)
         except ValueError as error:  # validated above; the node has the last word
             return encode_error(str(error))
-        return check_reply(decision)
+        return check_reply(decision, with_window=with_window)
+
+    def _ml_rule(self, args: list[bytes]) -> Reply:
+        """``ML.RULE SET client rule``, ``ML.RULE GET client``, ``ML.RULE DEL client``."""
+        sub = args[1].upper()
+        arity = {b"SET": 4, b"GET": 3, b"DEL": 3}.get(sub)
+        if arity is None or len(args) != arity:
+            raise CommandError("syntax error: ML.RULE SET client rule | GET client | DEL client")
+        client = _client_arg(args[2])
+        registry = self.runtime.node.registry
+        if sub == b"GET":
+            own = registry.client_value(client)
+            rule = registry.resolve(client)
+            if isinstance(own, Rule):
+                source = b"client"
+            elif isinstance(own, str) and registry.tiers().get(own[1:]) == rule:
+                source = b"tier:" + own[1:].encode()
+            else:
+                source = b"default"
+            return b"*2\r\n" + encode_bulk(str(rule).encode()) + encode_bulk(source)
+        if sub == b"DEL":
+            had = registry.client_value(client) is not None
+            self._set(CLIENT_PREFIX + client, None)
+            return b":%d\r\n" % had
+        value = _text_arg(args[3], "rule", MAX_RULE_CHARS)
+        if value.startswith("@"):
+            try:
+                check_tier_name(value[1:])
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+            if value[1:] not in registry.tiers():
+                raise CommandError(f"no tier {value[1:]!r} is defined on this node")
+            self._set(CLIENT_PREFIX + client, value)
+        else:
+            try:
+                rule = parse_rule(value)
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+            self._set(CLIENT_PREFIX + client, rule)
+        return OK
+
+    def _ml_reset(self, args: list[bytes]) -> Reply:
+        """``ML.RESET client``: a stamped reset that spreads like a rule."""
+        self._set(RESET_PREFIX + _client_arg(args[1]), None)
+        return OK
+
+    def _set(self, key: str, value: Rule | str | None) -> None:
+        try:
+            self.runtime.set_rule(key, value)
+        except ValueError as error:  # the registry is full, say
+            raise CommandError(str(error)) from None
 
     def _cl_throttle(self, args: list[bytes]) -> Reply:
         key = _text_arg(args[1], "key", MAX_KEY_BYTES)
@@ -291,6 +357,21 @@ class RespCommands:
 
 
 # --- arguments ------------------------------------------------------------------------
+
+
+def _check_arity(args: list[bytes], fewest: int, most: int) -> None:
+    if not fewest <= len(args) <= most:
+        name = args[0].decode("ascii").lower()
+        raise CommandError(f"wrong number of arguments for '{name}' command")
+
+
+def _client_arg(raw: bytes) -> str:
+    """A client id whose rules an operator may write (not a CL.THROTTLE key's; a route
+    counter's, which expires like one, may be)."""
+    client = _text_arg(raw, "client id", MAX_CLIENT_BYTES)
+    if client.startswith(THROTTLE_PREFIX) and not client.startswith(ROUTE_PREFIX):
+        raise CommandError(f"client ids under {THROTTLE_PREFIX!r} are CL.THROTTLE's keys")
+    return client
 
 
 def _int_arg(raw: bytes, what: str, low: int, high: int) -> int:

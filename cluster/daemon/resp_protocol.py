@@ -13,6 +13,14 @@ bound. The frame bound is kept here: the bytes fed minus the exact encoded
 size of each command parsed (hiredis refuses non-canonical lengths, so the
 size of a parsed command is known) are the bytes of the one incomplete frame.
 
+Inline commands. Between frames Redis also takes a plain line, ``PING\r\n``
+(telnet, ``nc``), and skips an empty one: ``redis-cli --pipe`` ends its bulk load
+with ``\r\n`` before the ``ECHO`` it waits for. hiredis reads replies, not
+commands, and refuses both, so the reader keeps the bytes not yet parsed (one
+copy, compacted on every feed) and looks at the first byte of each frame: ``*``
+goes to hiredis, anything else is a line, split on white space here (no quoting;
+an empty one skipped), as Redis decides it. A line is bounded like a frame.
+
 Replies are encoded by the small functions below; every reply this server
 sends is the same in RESP2 and RESP3 (integers, arrays, bulk and simple
 strings, errors).
@@ -37,24 +45,45 @@ class ProtocolError(ValueError):
 class CommandReader:
     """Splits one connection's bytes into commands, no frame larger than ``max_frame_bytes``."""
 
-    __slots__ = ("_reader", "max_frame_bytes", "partial_bytes")
+    __slots__ = ("_reader", "max_frame_bytes", "partial_bytes", "_unparsed", "_inline")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._reader = hiredis.Reader(notEnoughData=_NEED_MORE)
         self.max_frame_bytes = max_frame_bytes
         self.partial_bytes = 0
         """Bytes fed that no complete command has accounted for yet."""
+        self._unparsed = bytearray()  # ends with those bytes (its front is compacted away)
+        self._inline = False  # True: hiredis holds nothing; the next frame is a line
 
     def feed(self, data: bytes) -> None:
         """Take bytes as they were read (any split of the stream)."""
-        self._reader.feed(data)
+        unparsed = self._unparsed
+        consumed = len(unparsed) - self.partial_bytes
+        if consumed:
+            del unparsed[:consumed]
+        unparsed += data
+        at_boundary = self.partial_bytes == 0
         self.partial_bytes += len(data)
+        if self._inline:
+            return
+        if at_boundary and data[:1] != b"*":  # a line, not a frame: read it here
+            self._inline = True
+            return
+        self._reader.feed(data)
 
     def next_command(self) -> list[bytes] | None:
         """The next complete command, or None until more bytes come; a
         :class:`ProtocolError` for garbage or a frame over the bound. Empty
-        arrays are skipped: they are no command (Redis skips them too)."""
+        arrays and empty lines are skipped: they are no command (Redis skips
+        them too)."""
         while True:
+            if self._inline:
+                line = self._next_line()
+                if line is None:
+                    return None
+                if line:
+                    return line
+                continue
             try:
                 frame = self._reader.gets()
             except (hiredis.HiredisError, TypeError, ValueError, MemoryError) as error:
@@ -74,9 +103,38 @@ class CommandReader:
             self.partial_bytes -= size
             if size > self.max_frame_bytes:
                 raise self._oversized()
+            self._after_frame()
             if frame:
                 command: list[bytes] = frame  # command_size checked it: a list of bytes
                 return command
+
+    def _after_frame(self) -> None:
+        """At a frame's end: if the bytes after it start with no ``*``, they are a line,
+        read here; hiredis (which holds them) is replaced by a fresh reader."""
+        if self.partial_bytes and self._unparsed[-self.partial_bytes] != ord("*"):
+            self._reader = hiredis.Reader(notEnoughData=_NEED_MORE)
+            self._inline = True
+
+    def _next_line(self) -> list[bytes] | None:
+        """The next inline command (``[]``: an empty line), or None until its end comes;
+        back to hiredis at the next ``*``."""
+        unparsed = self._unparsed
+        start = len(unparsed) - self.partial_bytes
+        end = unparsed.find(b"\n", start)
+        if end < 0:
+            if self.partial_bytes > self.max_frame_bytes:
+                raise self._oversized()
+            return None
+        if end - start > self.max_frame_bytes:
+            raise self._oversized()
+        words = bytes(unparsed[start:end]).split()
+        self.partial_bytes -= end + 1 - start
+        if self.partial_bytes == 0:
+            self._inline = False  # the next bytes fed decide
+        elif unparsed[end + 1] == ord("*"):
+            self._inline = False
+            self._reader.feed(bytes(unparsed[end + 1 :]))
+        return words
 
     def _oversized(self) -> ProtocolError:
         limit = self.max_frame_bytes

@@ -12,6 +12,7 @@ import mmh3
 
 from meshlimit.cluster.membership import MembershipConfig
 from meshlimit.cluster.wire.messages import Address
+from meshlimit.core.engine import check_max_clients
 
 _MS = 1_000_000
 _US = 1_000
@@ -96,6 +97,7 @@ class NodeConfig:
             raise ValueError(f"mode must be 'strict' or 'local', not {self.mode!r}")
         if not 0.0 <= self.degraded_fraction <= 1.0:
             raise ValueError("degraded_fraction must be between 0 and 1")
+        check_max_clients(self.max_clients)
         if self.replicas < 0:
             raise ValueError("replicas must be >= 0")
         if self.expected_members < 0:
@@ -110,12 +112,15 @@ class NodeConfig:
     @classmethod
     def preset(cls, name: str, node_id: str, addr: Address, **overrides: object) -> NodeConfig:
         """``lan`` (default timings), ``local`` (loopback: faster), ``wan`` or ``sim``."""
-        membership = {
+        presets = {
             "lan": MembershipConfig.lan,
             "local": MembershipConfig.local,
             "wan": MembershipConfig.wan,
             "sim": MembershipConfig.sim,
-        }[name]()
+        }
+        if name not in presets:
+            raise ValueError(f"preset must be one of {', '.join(presets)}, not {name!r}")
+        membership = presets[name]()
         base = cls(node_id=node_id, addr=addr, membership=membership)
         if name == "local":
             base = replace(base, forward_timeout_ns=100 * _MS, gossip_interval_ns=50 * _MS)

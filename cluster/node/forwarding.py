@@ -92,6 +92,10 @@ def life_of(request_id: int) -> int:
 
 #: How the owner decides one forwarded check: ``(client, cost, wall_ns, path)``.
 Decide = Callable[[str, int, int, str], Decision]
+#: The window of a forwarded decision, ``(client, limit, reset_ns) -> window_ns`` (0:
+#: unknown). A reply carries no window (its record predates them, and older peers must
+#: still read it), so the asking node names it from its own copy of the client's rule.
+WindowOf = Callable[[str, int, int], int]
 
 
 @dataclass(slots=True)
@@ -259,8 +263,11 @@ class Forwarding:
         if len(self._timed_out) > self._config.max_pending:
             self._timed_out.popitem(last=False)
 
-    def resolve(self, sender: str, message: ReplyBatch, now_ns: int) -> list[Decided]:
-        """The owner's answers: the checks they decide (replies from others are ignored)."""
+    def resolve(
+        self, sender: str, message: ReplyBatch, now_ns: int, window_of: WindowOf | None = None
+    ) -> list[Decided]:
+        """The owner's answers: the checks they decide (replies from others are ignored).
+        ``window_of`` names each decision's window (a reply carries none, see ``WindowOf``)."""
         decided = []
         slow_ns = self._config.forward_timeout_ns // 2
         for result in message.results:
@@ -275,13 +282,18 @@ class Forwarding:
             del self.pending[result.request_id]
             self._release(sender)
             retry_ns = -1 if result.retry_after_ms < 0 else result.retry_after_ms * 1_000_000
+            reset_ns = result.reset_after_ms * 1_000_000
+            window_ns = (
+                0 if window_of is None else window_of(pending.client, result.limit, reset_ns)
+            )
             decision = make_decision(
                 result.allowed,
                 result.limit,
                 result.remaining,
-                result.reset_after_ms * 1_000_000,
+                reset_ns,
                 retry_ns,
                 "forwarded",
+                window_ns=window_ns,
             )
             self._stats[f"forwarded_{'allowed' if result.allowed else 'refused'}"] += 1
             decided.append(Decided(result.request_id, pending.client, decision))

@@ -77,7 +77,8 @@ from meshlimit.cluster.wire.messages import (
     RuleEntries,
 )
 from meshlimit.core.counters import CounterStore, Outcome
-from meshlimit.core.decision import Decision, make_decision
+from meshlimit.core.decision import Decision, make_decision, most_restrictive
+from meshlimit.core.engine import check_cost
 from meshlimit.core.registry import RuleRegistry, check_client_id
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
@@ -175,7 +176,7 @@ class Node:
         :class:`Decided` event arrives later. Bad arguments raise ``ValueError``."""
         check_client_id(client)  # also refuses text the ring cannot hash
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
-            raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
+            check_cost(cost)
         wall = self._advance(now_ns, wall_ns)
         if not self._knows_ring or not self.degraded.majority:
             # Not joined (the ring is unknown) or cut off from most of the cluster: every
@@ -324,10 +325,44 @@ class Node:
     def _decide_here(self, client: str, cost: int, wall: int, path: str) -> Decision:
         """Decide on the merged counts: as the owner, for a forwarder, or in local mode."""
         rule = self.registry.resolve(client)
+        if rule.also:
+            return self._decide_all(client, rule, cost, wall, path)
         outcome = self.counters.check(client, rule, cost, now_ns=wall)
         if outcome[0] and cost:
             self.replication.mark_changed(rule.series, client)
         return self._report(wall, client, rule, cost, path, outcome)
+
+    def _decide_all(self, client: str, rule: Rule, cost: int, wall: int, path: str) -> Decision:
+        """A rule of several limits: each answers first (against its local quota when
+        degraded); only if all allow does each count, and the decision reports the most
+        restrictive (``most_restrictive``). Every limit is one counter like any other:
+        forwarded to, replicated, handed over and reported by the same machinery."""
+        degraded = path == "degraded"
+        limits = rule.limits
+        quotas = [
+            self.degraded.quota(limit, client, wall) if degraded else None for limit in limits
+        ]
+        outcomes = [
+            self.counters.check(client, limit, cost, now_ns=wall, capacity=quota, commit=False)
+            for limit, quota in zip(limits, quotas, strict=True)
+        ]
+        allowed = all(outcome[0] for outcome in outcomes)
+        if allowed and cost:
+            for limit, quota in zip(limits, quotas, strict=True):
+                self.counters.check(client, limit, cost, now_ns=wall, capacity=quota)
+                if degraded:
+                    self.degraded.note_admitted(limit.series, client)
+                else:
+                    self.replication.mark_changed(limit.series, client)
+        elif degraded:
+            outcomes = [
+                self._retry_soon(outcome, limit, wall)
+                if outcome[3] < 0 and cost <= limit.capacity
+                else outcome
+                for limit, outcome in zip(limits, outcomes, strict=True)
+            ]
+        index, outcome = most_restrictive(outcomes)
+        return self._report(wall, client, rule, cost, path, outcome, limits[index])
 
     def _decide_forwarded(self, client: str, cost: int, wall: int, path: str) -> Decision:
         """Decide a check forwarded to this node as its owner: on the merged counts only
@@ -342,6 +377,8 @@ class Node:
     def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
         """Decide without the owner, against this node's local quota."""
         rule = self.registry.resolve(client)
+        if rule.also:
+            return self._decide_all(client, rule, cost, wall, "degraded")
         quota = self.degraded.quota(rule, client, wall)
         outcome = self.counters.check(client, rule, cost, now_ns=wall, capacity=quota)
         if outcome[0] and cost:
@@ -362,7 +399,9 @@ class Node:
         rule = self.registry.resolve(client)
         retry_ns = self.config.forward_timeout_ns
         shadow = rule.shadow or self.config.shadow
-        return make_decision(False, rule.limit, 0, retry_ns, retry_ns, "overloaded", shadow)
+        return make_decision(
+            False, rule.limit, 0, retry_ns, retry_ns, "overloaded", shadow, rule.window_ns
+        )
 
     def _retry_soon(self, outcome: Outcome, rule: Rule, wall: int) -> Outcome:
         """A degraded refusal of a cost the rule admits but the local quota never does
@@ -375,9 +414,17 @@ class Node:
         return allowed, remaining, reset_ns, max(retry_ns, 1_000_000)
 
     def _report(
-        self, wall: int, client: str, rule: Rule, cost: int, path: str, outcome: Outcome
+        self,
+        wall: int,
+        client: str,
+        rule: Rule,
+        cost: int,
+        path: str,
+        outcome: Outcome,
+        shown: Rule | None = None,
     ) -> Decision:
-        """Count a decision, log it for the simulator, and apply shadow mode."""
+        """Count a decision, log it for the simulator, and apply shadow mode. ``shown``:
+        the limit the decision reports (a rule of several limits), else ``rule``."""
         allowed, remaining, reset_ns, retry_ns = outcome
         self.stats[f"{path}_{'allowed' if allowed else 'refused'}"] += 1
         if self.decision_log is not None:
@@ -385,7 +432,10 @@ class Node:
         shadow = rule.shadow or self.config.shadow
         if shadow and not allowed:
             self.stats["shadow_refused"] += 1
-        return make_decision(allowed, rule.limit, remaining, reset_ns, retry_ns, path, shadow)
+        limit = rule if shown is None else shown
+        return make_decision(
+            allowed, limit.limit, remaining, reset_ns, retry_ns, path, shadow, limit.window_ns
+        )
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -396,7 +446,7 @@ class Node:
             reply_to = envelope.sender_addr
             self.forwarding.answer(sender, reply_to, message, wall, self._decide_forwarded)
         elif isinstance(message, ReplyBatch):
-            self._events.extend(self.forwarding.resolve(sender, message, now_ns))
+            self._events.extend(self.forwarding.resolve(sender, message, now_ns, self._window_of))
         elif isinstance(message, CounterDeltas):
             self.replication.merge(message, wall)
         elif isinstance(message, RuleEntries):
@@ -459,6 +509,17 @@ class Node:
         """One gossip round of counters: replication, then degraded admissions."""
         self.replication.gossip(wall, self.ring)
         self.degraded.resend(wall, self.ring)
+
+    def _window_of(self, client: str, limit: int, reset_ns: int) -> int:
+        """The window of an owner's decision that reported ``limit``: that of our copy of
+        the client's rule whose limit it is (0 if none: the rule is changing). Of several
+        limits with that number, the shortest window that can hold ``reset_ns``."""
+        windows = [
+            part.window_ns for part in self.registry.resolve(client).limits if part.limit == limit
+        ]
+        if len(windows) > 1:
+            windows = sorted(w for w in windows if w >= reset_ns) or windows
+        return windows[0] if windows else 0
 
     def _apply_reset(self, client: str) -> None:
         """An operator reset ``client`` (a ``reset:`` entry took effect): forget its counts."""

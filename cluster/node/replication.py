@@ -126,8 +126,9 @@ class Replication:
         self._scan: _Scan | None = None  # counters still to examine for hand-over
 
     def note_rule(self, rule: Rule) -> None:
-        """A rule is in use here: its series may be counted, merged and swept."""
-        self.series_windows[rule.series] = rule.window_ns
+        """A rule is in use here: its series (one per limit) may be counted, merged, swept."""
+        for limit in rule.limits:
+            self.series_windows[limit.series] = limit.window_ns
 
     def mark_changed(self, series: str, client: str) -> None:
         """This node admitted into the counter: replicate it next round."""
