@@ -26,17 +26,36 @@ class Awareness:
         self._stats = stats
         self.score = 0
         """0 when healthy; ``maximum - 1`` at worst."""
+        self._stalled_at = -1  # when a tick last found this node stalled
+        self._excused = 0  # unanswered probes in a row excused by a stall
 
     def refuted(self) -> None:
         """Peers suspected this node: it may be the slow one."""
         self._apply(1)
 
-    def stalled(self) -> None:
-        """This node did not run for a while (overloaded, or paused): it is the slow one."""
-        self._apply(1)
+    def note_tick(self, now_ns: int, due_ns: int, late_ns: int) -> None:
+        """A tick at ``now_ns`` for work due at ``due_ns``: at least ``late_ns`` behind, this
+        node did not run meanwhile (overloaded, or paused), so what it times out may have
+        been answered: it is the slow one, and waits longer from now on."""
+        if now_ns - due_ns >= late_ns:
+            self._stalled_at = now_ns
+            self._stats["stalls"] += 1
+            self._apply(1)
+
+    def excuses(self, sent_ns: int) -> bool:
+        """Whether a probe sent at ``sent_ns`` and left unanswered is inconclusive: this
+        node stalled since (``probes_inconclusive``). At most ``maximum`` in a row, so a
+        node that is always stalled still accuses in the end."""
+        if self._stalled_at >= sent_ns and self._excused < self._max:
+            self._excused += 1
+            self._stats["probes_inconclusive"] += 1
+            return True
+        self._excused = 0
+        return False
 
     def probe_answered(self) -> None:
         """A probe of ours was answered in time: this node hears its peers."""
+        self._excused = 0
         self._apply(-1)
 
     def probe_timeout_ns(self, timeout_ns: int, interval_ns: int) -> int:

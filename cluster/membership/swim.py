@@ -158,8 +158,6 @@ class Membership:
         self._members = self._table.members  # the table's dict, never rebound
         self._relays: dict[int, Relay] = {}
         self._probe: Probe | None = None
-        self._stalled_at = -1  # when a tick last found this node stalled
-        self._inconclusive = 0  # probes in a row found inconclusive by a stall
         self._seq = 0
         self._clocks = PeerClocks()
         self.wall_offset_ns = 0
@@ -343,7 +341,7 @@ class Membership:
     def tick(self, *, now_ns: int) -> Outputs:
         """Do whatever is due: probes, indirect probes, suspicion timeouts, gossip, reaping."""
         out: Outputs = []
-        self._note_stall(now_ns)
+        self._awareness.note_tick(now_ns, self.next_deadline(), self.config.probe_timeout_ns // 2)
         if self._self.state != LEFT:
             out += self._retry_join(now_ns)
             out += self._indirect_probe(now_ns)
@@ -357,15 +355,6 @@ class Membership:
             self._clocks.forget(node)
         self._expire_relays(now_ns)
         return out
-
-    def _note_stall(self, now: int) -> None:
-        """A tick more than half a probe timeout after the earliest deadline it was due at:
-        this node did not run meanwhile (overloaded, or paused), so what it timed out may
-        have been answered; it waits longer from now on (Lifeguard's awareness)."""
-        if now - self.next_deadline() >= self.config.probe_timeout_ns // 2:
-            self._stalled_at = now
-            self.stats["stalls"] += 1
-            self._awareness.stalled()
 
     def next_deadline(self) -> int:
         """The earliest ``now_ns`` at which :meth:`tick` has work."""
@@ -512,17 +501,13 @@ class Membership:
         if p is None:
             return
         if p.acked:
-            self._inconclusive = 0
             self._awareness.probe_answered()
             return
         m = self._members.get(p.target)
         if m is None or m.state not in LIVE:
             return
-        if self._stalled_at >= p.sent_ns and self._inconclusive < self.config.awareness_max:
-            self._inconclusive += 1  # this node stalled while it waited: no accusation
-            self.stats["probes_inconclusive"] += 1
-            return
-        self._inconclusive = 0
+        if self._awareness.excuses(p.sent_ns):
+            return  # this node stalled while it waited: no accusation
         self.stats["failed_probes"] += 1
         if m.state == ALIVE:
             suspect = MemberUpdate(m.node, m.addr, SUSPECT, m.incarnation)

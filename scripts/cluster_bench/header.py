@@ -30,7 +30,7 @@ def machine() -> dict[str, str]:
 
 def print_header(info: dict[str, str], cfg: dict[str, Any]) -> None:
     print("meshlimit cluster benchmark: forwarded checks between two processes, and limits+Redis")
-    print(command_line("bench_cluster.py"))
+    print(command_line("bench_pair.py"))
     print(
         f"machine: {info['cpu']}, nproc={info['nproc']}, load average at start {info['loadavg']}\n"
         f"         {info['platform']}\n"

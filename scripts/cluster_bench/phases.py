@@ -1,0 +1,194 @@
+"""The phases of load the three-daemon benchmark puts on a cluster, and on redis-server.
+
+On each fresh cluster, lightest first, one redis-benchmark process per node, random keys:
+
+1. ``moderate``: ``-c 2 -P 1`` per node, a counted run of about T s: p50/p99.
+2. ``saturation``: ``-c 50 -P 16`` per node, a timed run of T s: the aggregate rate.
+3. ``half``: redis-benchmark cannot cap a rate, so half load is the ``-c``/``-P`` setting
+   (:data:`HALF_CANDIDATES`, tried by rising concurrency in short timed runs until one
+   reaches half the saturation rate) whose rate is nearest half of it (by ratio); then a
+   counted run of about T s there: p50/p99.
+4. ``overload``: ``-c 100 -P 16`` per node (twice saturation's requests in flight), timed.
+5. ``recovery``: from the instant the overload's processes were stopped, every 0.5 s a
+   ``-c 1 -n 200`` run against the first node; recovered when its p50 is within 2x of the
+   moderate p50 *and* every node sees every member alive. The seconds until then, or
+   none within the limit; then probing goes on for a few seconds (``hold_s``) and the
+   result says whether every later probe was still good ("held").
+
+Before phases 1-4 the cluster is given up to 30 s to have every member alive again (the
+seconds it took are reported; NaN: it never did), and a short untimed run of the same
+setting warms it and, for a counted run, measures the rate that sizes ``-n``. Each phase's
+counts (:func:`~cluster_bench.daemons.phase_counts`) span its measured run only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.processes import Cleanup
+
+from cluster_bench import redis_load
+from cluster_bench.daemons import Cluster, phase_counts
+from cluster_bench.redis_load import INCR, ML_CHECK, Load, Run
+
+MODERATE = Load(2, 1)
+SATURATION = Load(50, 16)
+OVERLOAD = Load(100, 16)
+PROBE = Load(1, 1)
+#: Settings tried for half load, by rising requests in flight per process.
+HALF_CANDIDATES = (
+    Load(1, 1), Load(2, 1), Load(4, 1), Load(8, 1), Load(16, 1), Load(32, 1),
+    Load(50, 1), Load(16, 4), Load(50, 4), Load(50, 8), Load(50, 16),
+)  # fmt: skip
+PHASES = ("moderate", "saturation", "half", "overload", "recovery")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Durations of a run (``--quick`` shortens them)."""
+
+    seconds: float
+    """T: moderate, saturation and half load."""
+    overload_s: float
+    warm_s: float
+    """Each untimed warm-up and sizing run, and each try of the half-load search."""
+    recovery_limit_s: float
+    hold_s: float
+    """How long probing goes on after recovery, to see that it lasts."""
+    settle_s: float = 30.0
+    probe_every_s: float = 0.5
+    probe_requests: int = 200
+    recovered_p50_factor: float = 2.0
+
+
+class Phases:
+    """The phases on one cluster; each returns its JSON-ready figures."""
+
+    def __init__(self, cluster: Cluster, plan: Plan, cleanup: Cleanup, say: Progress) -> None:
+        self.cluster = cluster
+        self.plan = plan
+        self.cleanup = cleanup
+        self.say = say
+        self.ports = cluster.resp_ports
+
+    def timed(self, load: Load, seconds: float) -> Run:
+        return redis_load.run(self.cleanup, self.ports, load, ML_CHECK, seconds=seconds)
+
+    def counted(self, load: Load, rate: float) -> Run:
+        return redis_load.counted(
+            self.cleanup, self.ports, load, ML_CHECK, rate=rate, seconds=self.plan.seconds
+        )
+
+    def measured(self, name: str, work: Callable[[], Run]) -> dict[str, Any]:
+        """Settle, snapshot, run, snapshot: the run's figures and the cluster's counts."""
+        settled_s = self.cluster.settle(self.plan.settle_s)
+        self.say(f"{self.cluster.preset}: {name}")
+        before = self.cluster.snapshot()
+        run = work()
+        ended_at = time.monotonic()
+        after = self.cluster.snapshot()
+        return {
+            **run.to_json(),
+            "settled_s": settled_s,
+            "counts": phase_counts(self.cluster, before, after),
+            "_ended_at": ended_at,
+            "_after": after,
+        }
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every phase, in order."""
+        out: dict[str, dict[str, Any]] = {}
+        out["moderate"] = self.moderate()
+        out["saturation"] = self.saturation()
+        out["half"] = self.half(out["saturation"]["rate"])
+        out["overload"] = self.overload()
+        out["recovery"] = self.recovery(out["overload"], out["moderate"]["p50_ms"])
+        for phase in out.values():
+            phase.pop("_ended_at", None)
+            phase.pop("_after", None)
+        return out
+
+    def moderate(self) -> dict[str, Any]:
+        rate = self.timed(MODERATE, self.plan.warm_s).rate
+        return self.measured("moderate", lambda: self.counted(MODERATE, rate))
+
+    def saturation(self) -> dict[str, Any]:
+        self.timed(SATURATION, self.plan.warm_s)
+        return self.measured("saturation", lambda: self.timed(SATURATION, self.plan.seconds))
+
+    def half(self, saturation_rate: float) -> dict[str, Any]:
+        target = saturation_rate / 2
+        tried: list[tuple[Load, float]] = []
+        for load in HALF_CANDIDATES:
+            self.say(f"{self.cluster.preset}: half-load search, {load.label(len(self.ports))}")
+            rate = self.timed(load, self.plan.warm_s).rate
+            tried.append((load, rate))
+            if not rate < target:  # reached half, or a NaN: stop climbing
+                break
+        load, rate = min(tried, key=lambda lr: abs(math.log(max(lr[1], 1e-9) / max(target, 1e-9))))
+        phase = self.measured("half", lambda: self.counted(load, rate))
+        phase["target_rate"] = target
+        phase["of_saturation"] = phase["rate"] / saturation_rate if saturation_rate else math.nan
+        phase["search"] = [{"load": ld.label(len(self.ports)), "rate": r} for ld, r in tried]
+        return phase
+
+    def overload(self) -> dict[str, Any]:
+        return self.measured("overload", lambda: self.timed(OVERLOAD, self.plan.overload_s))
+
+    def recovery(self, overload: dict[str, Any], moderate_p50_ms: float) -> dict[str, Any]:
+        """Probe until p50 is back and every member alive everywhere, or the limit passes;
+        once recovered, go on probing for ``hold_s`` to see that it lasts."""
+        plan = self.plan
+        ended_at = overload["_ended_at"]
+        bound_ms = plan.recovered_p50_factor * moderate_p50_ms
+        self.say(f"{self.cluster.preset}: recovery (p50 <= {bound_ms:.3f} ms, all alive)")
+        probes: list[dict[str, Any]] = []
+        recovered_s = math.nan
+        stop_s = plan.recovery_limit_s
+        while time.monotonic() - ended_at < stop_s:
+            started = time.monotonic()
+            run = redis_load.run(
+                self.cleanup, self.ports[:1], PROBE, ML_CHECK, n=plan.probe_requests, seconds=5
+            )
+            alive = self.cluster.all_alive()
+            since_s = time.monotonic() - ended_at
+            good = run.p50_ms <= bound_ms and alive
+            probes.append({"at_s": since_s, "p50_ms": run.p50_ms, "all_alive": alive})
+            if good and recovered_s != recovered_s:
+                recovered_s = since_s
+                stop_s = since_s + plan.hold_s
+            time.sleep(max(0.0, started + plan.probe_every_s - time.monotonic()))
+        after = self.cluster.snapshot()
+        held = [p for p in probes if recovered_s == recovered_s and p["at_s"] > recovered_s]
+        return {
+            "recovered_s": recovered_s,
+            "held": bool(held) and all(p["p50_ms"] <= bound_ms and p["all_alive"] for p in held),
+            "hold_s": plan.hold_s,
+            "limit_s": plan.recovery_limit_s,
+            "p50_bound_ms": bound_ms,
+            "load": f"-c 1 -n {plan.probe_requests} /{plan.probe_every_s:g}s",
+            "p50_ms": probes[-1]["p50_ms"] if probes else math.nan,
+            "probes": probes,
+            "counts": phase_counts(self.cluster, overload["_after"], after),
+        }
+
+
+def redis_server_phases(
+    cleanup: Cleanup, port: int, processes: int, plan: Plan, say: Progress
+) -> dict[str, dict[str, Any]]:
+    """The peer: ``INCR key:__rand_int__`` on one redis-server from as many redis-benchmark
+    processes as the cluster has nodes, moderate (counted) and saturation (timed) settings."""
+    ports = [port] * processes
+    say("redis-server: moderate")
+    rate = redis_load.run(cleanup, ports, MODERATE, INCR, seconds=plan.warm_s).rate
+    moderate = redis_load.counted(cleanup, ports, MODERATE, INCR, rate=rate, seconds=plan.seconds)
+    say("redis-server: saturation")
+    redis_load.run(cleanup, ports, SATURATION, INCR, seconds=plan.warm_s)
+    saturation = redis_load.run(cleanup, ports, SATURATION, INCR, seconds=plan.seconds)
+    return {"moderate": moderate.to_json(), "saturation": saturation.to_json()}
