@@ -265,6 +265,9 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert flags.cluster.bind == (HOST, 9000) and flags.cluster.replicas is None
     config, _ = effective_config(node_args("--config", str(path), "--seed", "127.0.0.1:1"))
     assert config.cluster.seeds == ((HOST, 1),) and config.default_rule == rule("10/minute")
+    assert config.cluster.expected_members == 5  # from the file
+    config, _ = effective_config(node_args("--config", str(path), "--expected-members", "7"))
+    assert config.cluster.expected_members == 7
 
 
 def test_flags_alone_and_the_missing_bind(tmp_path: Path) -> None:

@@ -316,6 +316,7 @@ def flags_config(args: argparse.Namespace) -> DaemonConfig:
         preset=args.preset,
         http=args.http,
         resp=getattr(args, "resp", None),
+        expected_members=getattr(args, "expected_members", None),
     )
     default = None if args.default is None else parse_rule(args.default)
     return DaemonConfig(None, cluster, LimitsSettings(default=default))

@@ -151,6 +151,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timings: lan, local (loopback, faster) or wan (default: the config file's, else lan)",
     )
     parser.add_argument(
+        "--expected-members",
+        type=_member_count,
+        metavar="N",
+        help="the cluster's size as deployed: the majority rule counts at least this many "
+        "members, so a minority whose nodes all restarted still knows it is one "
+        "(default: the config file's, else learnt from the members)",
+    )
+    parser.add_argument(
         "--seed-rng",
         type=int,
         metavar="N",
@@ -218,6 +226,12 @@ def _poll_interval(text: str) -> float:
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"{text!r}: must be from 0 (off) to 3600 seconds")
     return value
+
+
+def _member_count(text: str) -> int:
+    if not text.isdigit() or int(text) > 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number from 0 to 100000")
+    return int(text)
 
 
 def _argument(check: Callable[[str], T], text: str) -> T:
