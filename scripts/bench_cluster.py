@@ -14,8 +14,11 @@ Method (the output header says it again):
   refused by a limit, strict mode), started only once every node sees three members alive.
   Load: one redis-benchmark process per node, all at once, `ML.CHECK key:__rand_int__ -r
   100000` (random keys of 100,000: two thirds are owned by another node and forwarded).
-  Phases, lightest first; before each, up to 30 s for every member to be alive again, and
-  an untimed warm-up run of its setting (W s) that also sizes -n for a counted run:
+  Phases, lightest first. Before each (and before the half-load search), up to 30 s for
+  the cluster to be normal: a probe (below) every 0.5 s until every member is alive on
+  every node and, after the moderate phase, the probe's p50 is within 2x the moderate p50;
+  then an untimed warm-up run of the phase's setting (W s) that also sizes -n for a
+  counted run:
     moderate    -c 2 -P 1 per node, a counted run of about T s: p50/p99 of every request
                 (merged from the three processes' latency distributions, never below the
                 true percentile)
@@ -25,10 +28,10 @@ Method (the output header says it again):
                 half the saturation rate (short tries of rising concurrency), then a
                 counted run of about T s there: p50/p99 (closed loop: half the throughput)
     overload    -c 100 -P 16 per node (twice saturation's requests in flight), timed, O s
-    recovery    from the overload's end, every 0.5 s `-c 1 -n 200` against one node, until
-                its p50 is within 2x the moderate p50 and every node sees every member
-                alive; the seconds until then ("not recovered" after R s), and whether
-                every probe in the H s after that was still good ("held")
+    recovery    from the overload's end, a probe every 0.5 s: `-c 1 -n 200` against one
+                node, then every node's member list; the seconds until one is normal ("not
+                recovered" after R s), and whether every probe in the H s after it was
+                normal too ("held")
   Per phase, the deltas of every node's /metrics, summed: decisions by path (owner,
   forwarded = answered by the owner, counted at the asking node; degraded; overloaded),
   forward timeouts, late replies counted twice, SWIM suspicions; membership transitions are
@@ -52,6 +55,7 @@ from typing import Any
 
 from cluster_bench.daemons import Cluster
 from cluster_bench.daemons_report import (
+    code_version,
     machine,
     print_goals,
     print_header,
@@ -91,6 +95,7 @@ def run(presets: list[str], plan: Plan, log_dir: Path) -> dict[str, Any]:
         for preset in presets:
             progress(f"{preset}: starting three daemons (logs in {log_dir})")
             cluster = Cluster(preset, log_dir, cleanup)
+            result.setdefault("code", {})[preset] = code_version()
             result["presets"][preset] = Phases(cluster, plan, cleanup, progress).all()
             result.setdefault("nodes", {}).update(
                 {n.name: {"pid": n.pid, "resp_port": n.resp_port} for n in cluster.nodes}
@@ -125,6 +130,9 @@ def main() -> int:
     result = run(presets, plan, log_dir)
     result.update(command=command_line("bench_cluster.py"), machine=info, plan=vars_of(plan))
     result["log_dir"] = str(log_dir)
+    for preset, code in result.get("code", {}).items():
+        if code != info["code"]:
+            print(f"note: the {preset} daemons started on git {code}, not the code named above")
     print_tables(result)
     print_ratios(result)
     print_goals(result)

@@ -156,16 +156,6 @@ class Cluster:
             return False
         return all(len(v) == NODES and set(v.values()) == {"alive"} for v in views)
 
-    def settle(self, timeout_s: float) -> float:
-        """Wait (at most ``timeout_s``) until every member is alive everywhere; the seconds
-        waited, NaN when it did not happen."""
-        started = time.monotonic()
-        try:
-            wait_for("every member alive", self.all_alive, timeout_s, 0.2)
-        except TimeoutError:
-            return math.nan
-        return time.monotonic() - started
-
     def snapshot(self) -> Snapshot:
         return Snapshot(
             at=time.monotonic(),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from harness.machine import cpu_model, loadavg_text, package_version, tool_version
@@ -27,6 +29,7 @@ LOAD_TABLE = Table(
         Column("p99 ms", ">7"),
         Column("settle s", ">8"),
         Column("node cores", ">10"),
+        Column("node runq", ">9"),
     ],
     indent="  ",
 )
@@ -48,8 +51,30 @@ COUNT_TABLE = Table(
 )
 
 
+def code_version() -> str:
+    """The git commit the daemons run, and how many tracked files differ from it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (f" + changes in {len(dirty)} tracked files" if dirty else " (clean)")
+
+
 def machine() -> dict[str, str]:
     return {
+        "code": code_version(),
         "cpu": cpu_model() or platform.processor() or "unknown",
         "nproc": str(os.cpu_count()),
         "python": platform.python_version(),
@@ -69,7 +94,8 @@ def print_header(info: dict[str, str], method: str) -> None:
         f"machine: {info['cpu']}, nproc={info['nproc']}, load average at start {info['loadavg']}\n"
         f"         {info['platform']}\n"
         f"         Python {info['python']}, uvloop {info['uvloop']}, redis-benchmark "
-        f"{info['redis-benchmark']}, redis-server {info['redis-server']}"
+        f"{info['redis-benchmark']}, redis-server {info['redis-server']}\n"
+        f"code:    git {info['code']}"
     )
     print("method:" + method.rstrip())
     sys.stdout.flush()
@@ -94,8 +120,9 @@ def _load_row(subject: str, name: str, phase: dict[str, Any]) -> None:
         fmt_rate(phase.get("rate", math.nan)),
         ms(phase.get("p50_ms", math.nan)),
         ms(phase.get("p99_ms", math.nan)),
-        "-" if "settled_s" not in phase else f"{phase['settled_s']:.1f}",
+        f"{phase['settled_s']:.1f}" if phase.get("settled_s", math.nan) >= 0 else "-",
         "-" if not counts else f"{counts['node_cpu_cores']:.2f}",
+        "-" if not counts else f"{counts['node_runq_cores']:.2f}",
     )
 
 
@@ -120,8 +147,10 @@ def print_tables(result: dict[str, Any]) -> None:
     presets: dict[str, dict[str, Any]] = result["presets"]
     peer = result.get("redis_server")
     print("\nLoad: checks/s of the three redis-benchmark processes together; p50/p99 of all")
-    print("their requests; settle s: wait for every member alive before the phase; node cores:")
-    print("CPU of the three daemons over the phase")
+    print("their requests; settle s: seconds until the cluster was normal before the phase")
+    print("(every member alive, a probe's p50 within 2x the moderate p50; - never, in 30 s);")
+    print("node cores: CPU of the three daemons over the phase (cores busy); node runq: cores'")
+    print("worth of time they were runnable but waiting for a CPU (other work on the machine)")
     LOAD_TABLE.print_heading()
     for preset, phases in presets.items():
         for name, phase in phases.items():

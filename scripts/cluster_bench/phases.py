@@ -15,9 +15,12 @@ On each fresh cluster, lightest first, one redis-benchmark process per node, ran
    none within the limit; then probing goes on for a few seconds (``hold_s``) and the
    result says whether every later probe was still good ("held").
 
-Before phases 1-4 the cluster is given up to 30 s to have every member alive again (the
-seconds it took are reported; NaN: it never did), and a short untimed run of the same
-setting warms it and, for a counted run, measures the rate that sizes ``-n``. Each phase's
+Before phases 1-4 (and before the half-load search) the cluster is given up to 30 s to be
+*normal* again, judged by a probe every 0.5 s as recovery is: every member alive on every
+node and, from phase 2 on, the probe's p50 within 2x the moderate p50 (the seconds it
+took are reported; NaN: it never was, and the phase ran anyway). Then a short untimed run
+of the phase's setting warms the cluster and, for a counted run, measures the rate that
+sizes ``-n``. Each phase's
 counts (:func:`~cluster_bench.daemons.phase_counts`) span its measured run only.
 """
 
@@ -76,6 +79,8 @@ class Phases:
         self.cleanup = cleanup
         self.say = say
         self.ports = cluster.resp_ports
+        self.bound_ms = math.nan
+        """A probe's p50 counted as normal: 2x the moderate p50, once that is measured."""
 
     def timed(self, load: Load, seconds: float) -> Run:
         return redis_load.run(self.cleanup, self.ports, load, ML_CHECK, seconds=seconds)
@@ -85,9 +90,31 @@ class Phases:
             self.cleanup, self.ports, load, ML_CHECK, rate=rate, seconds=self.plan.seconds
         )
 
+    def probe(self) -> dict[str, Any]:
+        """One ``-c 1 -n 200`` run against the first node, and whether every node sees every
+        member alive just after it."""
+        run = redis_load.run(
+            self.cleanup, self.ports[:1], PROBE, ML_CHECK, n=self.plan.probe_requests, seconds=5
+        )
+        alive = self.cluster.all_alive()
+        normal = alive and (self.bound_ms != self.bound_ms or run.p50_ms <= self.bound_ms)
+        return {"p50_ms": run.p50_ms, "all_alive": alive, "normal": normal}
+
+    def settle(self) -> float:
+        """Probe every 0.5 s (at most ``settle_s``) until the cluster is normal: every member
+        alive everywhere and, once the moderate p50 is known, a probe's p50 within 2x of
+        it. The seconds it took, NaN if it never was."""
+        started = time.monotonic()
+        while time.monotonic() - started < self.plan.settle_s:
+            tried_at = time.monotonic()
+            if self.probe()["normal"]:
+                return time.monotonic() - started
+            time.sleep(max(0.0, tried_at + self.plan.probe_every_s - time.monotonic()))
+        return math.nan
+
     def measured(self, name: str, work: Callable[[], Run]) -> dict[str, Any]:
         """Settle, snapshot, run, snapshot: the run's figures and the cluster's counts."""
-        settled_s = self.cluster.settle(self.plan.settle_s)
+        settled_s = self.settle()
         self.say(f"{self.cluster.preset}: {name}")
         before = self.cluster.snapshot()
         run = work()
@@ -105,10 +132,11 @@ class Phases:
         """Every phase, in order."""
         out: dict[str, dict[str, Any]] = {}
         out["moderate"] = self.moderate()
+        self.bound_ms = self.plan.recovered_p50_factor * out["moderate"]["p50_ms"]
         out["saturation"] = self.saturation()
         out["half"] = self.half(out["saturation"]["rate"])
         out["overload"] = self.overload()
-        out["recovery"] = self.recovery(out["overload"], out["moderate"]["p50_ms"])
+        out["recovery"] = self.recovery(out["overload"])
         for phase in out.values():
             phase.pop("_ended_at", None)
             phase.pop("_after", None)
@@ -124,6 +152,7 @@ class Phases:
 
     def half(self, saturation_rate: float) -> dict[str, Any]:
         target = saturation_rate / 2
+        search_settled_s = self.settle()
         tried: list[tuple[Load, float]] = []
         for load in HALF_CANDIDATES:
             self.say(f"{self.cluster.preset}: half-load search, {load.label(len(self.ports))}")
@@ -136,42 +165,38 @@ class Phases:
         phase["target_rate"] = target
         phase["of_saturation"] = phase["rate"] / saturation_rate if saturation_rate else math.nan
         phase["search"] = [{"load": ld.label(len(self.ports)), "rate": r} for ld, r in tried]
+        phase["search_settled_s"] = search_settled_s
         return phase
 
     def overload(self) -> dict[str, Any]:
         return self.measured("overload", lambda: self.timed(OVERLOAD, self.plan.overload_s))
 
-    def recovery(self, overload: dict[str, Any], moderate_p50_ms: float) -> dict[str, Any]:
-        """Probe until p50 is back and every member alive everywhere, or the limit passes;
-        once recovered, go on probing for ``hold_s`` to see that it lasts."""
+    def recovery(self, overload: dict[str, Any]) -> dict[str, Any]:
+        """Probe until the cluster is normal again (as :meth:`settle` judges), or the limit
+        passes; once it is, go on probing for ``hold_s`` to see that it lasts."""
         plan = self.plan
         ended_at = overload["_ended_at"]
-        bound_ms = plan.recovered_p50_factor * moderate_p50_ms
-        self.say(f"{self.cluster.preset}: recovery (p50 <= {bound_ms:.3f} ms, all alive)")
+        self.say(f"{self.cluster.preset}: recovery (p50 <= {self.bound_ms:.3f} ms, all alive)")
         probes: list[dict[str, Any]] = []
         recovered_s = math.nan
         stop_s = plan.recovery_limit_s
         while time.monotonic() - ended_at < stop_s:
-            started = time.monotonic()
-            run = redis_load.run(
-                self.cleanup, self.ports[:1], PROBE, ML_CHECK, n=plan.probe_requests, seconds=5
-            )
-            alive = self.cluster.all_alive()
-            since_s = time.monotonic() - ended_at
-            good = run.p50_ms <= bound_ms and alive
-            probes.append({"at_s": since_s, "p50_ms": run.p50_ms, "all_alive": alive})
-            if good and recovered_s != recovered_s:
-                recovered_s = since_s
-                stop_s = since_s + plan.hold_s
-            time.sleep(max(0.0, started + plan.probe_every_s - time.monotonic()))
+            tried_at = time.monotonic()
+            probe = self.probe()
+            probe["at_s"] = time.monotonic() - ended_at
+            probes.append(probe)
+            if probe["normal"] and recovered_s != recovered_s:
+                recovered_s = probe["at_s"]
+                stop_s = recovered_s + plan.hold_s
+            time.sleep(max(0.0, tried_at + plan.probe_every_s - time.monotonic()))
         after = self.cluster.snapshot()
-        held = [p for p in probes if recovered_s == recovered_s and p["at_s"] > recovered_s]
+        later = [p for p in probes if p["at_s"] > recovered_s]  # none while NaN
         return {
             "recovered_s": recovered_s,
-            "held": bool(held) and all(p["p50_ms"] <= bound_ms and p["all_alive"] for p in held),
+            "held": bool(later) and all(p["normal"] for p in later),
             "hold_s": plan.hold_s,
             "limit_s": plan.recovery_limit_s,
-            "p50_bound_ms": bound_ms,
+            "p50_bound_ms": self.bound_ms,
             "load": f"-c 1 -n {plan.probe_requests} /{plan.probe_every_s:g}s",
             "p50_ms": probes[-1]["p50_ms"] if probes else math.nan,
             "probes": probes,
