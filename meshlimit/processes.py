@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,8 @@ class NodeProcess:
         self.extra = list(extra or [])
         self.proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self.ready_line = ""
+        """The readiness line of the last start (``meshlimit node ready id=... grpc=...``)."""
 
     @property
     def argv(self) -> list[str]:
@@ -96,6 +99,7 @@ class NodeProcess:
             if line is None:
                 break
             if line.startswith("meshlimit node ready"):
+                self.ready_line = line
                 return
         raise RuntimeError(f"node {self.name} did not become ready (exit {self.proc.poll()})")
 
@@ -105,6 +109,14 @@ class NodeProcess:
         for line in proc.stdout:
             lines.put(line.strip())
         lines.put(None)
+
+    def ready_port(self, name: str) -> int:
+        """The port the readiness line shows for ``name`` (``http``, ``resp``, ``grpc``):
+        how a caller learns a port the node picked itself (``--grpc 127.0.0.1:0``)."""
+        match = re.search(rf"\b{re.escape(name)}=\S*:(\d+)", self.ready_line)
+        if match is None:
+            raise LookupError(f"node {self.name}'s ready line has no {name}= address")
+        return int(match.group(1))
 
     def kill(self) -> None:
         """SIGKILL: the node loses all its state, as in a crash."""

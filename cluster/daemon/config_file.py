@@ -130,6 +130,21 @@ class ClusterSettings:
     """Where to serve the JSON HTTP API and ``/metrics``. None: no HTTP."""
     resp: Address | None = field(default=None, metadata=toml(kind=str, check=parse_address))
     """Where to serve the RESP (Redis protocol) front-end. None: no RESP."""
+    grpc: Address | None = field(default=None, metadata=toml(kind=str, check=parse_address))
+    """Where to serve Envoy's rate limit service (gRPC, ``docs/envoy.md``). None: no gRPC."""
+    ratelimit_config: tuple[str, ...] | None = field(
+        default=None,
+        metadata=toml(kind=list, expected="an array of paths", items=Setting(kind=str)),
+    )
+    """envoy ratelimit YAML files, or folders of them (relative paths resolve against the
+    config file's folder); their content is reloaded on SIGHUP and on change. None: none."""
+    merge_domain_config: bool | None = field(default=None, metadata=toml())
+    """Merge several YAML files of one domain (envoy ratelimit's ``MERGE_DOMAIN_CONFIG``).
+    None: false, a second file of a domain is an error, as in envoy ratelimit."""
+    ratelimit_algorithm: str | None = field(
+        default=None, metadata=toml(choices=("fixed_window", "sliding_window"))
+    )
+    """How Envoy descriptors' windows are kept. None: ``fixed_window``, envoy ratelimit's."""
 
 
 def _frozen_map() -> Mapping[str, Rule]:
@@ -317,6 +332,10 @@ def flags_config(args: argparse.Namespace) -> DaemonConfig:
         http=args.http,
         resp=getattr(args, "resp", None),
         expected_members=getattr(args, "expected_members", None),
+        grpc=getattr(args, "grpc", None),
+        ratelimit_config=tuple(getattr(args, "ratelimit_config", None) or ()) or None,
+        merge_domain_config=True if getattr(args, "merge_domain_config", False) else None,
+        ratelimit_algorithm=getattr(args, "ratelimit_algorithm", None),
     )
     default = None if args.default is None else parse_rule(args.default)
     return DaemonConfig(None, cluster, LimitsSettings(default=default))
@@ -365,6 +384,9 @@ def parse_config(
     defaults = {"source": source, "version_ns": version_ns}
     config = read_settings(DaemonConfig, data, source=source, defaults=defaults, error=ConfigError)
     _check_reachable(config.cluster, source)  # a file binding 0.0.0.0 names advertise too
+    if config.cluster.ratelimit_config and base is not None:
+        paths = tuple(str(base / path) for path in config.cluster.ratelimit_config)
+        config = replace(config, cluster=replace(config.cluster, ratelimit_config=paths))
     key_file = config.cluster.cluster_key_file
     if key_file is None:
         return config

@@ -65,12 +65,14 @@ from meshlimit.cluster.daemon.reload import (
     apply_changes,
     start_changes,
 )
+from meshlimit.cluster.daemon.rls.daemon import envoy_frontend
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.wire.addresses import Address, parse_address, parse_udp_address
 from meshlimit.core.rules import parse_rule
 
 if TYPE_CHECKING:
     from meshlimit.cluster.daemon.resp import RespServer
+    from meshlimit.cluster.daemon.rls.server import EnvoyFrontend
     from meshlimit.cluster.runtime import Runtime
 
 T = TypeVar("T")
@@ -128,6 +130,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve RESP here for Redis clients and meshlimit.client: ML.CHECK, ML.RULE, "
         "ML.RESET, CL.THROTTLE "
         "(port 0: any free port, shown on the ready line)",
+    )
+    parser.add_argument(
+        "--grpc",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve Envoy's rate limit service (gRPC ShouldRateLimit, health) here "
+        "(port 0: any free port, shown on the ready line); see docs/envoy.md",
+    )
+    parser.add_argument(
+        "--ratelimit-config",
+        action="append",
+        metavar="FILE",
+        help="envoy ratelimit YAML config file, or a folder of them (repeat for several); "
+        "reloaded on SIGHUP and when it changes",
+    )
+    parser.add_argument(
+        "--merge-domain-config",
+        action="store_true",
+        default=None,
+        help="merge several YAML files of one domain (envoy ratelimit's MERGE_DOMAIN_CONFIG); "
+        "otherwise a second file of a domain is an error",
+    )
+    parser.add_argument(
+        "--ratelimit-algorithm",
+        choices=("fixed_window", "sliding_window"),
+        help="how Envoy descriptors' windows are kept (default: fixed_window, as envoy "
+        "ratelimit; sliding_window is meshlimit's opt-in)",
     )
     parser.add_argument(
         "--node-id",
@@ -273,6 +302,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     args.http, args.seed = settings[0].cluster.http, list(settings[0].cluster.seeds or ())
     if hasattr(args, "resp"):
         args.resp = settings[0].cluster.resp
+    if hasattr(args, "grpc"):
+        args.grpc = settings[0].cluster.grpc
     uvloop = install_uvloop()
     try:
         return asyncio.run(_serve(config, args, uvloop=uvloop, settings=settings))
@@ -311,7 +342,22 @@ async def _serve(
     resp_server: RespServer | None = None  # with --resp
     resp_ready = ""
     http_socket: socket.socket | None = None
+    envoy: EnvoyFrontend | None = None  # with --grpc or --ratelimit-config
+    grpc_ready = ""
     try:
+        if cluster.grpc is not None or cluster.ratelimit_config:
+            try:
+                envoy = envoy_frontend(runtime, cluster, operator.poll_interval_s)
+            except ValueError as error:
+                print(f"meshlimit node: {error}", file=sys.stderr, flush=True)
+                return 2
+            operator.envoy = envoy
+            operator.registry.register(envoy.collector())
+            if cluster.grpc is not None:
+                try:
+                    grpc_ready = f" grpc={_format_addr(await envoy.bind(*cluster.grpc))}"
+                except OSError as error:
+                    return _cannot_bind("gRPC", cluster.grpc, error)
         # Bound now, served once the runtime runs: a busy port is reported before any
         # seed hears of us, and no check is answered by a node that is not running.
         if args.http is not None:
@@ -345,6 +391,8 @@ async def _serve(
             http_addr = _format_addr(runner.addresses[0])
         if resp_server is not None:
             await resp_server.serve()
+        if envoy is not None:
+            await envoy.serve(watch=operator.poll_interval_s > 0)
         stop = _install_signal_handlers()
         operator.start()
         udp_addr = _format_addr(config.addr)
@@ -360,12 +408,15 @@ async def _serve(
             },
         )
         print(
-            f"meshlimit node ready id={config.node_id} udp={udp_addr} http={http_addr}{resp_ready}",
+            f"meshlimit node ready id={config.node_id} udp={udp_addr} http={http_addr}"
+            f"{resp_ready}{grpc_ready}",
             flush=True,
         )
         signum = await stop.get()
         log.info("draining", extra={"signal": signal.Signals(signum).name, "drain_s": DRAIN_S})
         runtime.leave()  # counts handed over, peers told; checks made now go to new owners
+        if envoy is not None:
+            await envoy.drain()  # gRPC health: NOT_SERVING
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.get(), DRAIN_S)  # a second signal ends the drain
         if runner is not None:
@@ -373,6 +424,8 @@ async def _serve(
             runner = None
         if resp_server is not None:
             await resp_server.close()  # commands already read are answered first
+        if envoy is not None:
+            await envoy.close(HTTP_SHUTDOWN_S)  # calls in flight are answered first
         await runtime.stop(leave=False)
         log.info("node stopped", extra={"node": config.node_id})
         return 0
@@ -384,6 +437,8 @@ async def _serve(
             await runner.cleanup()
         if resp_server is not None:
             await resp_server.close()  # idempotent
+        if envoy is not None:
+            await envoy.close(0)  # idempotent
         await runtime.stop(leave=False)  # idempotent: closes whatever is still open
 
 
@@ -432,6 +487,8 @@ class _Operator:
         reloads = self.reloader.results if self.reloader is not None else None
         self.registry = metrics_registry(runtime, reloads=reloads)
         self._tasks: list[asyncio.Task[None]] = []
+        self.envoy: EnvoyFrontend | None = None
+        """The Envoy front-end (``--grpc``): reloaded on SIGHUP too."""
 
     def start(self) -> None:
         """Install the SIGHUP handler and start the watch and report tasks."""
@@ -444,8 +501,11 @@ class _Operator:
         self._tasks.append(asyncio.create_task(_every(reporter.interval_s, reporter.step)))
 
     def _on_sighup(self) -> None:
+        if self.envoy is not None:
+            self.envoy.reload("sighup")
         if self.reloader is None:
-            log.info("SIGHUP ignored: no --config file to reload")
+            if self.envoy is None:
+                log.info("SIGHUP ignored: no --config file to reload")
         else:
             self.reloader.reload("sighup")
 

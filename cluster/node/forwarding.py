@@ -10,7 +10,8 @@ of the moment they leave, which moves slowly, so the pending map's insertion ord
 nearly its deadline order (``expire`` stops at the first not yet due).
 
 A timed-out check is answered once. If its owner is *slow* -- one of its replies took
-at least half the forward timeout, or came after it, within the last two timeouts
+at least half the forward timeout, or came after it, within the last
+``SLOW_MEMORY_MULT`` timeouts
 (``owner_slow``) -- the owner is reachable but overloaded, and the node answers
 ``overloaded``: refused, counted nowhere, so the late reply (which the owner counted)
 is the only count. The timeout itself adapts as TCP's does (``timeout_ns``: the smoothed
@@ -55,6 +56,11 @@ _NEVER = 2**63 - 1
 #: configured one. Why 4: an owner that answers ~4x slower than the operator allowed
 #: for is overloaded or gone, and a caller should not wait longer.
 MAX_TIMEOUT_MULT = 4
+#: How long an owner that answered slowly counts as slow, in forward timeouts. Why 25 (5 s
+#: with ``lan``): load comes in waves, and a node that itself stalls a second resolves no
+#: reply meanwhile; a shorter memory would read the next timeout as a crash. An owner that
+#: really crashed while slow is refused ``overloaded`` until SWIM detects it (seconds).
+SLOW_MEMORY_MULT = 25
 #: Encoded size of one forwarded check beyond its client id: the request id (up to 9
 #: bytes), the cost (up to 9), the id's string header (up to 3) and the array header.
 CHECK_OVERHEAD_BYTES = 22
@@ -165,7 +171,8 @@ class Forwarding:
 
     def owner_slow(self, owner: str, now_ns: int) -> bool:
         """Whether ``owner`` answered slowly lately: a reply of its took at least half the
-        forward timeout, or came after it, within the last two timeouts. A check to a slow
+        forward timeout, or came after it, within the last ``SLOW_MEMORY_MULT`` timeouts. A
+        check to a slow
         owner that times out is ``overloaded``, not degraded: the owner is reachable."""
         until = self._slow_until.get(owner)
         if until is None:
@@ -180,7 +187,7 @@ class Forwarding:
             self._config.membership.max_members
         ):
             self._slow_until.clear()  # bounded; forgetting errs towards degraded answers
-        self._slow_until[owner] = now_ns + 2 * self._config.forward_timeout_ns
+        self._slow_until[owner] = now_ns + SLOW_MEMORY_MULT * self._config.forward_timeout_ns
 
     def released(self, owner: str) -> None:
         """A pending check for ``owner`` left ``pending`` other than by ``expire`` or
