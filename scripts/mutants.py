@@ -31,17 +31,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
-from mutation.catalogue import (
-    DEFAULT_FUZZ_RUNS,
-    MUTANT_FUZZ_BASE,
-    MUTANTS,
-    PROBES,
-    Mutant,
-    _patched,
-)
+from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
+from mutation.catalogue import MUTANTS as FIRST_MUTANTS
+from mutation.more import MORE_MUTANTS
 
 from meshlimit.sim.runner import SCENARIO_DIR, fuzz_scenario, fuzz_seed, run_scenario
-from meshlimit.sim.scenario import Scenario, load_scenario, parse_scenario
+from meshlimit.sim.scenario import Scenario, load_scenario
+
+#: Every planted bug: the first catalogue, then the ones added with the stricter verdicts.
+MUTANTS: tuple[Mutant, ...] = FIRST_MUTANTS + MORE_MUTANTS
 
 # --- running -----------------------------------------------------------------------------
 
@@ -61,9 +59,7 @@ class Verdict:
 
 @cache
 def _shipped(name: str) -> Scenario:
-    """A shipped scenario, or one of :data:`PROBES`, by name."""
-    if name in PROBES:
-        return parse_scenario(PROBES[name], source=f"<mutants:{name}>")
+    """A shipped scenario, by name."""
     return load_scenario(SCENARIO_DIR / f"{name}.toml")
 
 

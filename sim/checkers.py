@@ -4,7 +4,9 @@ They never change what they observe, and they never reach into the world: the wo
 them every fact they judge by -- every decision a node made (with the deciding node's wall
 clock, so windows are the ones the decider enforced), every answer a client got, every
 membership change (with the :class:`Liveness` of the node it is about), every timeline
-action, every exception that escaped a node, and at the end the running nodes themselves.
+action, every exception that escaped a node, the datagrams a node took while membership
+news matters (``wants_datagrams``), the checks left unanswered, and at the end the running
+nodes themselves.
 From the timeline they rebuild what truly happened (:mod:`~meshlimit.sim.history`), from
 each life's events what it believed (:mod:`~meshlimit.sim.views`), and hold the run to the
 design (``docs/design.md``; ``docs/simulator.md`` states every bound with its formula).
@@ -22,15 +24,24 @@ Each of these is a verdict that fails the run:
   (forwarded ones); ``minority_decided_at_full``: one by a node whose own view held a
   minority, or that had been cut off in a minority longer than detection takes
   (:mod:`~meshlimit.sim.deciders`);
-- ``answered_twice``: a check answered after it was answered (or never asked);
-  ``decided_twice``: more forwarded checks decided by owners than were forwarded;
-  ``uncounted_admission``: more "allowed" answers than admissions counted, per node and
-  path, and per client;
+- accounting (:mod:`~meshlimit.sim.accounting`): ``answered_twice``, a check answered after
+  it was answered (or never asked); ``decided_twice``, a datagram's forwarded checks decided
+  again from a second copy, or more forwarded checks decided than forwarded;
+  ``foreign_answer``, a forwarded check answered by a reply from another node than the owner
+  asked; ``uncounted_admission``, more "allowed" answers than admissions counted;
+  ``unanswered``, a check left waiting past its forward deadline;
+- each decider against its own algorithm (:mod:`~meshlimit.sim.algorithm`):
+  ``sliding_window_broken`` (the previous window's weight) and ``sustained_rate_exceeded``
+  (``k`` consecutive windows over ``k x limit + burst``);
 - ``under_admission``: in windows judged at the exact bound, refusals that the cluster-wide
-  count would have admitted, beyond 1% (floor 3); ``reset_not_kept``: a refusal after an
-  operator reset reached every node, that the admissions since the reset would not explain;
+  count would have admitted, beyond 1% (floor 3); ``reset_not_kept``: a refusal, after an
+  operator reset surely reached the refusing node, that the admissions since it would not
+  explain;
 - ``slow_detection``: a crashed node not declared dead by a live observer within the
   detection bound; ``false_suspicion``: a running node suspected in a run without faults;
+  ``dead_too_soon``: a death no suspicion of the base timeout justifies
+  (:mod:`~meshlimit.sim.suspicions`); ``stale_member_state``: a node that kept a member's
+  record older than the news a datagram just brought it (:mod:`~meshlimit.sim.news`);
 - at the end (:mod:`~meshlimit.sim.endstate`): rules, membership, replicated counts and
   clock-offset estimates each within their stated bound;
 - ``exception``: an exception escaped a node.
@@ -48,18 +59,24 @@ from typing import TYPE_CHECKING, Any
 
 from meshlimit.cluster.node import replication
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.forwarding import MAX_TIMEOUT_MULT
 from meshlimit.cluster.wire.messages import MemberState
 from meshlimit.core.decision import Decision
+from meshlimit.core.registry import RESET_PREFIX
 from meshlimit.core.rules import Rule
 
 from . import endstate
+from .accounting import Accounting
+from .algorithm import OwnCounts, Quiet, sustained
 from .bounds import UNBOUNDED, detection_bound_ns
 from .deciders import Deciders
 from .events import NS_PER_S
 from .history import History, Life
 from .knowledge import Knowledge
+from .news import News
 from .refusals import Refusals
 from .scenario import Action, Scenario
+from .suspicions import Suspicions
 from .verdicts import Findings, Violation
 from .views import Rings, View
 from .windows import AT_MOST_CAPACITY, EXACT, LifeKey, WindowKey, WindowTally, judge
@@ -67,6 +84,8 @@ from .windows import AT_MOST_CAPACITY, EXACT, LifeKey, WindowKey, WindowTally, j
 if TYPE_CHECKING:  # pragma: no cover
     from meshlimit.cluster.membership import MemberEvent
     from meshlimit.cluster.node import Node
+
+    from .network import Delivery
 
 #: Healthy strict windows may refuse what one perfect node would admit only this rarely
 #: (a forwarded check decided a moment before one counted earlier reaches the tally).
@@ -122,8 +141,6 @@ class Checkers:
         self.last_rule_at = 0
         self._window_ns: dict[str, int] = {}
         self._high_water: dict[LifeKey, int] = {}  # each life's latest wall reading
-        self._logged: Counter[tuple[str, str, str]] = Counter()  # (node, client, path) cost
-        self._answered: Counter[tuple[str, str, str]] = Counter()  # (node, client, path)
         self._findings = Findings()
         self._crashed_at: dict[str, int] = {}
         self._dead_seen: set[tuple[str, str]] = set()
@@ -131,9 +148,7 @@ class Checkers:
         self._rule_writes: dict[str, list[endstate.RuleWrite]] = {}  # by registry key
         self._final: dict[str, tuple[Node, int]] | None = None
         self._final_at = 0
-        self._strays: list[str] = []
-        self._forwarded: Counter[str] = Counter()  # client -> checks forwarded
-        self._owner_decided: Counter[str] = Counter()  # client -> forwarded checks decided
+        self.accounting = Accounting(scenario.workload.cost)
         self._first_seen: dict[tuple[str, str], int] = {}  # (client, series) -> first decided
         self._exceptions: list[str] = []  # escaped a node; each one is a violation
         self._labels: dict[WindowKey, str] = {}
@@ -143,26 +158,34 @@ class Checkers:
             detect_ns=detect_ns, finding=self._findings.add,
         )  # fmt: skip
         self.refusals = Refusals(self.history, self.windows, self._findings.add)
+        self.own = OwnCounts()
+        self.suspicions = Suspicions(self.history, self.config.membership)
+        self.news = News(sealed=scenario.authenticated)
+        self._event_times: list[int] = []  # every membership event, in time order
 
     # --- observations: decisions ------------------------------------------------------
 
     def on_admissions(
-        self, node: str, log: list[tuple[int, str, Rule, int, bool, str]], now: int
+        self,
+        node: str,
+        log: list[tuple[int, str, Rule, int, bool, str]],
+        now: int,
+        delivery: Delivery | None = None,
     ) -> None:
-        """Decisions made at ``node``, each with the wall time it decided at."""
+        """Decisions made at ``node``, each with the wall time it decided at; ``delivery``:
+        the datagram whose receipt made them, if one did."""
         self.history.advance(now)
         life = self._life(node)
+        accounting = self.accounting
+        if delivery is not None:
+            accounting.from_datagram(life, delivery, log, now)
         view = self._view(life)
         for wall, client, rule, cost, allowed, path in log:
             self.decisions[path] += 1
-            if path == "forwarded":
-                self._owner_decided[client] += 1
-            elif path == "degraded" and not self.history.faults_seen:
+            accounting.decided(node, client, path, cost, allowed)
+            if path == "degraded" and not self.history.faults_seen:
                 self.deciders.judge_degraded(life, view, client, now)
             full = path != "degraded"
-            if cost and allowed:
-                self._logged[(node, client, path)] += cost
-                self._logged[("", client, "")] += cost
             # A rule of several limits is several counts: each limit is tallied in its own
             # windows. A refusal under such a rule names no one limit, so it is not judged.
             for limit in rule.limits:
@@ -192,6 +215,8 @@ class Checkers:
         if cost and (client, rule.series) not in self._first_seen:
             self._first_seen[(client, rule.series)] = now
         index, relived = self._charged_window(key, wall, client, rule)
+        if relived:
+            self.own.stepped_back.add(key)
         if not allowed:
             if cost and full and not relived and single:
                 self.refusals.judge(life, wall, client, rule, cost, now)
@@ -204,9 +229,15 @@ class Checkers:
         if window is None:
             window = self.windows[wkey] = WindowTally()
             self._window_ns[rule.series] = window_ns
+        if window.capacity and (window.capacity, window.limit) != (rule.capacity, rule.limit):
+            window.changed = True
         window.capacity = max(window.capacity, rule.capacity)
         window.limit = max(window.limit, rule.limit)
         tally = window.add(key, now, cost, full=full)
+        self.own.admit(
+            key, wall, client, rule, cost, full=full, relived=relived,
+            reset=client in self.refusals.resets,
+        )  # fmt: skip
         tally.relived |= relived
         if not full:
             share = self.deciders.share(view, client, rule, wall // window_ns)
@@ -237,15 +268,25 @@ class Checkers:
         return index, True
 
     def on_decision(
-        self, node: str, client: str, decision: Decision, started: int, now: int
+        self,
+        node: str,
+        client: str,
+        decision: Decision,
+        started: int,
+        now: int,
+        *,
+        asked: str | None = None,
+        replied_by: str | None = None,
     ) -> None:
-        """The answer a client got (the check's own path; forwarded ones arrive late)."""
+        """The answer a client got (the check's own path; forwarded ones arrive late). A
+        forwarded one names the owner it was ``asked`` of and the node whose reply gave it
+        (``replied_by``): the two must be one (``foreign_answer``)."""
         path = decision.path
+        self.accounting.answered(
+            node, client, path, decision.allowed, started, now, asked=asked, replied_by=replied_by
+        )
         (self.allowed if decision.allowed else self.refused)[path] += 1
         if decision.allowed:
-            if path != "forwarded":  # decided here; forwarded ones were counted elsewhere
-                self._answered[(node, client, path)] += 1
-            self._answered[("", client, "")] += 1
             self.admitted_series[now // NS_PER_S] += 1
         else:
             self.refused_series[now // NS_PER_S] += 1
@@ -254,12 +295,18 @@ class Checkers:
 
     def on_ticket(self, node: str, client: str, now: int) -> None:
         """A check ``node`` forwarded to the client's owner (its answer comes later)."""
-        self._forwarded[client] += 1
+        self.accounting.forwarded(client)
+
+    def on_unanswered(self, left: list[tuple[str, int, int]], end: int) -> None:
+        """The checks still awaiting an answer at ``end``: ``(node, life number, asked at)``."""
+        self.history.advance(end)
+        timeout = MAX_TIMEOUT_MULT * self.config.forward_timeout_ns  # the adaptive one's most
+        self.accounting.unanswered(left, self.history.lives, end, timeout)
 
     def on_stray_answer(self, node: str, ticket: int, now: int) -> None:
         """A node answered a check that was not waiting for an answer (already answered,
         never asked, or asked of an earlier life): one check, two decisions."""
-        self._strays.append(f"{node} answered ticket {ticket} at {now / NS_PER_S:.6f} s")
+        self.accounting.stray(node, ticket, now)
 
     def on_unavailable(self, node: str, client: str, now: int) -> None:
         """A request reached a node that is down (the client would retry elsewhere)."""
@@ -275,6 +322,10 @@ class Checkers:
             writer = self.history.life(str(stamp[2]))
             write = endstate.RuleWrite(tuple(stamp), value, now, writer.key if writer else None)
             self._rule_writes.setdefault(key, []).append(write)
+            if key.startswith(RESET_PREFIX) and writer is not None:
+                view = self._view(writer)
+                alive = frozenset(m for m, st in view.states.items() if st == MemberState.ALIVE)
+                self.refusals.on_written(key[len(RESET_PREFIX) :], writer.key, alive, now)
 
     def on_action(self, action: Action, now: int) -> None:
         """A timeline action, before the world carries it out."""
@@ -311,8 +362,17 @@ class Checkers:
         """A membership change at ``observer``; ``subject_liveness`` is the state of the node
         the event is about, as the world knows it now (``observer`` can only guess it)."""
         self.history.advance(now)
+        self._event_times.append(now)
         life = self._life(observer)
-        self._view(life).apply(event.node, event.new_state, now)
+        view = self._view(life)
+        self.suspicions.on_event(life, view, event.node, event.new_state, now)
+        view.apply(event.node, event.new_state, now)
+        self.news.wanted = any(
+            state in (MemberState.SUSPECT, MemberState.DEAD)
+            for lives in self.history.lives.values()
+            if lives and (latest := self.views.get(lives[-1].key)) is not None
+            for state in latest.states.values()
+        )
         subject = event.node
         if event.new_state in (MemberState.ALIVE, MemberState.SUSPECT):
             self.history.heard(subject, now)
@@ -344,6 +404,18 @@ class Checkers:
             and all(not changes for changes in history.clock_changes.values())
             and all(history.link_clean(a, b, now, now) for a in running for b in running if a != b)
         )
+
+    @property
+    def wants_datagrams(self) -> bool:
+        """Whether the world should hand over each datagram a node takes (``on_datagram``):
+        while some node holds some member down (see :mod:`~meshlimit.sim.news`)."""
+        return self.news.wanted
+
+    def on_datagram(
+        self, node: str, payload: bytes, members: list[tuple[str, Any, str, int]], now: int
+    ) -> None:
+        """``node`` took ``payload``; ``members`` is its member list right after."""
+        self.news.on_datagram(node, payload, members, now)
 
     def on_exception(self, message: str) -> None:
         """An exception escaped a node (``message`` names the node, instant and error)."""
@@ -386,13 +458,20 @@ class Checkers:
             view.advance(end_ns)  # the reaping since each life's last event
         for message in self._exceptions:
             self.violations.append(Violation("exception", message))
-        if self._strays:
-            more = f" (and {len(self._strays) - 1} more)" if len(self._strays) > 1 else ""
-            self.violations.append(Violation("answered_twice", self._strays[0] + more))
+        self.violations.extend(self.accounting.violations())
         self._judge_windows()
+        self.violations.extend(self.own.findings)
+        if not self.local:
+            quiet = Quiet(
+                self._event_times, sorted(self.history.disturbances), self.views, self.history
+            )
+            self.violations.extend(
+                sustained(self.windows, self._labels, quiet, self.own.stepped_back, self.window_ns)
+            )
         self._check_under_admission()
-        self._check_accounting()
         self._check_detection(end_ns)
+        self.violations.extend(self.suspicions.findings)
+        self.violations.extend(self.news.findings)
         self.deciders.check_forwarded()
         self.violations.extend(self._findings.violations())
         if self._final is not None:
@@ -468,35 +547,6 @@ class Checkers:
                     window,
                 )
             )
-
-    def _check_accounting(self) -> None:
-        """Every "allowed" a client heard was counted: per node and path where the node
-        decided it itself, per client for all answers (forwarded ones included). And each
-        forwarded check was decided by an owner at most once (duplicates are answered from
-        the owner's cache): per client, no more forwarded decisions than checks forwarded."""
-        twice = sorted(
-            (client, decided)
-            for client, decided in self._owner_decided.items()
-            if self._forwarded and decided > self._forwarded[client]  # the world tells tickets
-        )
-        if twice:
-            client, decided = twice[0]
-            more = f" (and {len(twice) - 1} more clients)" if len(twice) > 1 else ""
-            self.violations.append(Violation(
-                "decided_twice",
-                f"owners decided {decided} forwarded checks of {client} but only"
-                f" {self._forwarded[client]} were forwarded{more}", client,
-            ))  # fmt: skip
-        cost = self.scenario.workload.cost
-        for (node, client, path), answered in sorted(self._answered.items()):
-            counted = self._logged[(node, client, path)]
-            if answered * cost > counted:
-                where = f" by {node} ({path})" if node else ""
-                self.violations.append(Violation(
-                    "uncounted_admission",
-                    f"clients were told 'allowed' {answered} times{where} but"
-                    f" {counted // max(1, cost)} were counted", client,
-                ))  # fmt: skip
 
     def window_ns(self, series: str) -> int:
         """The window length of a counting series seen in the run."""

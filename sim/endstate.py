@@ -9,7 +9,8 @@ a node starting or stopping: ``History.last_disturbance``) over links that staye
   every entry written, at least the newest write by HLC stamp (not the last to arrive)
   that surely survived -- its writer ran to the end, or sent it over a clean link to a
   live peer that did -- within :data:`RULE_ROUNDS` anti-entropy intervals of the last
-  write or disturbance;
+  write or disturbance; and in a run where no clock was touched, the newest by stamp is the
+  latest in time (a write in a later millisecond gets a newer stamp, restarts included);
 - ``membership_diverged``: every running node holds every other one alive, within a
   push-pull interval plus the detection bound of the last disturbance;
 - ``replica_behind``: a replica (strict: the owner's ring successors; local: every peer the
@@ -104,6 +105,7 @@ def _rules(
     """Equal registries, each entry at least the newest write that surely survived (its
     writer ran to the end, or sent it over a clean link to a live peer that did)."""
     out = []
+    true_clocks = not any(checkers.history.clock_changes.values())
     digests = {name: node.registry.digest for name, node in nodes.items()}
     if len(set(digests.values())) > 1:
         out.append(f"registries differ: digests {digests}")
@@ -114,6 +116,8 @@ def _rules(
         if not kept:
             continue
         newest = max(kept, key=lambda w: w.stamp)
+        if true_clocks:
+            out += _in_time_order(key, written, max(kept, key=lambda w: w.at), nodes)
         for name, node in sorted(nodes.items()):
             entry = node.registry.entry(key)
             if entry is None and newest.value is None:
@@ -124,6 +128,26 @@ def _rules(
                     f"{name} holds {key} at stamp {held}, older than the newest write"
                     f" {newest.stamp} (at {newest.at / NS_PER_S:.3f} s)"
                 )
+    return out
+
+
+def _in_time_order(
+    key: str, written: list[RuleWrite], latest: RuleWrite, nodes: dict[str, Node]
+) -> list[str]:
+    """With every clock true, a write in a later millisecond gets a newer HLC stamp than
+    any before it, restarts included: no node may hold a write older in time than the
+    latest one that surely survived (``latest``)."""
+    by_stamp = {w.stamp: w for w in written}
+    out = []
+    for name, node in sorted(nodes.items()):
+        entry = node.registry.entry(key)
+        held = None if entry is None else by_stamp.get(tuple(entry.stamp))
+        if held is not None and held.at // 1_000_000 < latest.at // 1_000_000:
+            out.append(
+                f"{name} holds {key} as written at {held.at / NS_PER_S:.3f} s (stamp"
+                f" {held.stamp}) over the later write at {latest.at / NS_PER_S:.3f} s (stamp"
+                f" {latest.stamp}): with every clock true, a later write gets a newer stamp"
+            )
     return out
 
 

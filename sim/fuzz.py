@@ -24,6 +24,7 @@ from meshlimit.cluster.membership import MembershipConfig, suspicion_timeout_ns
 from meshlimit.core.rules import ALGORITHMS
 
 from .events import NS_PER_MS, NS_PER_S, NS_PER_US, derive_rng
+from .fuzz_extras import long_extras, merged, short_extras
 from .network import JITTER_DISTRIBUTIONS
 from .scenario import MODES, Action, LimitsSpec, NetworkSpec, Scenario, WorkloadSpec
 
@@ -62,10 +63,11 @@ def generate_fuzz_scenario(seed: int, *, duration_ns: int = 60 * NS_PER_S) -> Sc
         for at_ns in times:
             getattr(swarm, rng.choice(enabled))(at_ns, safety_end_ns)
     swarm.liveness(safety_end_ns)
+    timeline = merged(tuple(swarm.actions), short_extras(seed, workload, warmup_ns, safety_end_ns))
     return Scenario(
         name=f"fuzz-{seed}", description=f"swarm faults: {', '.join(enabled) or 'none'}",
         seed=seed, duration_ns=duration_ns, nodes=nodes, mode=rng.choice(MODES), limits=limits,
-        workload=workload, network=network, timeline=tuple(swarm.actions), source=f"<fuzz {seed}>",
+        workload=workload, network=network, timeline=timeline, source=f"<fuzz {seed}>",
     )  # fmt: skip
 
 
@@ -316,7 +318,8 @@ def generate_long_fuzz_scenario(seed: int) -> Scenario:
         for at_ns in starts:
             getattr(episodes, rng.choice(enabled))(at_ns)
     episodes.liveness()
-    timeline = tuple(sorted(episodes.actions, key=lambda action: action.at_ns))  # stable
+    extras = long_extras(seed, LONG_WARMUP_NS, safety_end_ns)
+    timeline = merged(tuple(sorted(episodes.actions, key=lambda a: a.at_ns)), extras)  # stable
     return Scenario(
         name=f"long-fuzz-{seed}", description=f"long swarm faults: {', '.join(enabled) or 'none'}",
         seed=seed, duration_ns=duration_ns, nodes=nodes, mode=rng.choice(MODES), limits=limits,

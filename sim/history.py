@@ -50,6 +50,9 @@ class Life:
     seeded: bool
     """Whether it started with seeds to join through (else it is a cluster of its own)."""
     stopped_at: int = NEVER
+    reachable_at: int = 0
+    """When its cluster runtime started (later than ``started_at`` when it served before
+    joining): from then on it sends, receives and ticks."""
     left: bool = False
     """Stopped by a graceful leave (it handed its counts over first)."""
     pauses: list[tuple[int, int]] = field(default_factory=list)
@@ -115,6 +118,8 @@ class History:
         self.clock_changes: dict[str, list[int]] = {name: [] for name in scenario.node_names}
         self.drifted: set[str] = set()
         """Nodes whose clocks were ever set drifting (by a nonzero ``drift``)."""
+        self.max_drift_ppm: dict[str, float] = {}
+        """The fastest or slowest each drifted node's clocks ever ran, in ppm (absolute)."""
         self.offsets: dict[str, list[tuple[int, int]]] = {n: [(0, 0)] for n in scenario.node_names}
         """Each node's wall clock minus true time, from each instant on (skews and steps;
         drift not included)."""
@@ -126,6 +131,8 @@ class History:
         self.faults_seen = scenario.network.loss > 0 or scenario.network.bandwidth_bytes_per_s > 0
         self.last_disturbance = 0
         """The last instant a fault started or ended (or a node started or stopped)."""
+        self.disturbances: list[int] = []
+        """Every such instant, in time order."""
         self._minority_since: dict[str, int | None] = {}
         self._auto_resume: list[tuple[int, str]] = []
         self.now = 0
@@ -150,12 +157,17 @@ class History:
         verb, args = action.verb, action.args
         if verb not in QUIET_VERBS:
             self.faults_seen = self.faults_seen or verb != "heal"
-            self.last_disturbance = now
+            self._disturbed(now)
         if verb in ("partition", "partition_oneway", "isolate", "flap"):
             self._open_cut(verb, args, now)
         elif verb == "heal":
-            for key in [k for k in self._open if k != "loss"]:
+            for key in [k for k in self._open if k not in ("loss", "misdeliver")]:
                 self._close(key, now)
+        elif verb == "misdeliver":  # a datagram that reaches another node is lost to its own
+            self._close("misdeliver", now)
+            if args[0] > 0:
+                self._open["misdeliver"] = _Cut(now, NEVER, "loss", ())
+                self._cuts.append(self._open["misdeliver"])
         elif verb in LINK_SETTINGS:
             self._set_link(verb, args, now)
         elif verb in CLOCK_VERBS:
@@ -163,6 +175,8 @@ class History:
             offsets = self.offsets[args[0]]
             if verb == "drift" and args[1]:
                 self.drifted.add(args[0])
+                drift = abs(args[1])
+                self.max_drift_ppm[args[0]] = max(self.max_drift_ppm.get(args[0], 0.0), drift)
             elif verb == "skew":
                 offsets.append((now, args[1]))
             elif verb == "jump":
@@ -207,11 +221,16 @@ class History:
             self.members.add(name)
             self._update_minorities(now)
 
+    def _disturbed(self, now: int) -> None:
+        self.last_disturbance = now
+        if not self.disturbances or self.disturbances[-1] != now:
+            self.disturbances.append(now)
+
     def _resume(self, name: str, now: int) -> None:
         life = self.life(name)
         if life is not None and life.pauses and life.pauses[-1][1] == NEVER:
             life.pauses[-1] = (life.pauses[-1][0], now)
-            self.last_disturbance = now
+            self._disturbed(now)
             self._update_minorities(now)
 
     def _open_cut(self, verb: str, args: tuple[Any, ...], now: int) -> None:

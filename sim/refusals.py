@@ -12,9 +12,12 @@ against the tally of every admission reported before it:
   plus the cost fits the capacity. Judged for window rules without a burst (the carry
   needs the whole history), and not in windows a stepped-back clock made uncertain;
 - **reset kept** (``reset_not_kept``): once an operator reset of the client surely
-  reached every node (written at a live node, sent to every peer it held live over
-  links that stayed clean, while every view agreed who is live, and every wall clock
-  true), the admissions *since the reset* must explain the refusal.
+  reached the refusing node (the node it was written at; or one its writer held alive, so
+  sent it at once, up since before the write and running, over a link that stayed clean
+  for the longest delay), with every wall clock true, the admissions *since the reset*
+  must explain the refusal: the node cleared its counts when the reset arrived and merges
+  no slot of a window that began before it, so its counts hold nothing older. Stale counts
+  that come back (a slot re-sent from before the reset) fail it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class Reset:
     """Whether every running node held every other one live when it was written."""
     done_at: int | None = None
     """When every node surely had it (None: not known, or never sure)."""
+    writer: tuple[str, int] | None = None
+    """The life it was written at, once known (``on_written``)."""
+    sent_to: frozenset[str] = frozenset()
+    """The peers its writer held alive when it wrote it: it sent it to each at once."""
 
 
 class Refusals:
@@ -66,6 +73,39 @@ class Refusals:
         nodes = tuple(self._history.running_nodes())
         self.resets.setdefault(client, []).append(Reset(now, nodes, views_agreed))
 
+    def on_written(
+        self, client: str, writer: tuple[str, int], sent_to: frozenset[str], now: int
+    ) -> None:
+        """The reset of ``client`` written at ``now`` at ``writer``, sent to ``sent_to``."""
+        for reset in reversed(self.resets.get(client, ())):
+            if reset.at == now and reset.writer is None:
+                reset.writer, reset.sent_to = writer, sent_to
+                return
+
+    def reached(self, client: str, life: Life, now: int) -> Reset | None:
+        """The latest reset of ``client`` that surely reached ``life`` by ``now``, while every
+        wall clock is true (nodes filter stale counts by the writer's clock)."""
+        history = self._history
+        resets = self.resets.get(client)
+        if not resets or any(history.clock_touched(name, now) for name in history.lives):
+            return None
+        for reset in reversed(resets):
+            if reset.writer is None or reset.at > now:
+                continue
+            if reset.writer == life.key:
+                return reset
+            if life.node not in reset.sent_to or life.started_at > reset.at:
+                continue
+            arrived = reset.at + history.delay_bound(reset.at, now) + TICK_SLACK_NS
+            if (
+                arrived <= now
+                and history.delay_bound(reset.at, arrived) < UNBOUNDED
+                and life.running_through(reset.at, arrived)
+                and history.link_clean(reset.writer[0], life.node, reset.at, arrived)
+            ):
+                return reset
+        return None
+
     def judge(self, life: Life, wall: int, client: str, rule: Rule, cost: int, now: int) -> None:
         """One refusal at full capacity by ``life`` (see the module docstring)."""
         if rule.burst or rule.algo == "token_bucket":
@@ -78,7 +118,7 @@ class Refusals:
         self.judged += 1
         if self._fits(rule, key, cost, elapsed, since=None):
             self.under.append(key)
-        reset = self.settled(client, now)
+        reset = self.reached(client, life, now)
         if reset is not None and self._fits(rule, key, cost, elapsed, since=reset.at):
             self._finding(
                 "reset_not_kept", life, client, now,
@@ -100,21 +140,6 @@ class Refusals:
         if since is None:
             return window.admitted
         return sum(t.since(since) for t in window.lives.values())
-
-    def settled(self, client: str, now: int) -> Reset | None:
-        """The latest reset of ``client`` if it surely reached every node by ``now`` and
-        every wall clock is true (nodes filter stale counts by the writer's clock)."""
-        resets = self.resets.get(client)
-        if not resets:
-            return None
-        reset = resets[-1]
-        self._settle(reset, now)
-        if reset.done_at is None or reset.done_at > now:
-            return None
-        history = self._history
-        if any(history.clock_touched(name, now) for name in history.lives):
-            return None
-        return reset
 
     def _settle(self, reset: Reset, now: int) -> None:
         if reset.done_at is not None or not reset.views_agreed:

@@ -70,6 +70,19 @@ def _bounds(summary: dict[str, Any]) -> str:
     return text if share is None else f"{text} ({share:.1%} at most the capacity)"
 
 
+def _all_windows(results: list[RunResult]) -> dict[str, Any]:
+    """The windows of every run by the bound they were judged at, and the share held to
+    the capacity or below (``exact`` and ``degraded_only``)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for bound, windows in (r.summary.get("windows_by_bound") or {}).items():
+            counts[bound] = counts.get(bound, 0) + windows
+    total = sum(counts.values())
+    at_most = counts.get("exact", 0) + counts.get("degraded_only", 0)
+    share = round(at_most / total, 4) if total else None
+    return {"windows_by_bound": dict(sorted(counts.items())), "windows_at_most_capacity": share}
+
+
 def _summary_lines(result: RunResult) -> list[str]:
     s = result.summary
     det, fwd, net = s["detection_s"], s["forward_latency_ms"], s["network"]
@@ -140,7 +153,8 @@ def format_fuzz(results: list[RunResult], base_seed: int, *, seed_line: bool = T
     wall = sum(r.wall_s for r in results)
     simulated = sum(r.simulated_s for r in results)
     lines += ["", f"{len(results) - len(failed)} ok, {len(failed)} failed;"
-              f" {simulated:g} simulated s in {wall:.1f} wall s"]  # fmt: skip
+              f" {simulated:g} simulated s in {wall:.1f} wall s",
+              f"windows by bound: {_bounds(_all_windows(results))}"]  # fmt: skip
     for r in failed:
         lines.append(f"seed={r.seed} digest={r.digest}")
         lines += [f"  {violation}" for violation in r.violations]

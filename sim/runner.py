@@ -321,14 +321,14 @@ class _Recorder:
         on_unavailable = checkers.on_unavailable
 
         def record_decision(
-            node: str, client: str, decision: Decision, started: int, now: int
+            node: str, client: str, decision: Decision, started: int, now: int, **kw: Any
         ) -> None:
             self._decision(decision.allowed, decision.path, now)
-            on_decision(node, client, decision, started, now)
+            on_decision(node, client, decision, started, now, **kw)
 
-        def admissions(node: str, log: list[Any], now: int) -> None:
+        def admissions(node: str, log: list[Any], now: int, *rest: Any) -> None:
             self._admissions(log, now)
-            on_admissions(node, log, now)
+            on_admissions(node, log, now, *rest)
 
         def unavailable(node: str, client: str, now: int) -> None:
             self.unavailable[self._phase(now)] += 1
@@ -336,7 +336,7 @@ class _Recorder:
             on_unavailable(node, client, now)
 
         checkers.on_decision = record_decision  # type: ignore[method-assign]
-        checkers.on_admissions = admissions  # type: ignore[method-assign]
+        checkers.on_admissions = admissions  # type: ignore[method-assign,assignment]
         checkers.on_unavailable = unavailable  # type: ignore[method-assign]
 
     def _phase(self, now: int) -> int:
@@ -528,7 +528,7 @@ def _seconds(ns: int) -> str:
 
 _UNTIL_HEAL = {"partition", "partition_oneway", "isolate"}
 _DOWN = {"crash": ("restart",), "leave": ("join",), "pause": ("resume",)}
-_SETTINGS = {"loss", "duplicate", "reorder", "latency", "skew", "drift"}
+_SETTINGS = {"loss", "duplicate", "misdeliver", "reorder", "latency", "skew", "drift"}
 
 
 def fault_spans(scenario: Scenario) -> list[tuple[int, int, str]]:
@@ -572,6 +572,8 @@ def fault_spans(scenario: Scenario) -> list[tuple[int, int, str]]:
 
 def _is_baseline(scenario: Scenario, action: Action) -> bool:
     net, verb, args = scenario.network, action.verb, action.args
+    if verb == "misdeliver":
+        return args[0] <= 0
     if verb in ("loss", "duplicate", "reorder"):
         return args[0] <= getattr(net, verb)
     if verb == "latency":

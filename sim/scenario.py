@@ -85,6 +85,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "jump": ("node", "signed_duration"),
     "loss": ("probability",),
     "duplicate": ("probability",),
+    "misdeliver": ("probability",),
     "reorder": ("probability", "delay?"),
     "latency": ("delay", "delay?"),
     "flap": ("node", "node", "duration", "instant"),

@@ -75,7 +75,7 @@ class View:
         self.events = 0
         self.last_event_at = -1
         self._reap_early_ns = 2 * config.dead_reap_ns - with_timer_slack(config.dead_reap_ns)
-        self._reap_late_ns = with_timer_slack(config.dead_reap_ns)
+        self.reap_late_ns = with_timer_slack(config.dead_reap_ns)
         #: ``(instant, members)`` each time the ring's members changed (an event, or the
         #: table reaping a member, taken at the latest instant it can happen): when this
         #: life handed its counters over.
@@ -102,9 +102,9 @@ class View:
         if now < self._next_reap:
             return
         due = sorted(
-            (self.changed_at[m] + self._reap_late_ns, m)
+            (self.changed_at[m] + self.reap_late_ns, m)
             for m, state in self.states.items()
-            if state in _GONE and self.changed_at[m] + self._reap_late_ns <= now
+            if state in _GONE and self.changed_at[m] + self.reap_late_ns <= now
         )
         for at, member in due:
             del self.states[member], self.changed_at[member]
@@ -159,7 +159,7 @@ class View:
                 if state == MemberState.LEFT:
                     continue
                 if state == MemberState.DEAD and now >= changed_at[member] + self._reap_early_ns:
-                    if now >= changed_at[member] + self._reap_late_ns:
+                    if now >= changed_at[member] + self.reap_late_ns:
                         continue  # reaped for sure
                     maybe.append(member)
                 else:

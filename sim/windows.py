@@ -100,6 +100,8 @@ class WindowTally:
     lives: dict[LifeKey, LifeTally] = field(default_factory=dict)
     first_at: int = -1
     last_at: int = -1
+    changed: bool = False
+    """Decided under more than one (limit, capacity) (a rule change kept the series)."""
 
     def add(self, life: LifeKey, at: int, cost: int, *, full: bool) -> LifeTally:
         tally = self.lives.get(life)

@@ -144,9 +144,12 @@ class World:
             scenario.workload, list(self.nodes), derive_rng(seed, "workload")
         )
         self._digest = hashlib.blake2b(digest_size=16)
-        #: Checks awaiting their node's answer: (node, life, ticket) -> (asked at, client).
-        #: A ticket of a life that ended is never answered (its client would retry).
-        self._tickets: dict[tuple[str, int, int], tuple[int, str]] = {}
+        #: Checks awaiting their node's answer: (node, life, ticket) -> (asked at, client,
+        #: the owner it was forwarded to). A ticket of a life that ended is never answered.
+        self._tickets: dict[tuple[str, int, int], tuple[int, str, str]] = {}
+        #: ``misdeliver``: the chance a datagram reaches another node than its destination.
+        self._misdeliver = 0.0
+        self._misdeliver_rng = derive_rng(seed, "misdeliver")
         self.errors: list[str] = []
         self._request_generation = 0
         self.events_run = 0
@@ -206,6 +209,8 @@ class World:
             for sim in self.nodes.values()
             if sim.node is not None
         }
+        waiting = [(n, life, at) for (n, life, _), (at, *_) in self._tickets.items()]
+        self.checkers.on_unanswered(waiting, end)
         self.checkers.on_final_state(running, end)
         self.checkers.finish(end)
 
@@ -341,8 +346,9 @@ class World:
         self.checkers.on_exception(message)
         return NodeCrashed(message)
 
-    def _drain(self, sim: SimNode) -> None:
-        """Collect everything a node produced and re-arm its timer."""
+    def _drain(self, sim: SimNode, received: Delivery | None = None) -> None:
+        """Collect everything a node produced and re-arm its timer (``received``: the
+        datagram it just took, which any forwarded answer or decision came from)."""
         node = sim.node
         if node is None:
             return
@@ -360,8 +366,9 @@ class World:
                 started = self._tickets.pop((sim.name, sim.generation, event.ticket), None)
                 if started is not None:
                     self.checkers.on_decision(
-                        sim.name, started[1], event.decision, started[0], self.now
-                    )
+                        sim.name, started[1], event.decision, started[0], self.now,
+                        asked=started[2], replied_by=None if received is None else str(received.src),
+                    )  # fmt: skip
                 else:  # answered twice, never asked, or asked of an earlier life
                     self.checkers.on_stray_answer(sim.name, event.ticket, self.now)
             elif isinstance(event, MembershipChanged):
@@ -372,7 +379,7 @@ class World:
                     subject_liveness=self.liveness(event.event.node),
                 )
         if node.decision_log:
-            self.checkers.on_admissions(sim.name, node.decision_log, self.now)
+            self.checkers.on_admissions(sim.name, node.decision_log, self.now, received)
             node.decision_log.clear()
         if not sim.runtime_up:
             return  # no runtime, no timer: it is armed when the node starts to join
@@ -399,6 +406,10 @@ class World:
         if not self.network.deliver(delivery, now_ns=self.now):
             return
         sim = self.nodes[str(delivery.dst)]  # the network carries any hashable name
+        if self._misdeliver and self._misdeliver_rng.random() < self._misdeliver:
+            others = [n for n in self.nodes if n not in (delivery.src, delivery.dst)]
+            if others:  # an address reused by another node: it gets the datagram instead
+                sim = self.nodes[self._misdeliver_rng.choice(others)]
         if sim.node is None or not sim.runtime_up:
             return
         if sim.paused_until is not None:
@@ -412,11 +423,14 @@ class World:
         assert node is not None
         mono, wall = sim.clock.readings(self.now)
         src_addr = self.nodes[str(delivery.src)].addr
+        judged = self.checkers.wants_datagrams
         try:
             node.receive(delivery.payload, src_addr, now_ns=mono, wall_ns=wall)
         except Exception as error:  # noqa: BLE001 - any escape is a finding
             raise self._escaped(sim, error) from error
-        self._drain(sim)
+        if judged:  # the membership news it carried, against the node's table after it
+            self.checkers.on_datagram(sim.name, delivery.payload, node.members(), self.now)
+        self._drain(sim, delivery)
 
     def _resume(self, name: str) -> None:
         sim = self.nodes[name]
@@ -461,7 +475,8 @@ class World:
         if isinstance(result, Decision):
             self.checkers.on_decision(sim.name, request.client, result, self.now, self.now)
         else:
-            self._tickets[(sim.name, sim.generation, result)] = (self.now, request.client)
+            owner = node.owner(request.client)  # the ring the check was forwarded by
+            self._tickets[(sim.name, sim.generation, result)] = (self.now, request.client, owner)
             self.checkers.on_ticket(sim.name, request.client, self.now)
         self._drain(sim)
 
@@ -484,6 +499,8 @@ class World:
             network.heal()
         elif verb == "flap":
             network.flap(args[0], args[1], start_ns=self.now, period_ns=args[2], until_ns=args[3])
+        elif verb == "misdeliver":
+            self._misdeliver = args[0]
         elif verb in ("loss", "duplicate"):
             network.set_default(replace(network.default, **{verb: args[0]}))
         elif verb == "reorder":

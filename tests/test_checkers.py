@@ -73,6 +73,13 @@ def tell(checkers: Checkers, observer: str, member: str, state: int, at: int) ->
     checkers.on_membership(observer, event, at, subject_liveness=Liveness.RUNNING)
 
 
+def dies(checkers: Checkers, observer: str, member: str, at: int) -> None:
+    """``observer`` suspects ``member`` and declares it dead ``min_suspicion`` later, at ``at``
+    (no suspicion runs shorter: ``dead_too_soon``)."""
+    tell(checkers, observer, member, SUSPECT, at - 2 * S)
+    tell(checkers, observer, member, DEAD, at)
+
+
 def everyone_knows(checkers: Checkers, names: list[str], at: int = 0) -> None:
     for observer in names:
         for member in names:
@@ -135,6 +142,7 @@ def owned_by(
 
 RULE = parse_rule("10/s")
 SLOW = parse_rule("10/10s")  # one window spans a whole test
+FIXED = parse_rule("10/s algo fixed_window")
 
 
 # --- the bounds' formulas --------------------------------------------------------------
@@ -284,16 +292,17 @@ def test_local_mode_holds_a_node_to_what_gossip_told_it() -> None:
 
 def test_a_clock_stepped_back_is_held_to_one_more_capacity() -> None:
     client = owned_by("n1", ["n1", "n2", "n3"])
-    window_6 = SIM_EPOCH_NS // S * S + 6 * S
+    window_6 = SIM_EPOCH_NS // S * S + 6 * S  # fixed windows: the first check of window 6
+    # sees nothing of window 5 (a sliding one would weigh it, sliding_window_broken)
 
     def run(after_the_step: int) -> list[str]:
         checkers = start(scenario())
         everyone_knows(checkers, ["n1", "n2", "n3"])
-        decide(checkers, "n1", S, client, RULE, n=10, wall=window_6 - S + 100 * MS)
-        decide(checkers, "n1", S + 900 * MS, client, RULE, n=1, wall=window_6)  # reads 6
+        decide(checkers, "n1", S, client, FIXED, n=10, wall=window_6 - S + 100 * MS)
+        decide(checkers, "n1", S + 900 * MS, client, FIXED, n=1, wall=window_6)  # reads 6
         # The clock steps back into window 5: the node charges whichever newer window the
         # counter reached (unseen here), so window 5 may hold one capacity more.
-        decide(checkers, "n1", 2 * S, client, RULE, n=after_the_step, wall=window_6 - S + 500 * MS)
+        decide(checkers, "n1", 2 * S, client, FIXED, n=after_the_step, wall=window_6 - S + 500 * MS)
         return finish(checkers, 5 * S)
 
     assert run(10) == []
@@ -349,21 +358,21 @@ def test_a_node_whose_view_holds_a_minority_never_decides_at_full() -> None:
     names = ["n1", "n2", "n3"]
     client = owned_by("n1", names)
     share = bounds.degraded_share(
-        10, 0.5, members=3, position=0, client=client, window=(SIM_EPOCH_NS + 2 * S) // S
+        10, 0.5, members=3, position=0, client=client, window=(SIM_EPOCH_NS + 4 * S) // S
     )
-    checkers = start(scenario())
+    checkers = start(scenario(timeline=("at 500ms isolate n1",)))
     everyone_knows(checkers, names)
-    tell(checkers, "n1", "n2", DEAD, S)
-    tell(checkers, "n1", "n3", DEAD, S)
-    decide(checkers, "n1", 2 * S, client, RULE, n=share + 1, allowed=False, path="degraded")
-    decide(checkers, "n1", 2 * S, client, RULE, n=share, path="degraded")
-    assert finish(checkers, 5 * S) == []
-    again = start(scenario())
+    dies(checkers, "n1", "n2", 3 * S)
+    dies(checkers, "n1", "n3", 3 * S)
+    decide(checkers, "n1", 4 * S, client, RULE, n=share + 1, allowed=False, path="degraded")
+    decide(checkers, "n1", 4 * S, client, RULE, n=share, path="degraded")
+    assert finish(checkers, 7 * S) == []
+    again = start(scenario(timeline=("at 500ms isolate n1",)))
     everyone_knows(again, names)
-    tell(again, "n1", "n2", DEAD, S)
-    tell(again, "n1", "n3", DEAD, S)
-    decide(again, "n1", 2 * S, client, RULE)
-    found = finish(again, 5 * S)
+    dies(again, "n1", "n2", 3 * S)
+    dies(again, "n1", "n3", 3 * S)
+    decide(again, "n1", 4 * S, client, RULE)
+    found = finish(again, 7 * S)
     assert any("minority_decided_at_full" in v and "own view" in v for v in found), found
 
 
@@ -423,21 +432,53 @@ def test_refusals_an_exact_window_could_have_admitted_are_under_admission() -> N
     assert finish(full, 2 * S) == []
 
 
-def test_a_reset_that_reached_every_node_stays_reset() -> None:
+def reset_written(checkers: Checkers, client: str, writer: str, at: int) -> None:
+    """The operator reset of ``client`` timed at ``at``, written at ``writer`` (as the world
+    reports it: the action, then the registry entry with its HLC stamp)."""
+    until(checkers, at)
+    stamp = Stamp((SIM_EPOCH_NS + at) // MS, 0, writer)
+    checkers.on_rule_change(f"reset:{client}", None, at, stamp)
+
+
+def test_a_reset_that_reached_the_refusing_node_stays_reset() -> None:
     client = owned_by("n1", ["n1", "n2", "n3"])
     sc = scenario(timeline=(f"at 1500ms reset {client}",))
-    resurrected = start(sc)
-    everyone_knows(resurrected, ["n1", "n2", "n3"])
-    decide(resurrected, "n1", S + 100 * MS, client, SLOW, n=10)
-    decide(resurrected, "n1", 2 * S, client, SLOW, n=1, allowed=False)  # the old counts won
-    found = finish(resurrected, 5 * S)
-    assert any(v.startswith("reset_not_kept") for v in found), found
-    kept = start(sc)
-    everyone_knows(kept, ["n1", "n2", "n3"])
-    decide(kept, "n1", S + 100 * MS, client, SLOW, n=10)
-    decide(kept, "n1", 2 * S, client, SLOW, n=10)
-    decide(kept, "n1", 3 * S, client, SLOW, n=1, allowed=False)
-    assert finish(kept, 5 * S) == []
+    for writer in ("n1", "n2"):  # written at the refusing node, or sent to it by a peer
+        resurrected = start(sc)
+        everyone_knows(resurrected, ["n1", "n2", "n3"])
+        decide(resurrected, "n1", S + 100 * MS, client, SLOW, n=10)
+        reset_written(resurrected, client, writer, 1500 * MS)
+        decide(resurrected, "n1", 2 * S, client, SLOW, n=1, allowed=False)  # the old counts won
+        found = finish(resurrected, 5 * S)
+        assert any(v.startswith("reset_not_kept") for v in found), (writer, found)
+        kept = start(sc)
+        everyone_knows(kept, ["n1", "n2", "n3"])
+        decide(kept, "n1", S + 100 * MS, client, SLOW, n=10)
+        reset_written(kept, client, writer, 1500 * MS)
+        decide(kept, "n1", 2 * S, client, SLOW, n=10)
+        decide(kept, "n1", 3 * S, client, SLOW, n=1, allowed=False)
+        assert finish(kept, 5 * S) == [], writer
+
+
+def test_a_reset_not_sure_to_have_arrived_judges_nothing() -> None:
+    client = owned_by("n1", ["n1", "n2", "n3"])
+    # The writer holds n1 suspect (it sends the reset only to members it holds alive): n1
+    # may refuse on its old counts until anti-entropy brings the reset.
+    sc = scenario(timeline=(f"at 1500ms reset {client}",))
+    unsent = start(sc)
+    everyone_knows(unsent, ["n1", "n2", "n3"])
+    tell(unsent, "n2", "n1", SUSPECT, S)
+    decide(unsent, "n1", S + 100 * MS, client, SLOW, n=10)
+    reset_written(unsent, client, "n2", 1500 * MS)
+    decide(unsent, "n1", 2 * S, client, SLOW, n=1, allowed=False)
+    assert "reset_not_kept" not in kinds(finish(unsent, 5 * S))
+    # Or the link to it was cut when it was sent.
+    cut = start(scenario(timeline=("at 1s isolate n1", f"at 1500ms reset {client}")))
+    everyone_knows(cut, ["n1", "n2", "n3"])
+    decide(cut, "n1", S + 100 * MS, client, SLOW, n=10)
+    reset_written(cut, client, "n2", 1500 * MS)
+    decide(cut, "n1", 2 * S, client, SLOW, n=1, allowed=False)
+    assert "reset_not_kept" not in kinds(finish(cut, 5 * S))
 
 
 # --- membership -----------------------------------------------------------------------------
@@ -452,6 +493,11 @@ def test_a_crash_must_be_detected_within_the_bound() -> None:
     quick = start(sc)
     everyone_knows(quick, ["n1", "n2", "n3"])
     until(quick, S)
+    for observer in ("n1", "n2"):
+        quick.on_membership(
+            observer, MemberEvent("n3", ("n3", 7400), ALIVE, SUSPECT), 3 * S,
+            subject_liveness=Liveness.DOWN,
+        )  # fmt: skip
     for observer in ("n1", "n2"):
         quick.on_membership(
             observer, MemberEvent("n3", ("n3", 7400), SUSPECT, DEAD), 6 * S,

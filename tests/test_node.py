@@ -35,12 +35,12 @@ def admissions_by_window(world: World) -> tuple[Counter[tuple[str, int]], list[t
     seen: list[tuple] = []
     original = world.checkers.on_admissions
 
-    def spy(node: str, log: list, now: int) -> None:
+    def spy(node: str, log: list, now: int, *received: object) -> None:
         for wall, client, rule, cost, allowed, path in log:
             seen.append((now, node, client, allowed, path))
             if allowed and cost:
                 tally[(client, wall // rule.window_ns)] += cost
-        original(node, log, now)
+        original(node, log, now, *received)
 
     world.checkers.on_admissions = spy  # type: ignore[method-assign]
     return tally, seen

@@ -80,16 +80,18 @@ def edge_run(name: str) -> EdgeRun:
     checkers = world.checkers
     on_admissions, on_decision = checkers.on_admissions, checkers.on_decision
 
-    def admissions(node: str, log: list, now: int) -> None:  # type: ignore[type-arg]
+    def admissions(node: str, log: list, now: int, *received: object) -> None:  # type: ignore[type-arg]
         for wall, client, rule, cost, allowed, path in log:
             window_ns = rule.window_ns
             start_s = ((wall - SIM_EPOCH_NS) // window_ns * window_ns) / NS_PER_S
             run.decided.append((now, node, client, start_s, rule.capacity, cost, allowed, path))
-        on_admissions(node, log, now)
+        on_admissions(node, log, now, *received)
 
-    def decision(node: str, client: str, answer: Decision, started: int, now: int) -> None:
+    def decision(
+        node: str, client: str, answer: Decision, started: int, now: int, **kw: str | None
+    ) -> None:
         run.answers.append((now, node, client, answer))
-        on_decision(node, client, answer, started, now)
+        on_decision(node, client, answer, started, now, **kw)
 
     checkers.on_admissions = admissions  # type: ignore[method-assign]
     checkers.on_decision = decision  # type: ignore[method-assign]

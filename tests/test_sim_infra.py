@@ -430,6 +430,7 @@ def test_every_verb_parses_and_prints_back() -> None:
         "at 1s pause n2 for 1.5s", "at 2s resume n2", "at 1s leave n3", "at 2s join n3",
         "at 1s skew n1 -250ms", "at 1s drift n1 -20.5", "at 1s jump n2 +3s",
         "at 1s loss 0.1", "at 1s duplicate 0.05", "at 1s reorder 0.2 5ms", "at 1s reorder 0.2",
+        "at 1s misdeliver 0.1",
         "at 1s latency 10ms 1ms", "at 1s latency 0s", "at 1s flap n1 n2 every 200ms until 9s",
         "at 1s set_rule c1 50/s burst 5", "at 1s set_rule c2 gold", "at 1s remove_rule c1",
         "at 1s hot c9 300", "at 1s rate 4000", "at 1s reset c1", "at 3s restart n1 same_seed",
@@ -579,7 +580,7 @@ def test_fuzz_scenarios_are_valid_and_deterministic() -> None:
         _check_fuzz_phases(scenario)
         verbs_seen.update(a.verb for a in scenario.timeline)
         timelines.add(scenario.timeline)
-    assert verbs_seen == set(VERBS) - {"reset"}  # resets are in the long schedules only
+    assert verbs_seen == set(VERBS)  # resets and misdelivery are extras (sim/fuzz_extras.py)
     assert len(timelines) > 90  # seeds with every fault off share the bare liveness timeline
 
 
@@ -687,7 +688,7 @@ def _check_fuzz_phases(scenario: Scenario) -> None:
         if action.at_ns >= safety_end:
             assert action.at_ns == safety_end
             assert action.verb in {"heal", "restart", "join", "resume", "loss", "duplicate",
-                                   "reorder", "latency"}  # fmt: skip
+                                   "reorder", "latency", "misdeliver"}  # fmt: skip
         node = action.args[0] if action.args else None
         if action.verb in ("crash", "leave"):
             assert node not in down

@@ -70,6 +70,9 @@ def test_the_shipped_scenarios_are_there() -> None:
         "healthy", "healthy_local", "owner_crash", "minority_partition", "even_split",
         "flapping_link", "loss_20pct", "duplication_reordering", "clock_skew",
         "rolling_restart", "rule_change_storm", "hot_client", "join_leave",
+        "lossy_then_clean", "restart_before_reap", "operator_reset", "reset_during_partition",
+        "token_bucket_hot", "concurrent_rule_writes", "join_under_load", "misdelivery",
+        "rule_restart",
     }  # fmt: skip
     assert expected <= set(SHIPPED)
     for name, path in SHIPPED.items():
@@ -382,9 +385,9 @@ def test_join_via_names_the_seeds_and_serve_before_join_opens_the_cluster_side_l
     decided: Counter[str] = Counter()
     on_admissions = world.checkers.on_admissions
 
-    def spy(node: str, log: list, now: int) -> None:  # type: ignore[type-arg]
+    def spy(node: str, log: list, now: int, *received: object) -> None:  # type: ignore[type-arg]
         decided[f"{node}@{now // NS_PER_S}s"] += len(log)
-        on_admissions(node, log, now)
+        on_admissions(node, log, now, *received)
 
     world.checkers.on_admissions = spy  # type: ignore[method-assign]
     world.run(until_ns=2 * NS_PER_S)

@@ -11,7 +11,7 @@ of a shuffled round-robin order gets a Ping. With no Ack after ``probe_timeout_n
 ``indirect_checks`` alive members are asked to probe it for us (PingReq, answered by
 IndirectAck). With no answer by the end of the interval the target becomes SUSPECT,
 unless this node was itself stalled meanwhile: a tick that comes more than half a probe
-timeout after the earliest deadline it was due at means the node did not run (an
+timeout after its probe was due means the node did not run (an
 overloaded or paused process), and an ack may have sat unread; such a probe is
 inconclusive (``probes_inconclusive``; at most ``awareness_max`` in a row, so a node
 that is always stalled still accuses in the end) and the stall raises the node's
@@ -341,7 +341,10 @@ class Membership:
     def tick(self, *, now_ns: int) -> Outputs:
         """Do whatever is due: probes, indirect probes, suspicion timeouts, gossip, reaping."""
         out: Outputs = []
-        self._awareness.note_tick(now_ns, self.next_deadline(), self.config.probe_timeout_ns // 2)
+        # Judged on the probe deadline, which every tick past it advances (the gossip one
+        # stays behind while there is no news, and would look like a stall).
+        late = self.config.probe_timeout_ns // 2
+        self._awareness.note_tick(now_ns, min(self._next_probe_at, now_ns), late)
         if self._self.state != LEFT:
             out += self._retry_join(now_ns)
             out += self._indirect_probe(now_ns)

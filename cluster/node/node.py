@@ -482,15 +482,14 @@ class Node:
             wall = now_ns + self._wall_offset
             decision = self._decide_degraded(request.client, request.cost, wall)
             self._events.append(Decided(ticket, request.client, decision))
-        # A member back from the dead (perhaps restarted without memory) needs the counts
-        # it holds, and so does a new ring's holder: only the counters whose holders
-        # changed are handed over, paced. A refuted suspicion is no such change: the
-        # member never left the ring, and handing it everything it holds at each false
-        # suspicion is what turns a busy moment into a flood of hand-over traffic.
+        # A member back alive (perhaps restarted without memory) needs the counts it holds,
+        # and so does a new ring's holder: only the counters whose holders changed are
+        # handed over, paced per second (``replication.py``), so that a false suspicion
+        # under load costs a bounded share of a core, not a flood that breeds the next.
         rejoined = [
             e.node
             for e in events
-            if e.new_state == MemberState.ALIVE and e.old_state == MemberState.DEAD
+            if e.new_state == MemberState.ALIVE and e.old_state != MemberState.ALIVE
         ]
         old_ring = self.ring
         ring_members = tuple(sorted(n for n, s in states.items() if s != MemberState.LEFT))

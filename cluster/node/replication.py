@@ -300,7 +300,7 @@ class Replication:
         while self._handover and sent < budget:
             key, targets = next(iter(self._handover.items()))
             holders = live if local else self._targets(key[1], ring)
-            nodes = [n for n in targets if n in holders]
+            nodes = sorted(n for n in targets if n in holders)  # not set order: reproducible
             slots = self.slots_of(key, wall, own_only=False) if nodes else []
             size = sum(_slot_bytes(slot) for slot in slots) * len(nodes)
             if sent and size > bytes_left:
