@@ -41,16 +41,18 @@ Outcome = tuple[bool, int, int, int]
 class WindowSeries:
     """Clients counted in aligned windows (``fixed_window`` or ``sliding_window``)."""
 
-    __slots__ = ("algo", "window_ns", "table", "horizon", "_decide", "_ops", "_now_idx")
+    __slots__ = ("algo", "window_ns", "sliding", "table", "horizon", "_decide", "_ops", "_now_idx")
 
     def __init__(self, algo: str, window_ns: int, *, max_clients: int) -> None:
         self.algo = algo
         self.window_ns = window_ns
+        #: Sliding (True) or fixed window: read by the fused path (``fastpath``) too.
+        self.sliding = algo == "sliding_window"
         self.table = ClientTable(WINDOW_RECORD.size, max_clients=max_clients)
         #: Windows after which a record is dead; raised for rules whose burst
         #: outlasts one window (the carry drains ``limit`` per window).
         self.horizon = 2
-        self._decide = sliding_window if algo == "sliding_window" else fixed_window
+        self._decide = sliding_window if self.sliding else fixed_window
         self._ops = 0
         self._now_idx = 0
 
@@ -140,16 +142,23 @@ class TokenSeries:
             if bucket is not None and pos >= 0:
                 TOKEN_RECORD.pack_into(bucket, pos, key, tat)
             else:
-                if table.over_capacity():
-                    self._now_ns = now_ns
-                    table.evict(self._is_dead, self._eviction_score)
-                table.insert(key, TOKEN_RECORD.pack(key, tat))
+                self._insert(key, TOKEN_RECORD.pack(key, tat), now_ns)
         self._ops += 1
         if self._ops >= SWEEP_EVERY:
-            self._ops = 0
-            self._now_ns = now_ns
-            table.sweep_bucket(self._is_dead)
+            self._maintain(now_ns)
         return allowed, remaining, reset_ns, retry_ns
+
+    def _insert(self, key: int, record: bytes, now_ns: int) -> None:
+        table = self.table
+        if table.over_capacity():
+            self._now_ns = now_ns
+            table.evict(self._is_dead, self._eviction_score)
+        table.insert(key, record)
+
+    def _maintain(self, now_ns: int) -> None:
+        self._ops = 0
+        self._now_ns = now_ns
+        self.table.sweep_bucket(self._is_dead)
 
     def _is_dead(self, bucket: bytearray, pos: int) -> bool:
         """A bucket whose arrival time has passed is full again: nothing to remember."""

@@ -1,0 +1,204 @@
+"""Tests for meshlimit.core.fastpath: the fused check equals the full path exactly.
+
+Two engines take the same random sequence of checks, costs, rule changes, resets and
+time steps (window rolls, clock steps back), one with the fused path and one without;
+every decision and, after every step, every series' table bytes and counters must be
+identical. Tables are made small (one bucket to start, one record per bucket, a few
+clients at most, a sweep every few checks) so that splits, sweeps and evictions happen
+within a short sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import struct
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshlimit.core import engine as engine_module
+from meshlimit.core import fastpath as fastpath_module
+from meshlimit.core import series as series_module
+from meshlimit.core.decision import NS_PER_S
+from meshlimit.core.engine import Engine
+from meshlimit.core.fastpath import check_token, check_window
+from meshlimit.core.hlc import Stamp
+from meshlimit.core.rules import parse_rule
+from meshlimit.core.series import WINDOW_RECORD, WindowSeries
+from meshlimit.core.table import ClientTable
+
+S = NS_PER_S
+T0 = 1_700_000_040 * S
+CLIENTS = [f"c{i}" for i in range(12)]
+RULES = [
+    "3/second",
+    "3/second burst 2",
+    "5/second",
+    "2/second burst 1",
+    "4/2s",
+    "3/second algo fixed_window",
+    "3/second burst 2 algo fixed_window",
+    "5/second algo fixed_window",
+    "3/second algo token_bucket",
+    "3/second burst 2 algo token_bucket",
+    "3/second shadow",
+    "2/second;5/minute",
+]
+#: Time steps: none, within a window, across one or many windows, and back.
+STEPS = [0, 0, 1, S // 7, S // 3, S - 1, S, S + S // 9, 2 * S + 5, 9 * S, -S // 5, -S, -3 * S]
+COSTS = [0, 1, 1, 1, 1, 2, 3, 6]
+#: Small tables: a split every record or so, evictions past a few clients, and a
+#: sweep every few checks (patched into both paths' modules).
+small_table = functools.partial(ClientTable, initial_buckets=1, load=1)
+SWEEP_EVERY = 5
+
+#: Mostly a few clients, so one client sees runs of checks; sometimes any, to fill tables.
+clients = st.one_of(st.sampled_from(CLIENTS[:2]), st.sampled_from(CLIENTS))
+checks = st.tuples(st.just("check"), clients, st.sampled_from(COSTS))
+steps = st.tuples(st.just("step"), st.sampled_from(STEPS), st.just(0))
+rules = st.tuples(st.just("rule"), st.sampled_from([None, *CLIENTS[:4]]), st.sampled_from(RULES))
+resets = st.tuples(st.just("reset"), st.sampled_from(CLIENTS), st.just(0))
+operations = st.lists(st.one_of(checks, checks, checks, steps, rules, resets), min_size=20)
+
+
+def state(engine: Engine) -> dict[str, tuple[object, ...]]:
+    """Everything a series holds: its table's bytes and counters, and its own."""
+    out: dict[str, tuple[object, ...]] = {}
+    for name, series in engine.series.items():
+        t = series.table
+        table = (
+            [bytes(b) if b is not None else None for b in t._buckets],
+            (t._count, t._split, t._low_mask, t._high_mask, t._sweep_at, t._evict_at),
+            (t.evicted_dead, t.evicted_live, t.expired),
+        )
+        if isinstance(series, WindowSeries):
+            own: tuple[object, ...] = (series._ops, series._now_idx, series.horizon)
+        else:
+            own = (series._ops, series._now_ns)
+        out[name] = (table, own)
+    return out
+
+
+def engines(default: str, max_clients: int) -> tuple[Engine, Engine]:
+    return (
+        Engine(default, max_clients=max_clients, fast_path=True),
+        Engine(default, max_clients=max_clients, fast_path=False),
+    )
+
+
+def small_tables() -> contextlib.ExitStack:
+    """Series made while this is entered get small tables and sweep often."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(series_module, "ClientTable", small_table))
+    for module in (series_module, fastpath_module):
+        stack.enter_context(mock.patch.object(module, "SWEEP_EVERY", SWEEP_EVERY))
+    return stack
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(RULES), st.sampled_from([1, 3, 1000]), operations)
+def test_the_fused_path_decides_and_stores_exactly_as_the_full_path(default, max_clients, ops):
+    with small_tables():
+        fast, full = engines(default, max_clients)
+        now, stamp = T0, 0
+        for kind, arg, value in ops:
+            if kind == "check":
+                assert fast.check(arg, value, now_ns=now) == full.check(arg, value, now_ns=now)
+            elif kind == "step":
+                now += arg
+            elif kind == "rule":
+                stamp += 1
+                key = "default" if arg is None else f"client:{arg}"
+                for engine in (fast, full):
+                    engine.apply_rule(key, value, Stamp(stamp, 0, "n1"))
+            else:
+                assert fast.reset(arg) == full.reset(arg)
+            assert state(fast) == state(full)
+
+
+def test_the_fused_path_takes_the_common_cases_and_leaves_the_rest():
+    """Admissions of new and known clients are fused; a refusal, a window roll and a
+    clock step back are left to the full path (None). Both engines agree throughout."""
+    taken: list[bool] = []
+
+    def spy(real, *args):
+        decision = real(*args)
+        taken.append(decision is not None)
+        return decision
+
+    patches = [
+        mock.patch.object(engine_module, name, functools.partial(spy, real))
+        for name, real in (("check_window", check_window), ("check_token", check_token))
+    ]
+    with patches[0], patches[1]:
+        for rule in ("2/second", "2/second algo fixed_window", "2/second algo token_bucket"):
+            fast, full = engines(rule, 1000)
+            taken.clear()
+            for now in (T0, T0, T0, T0 + S, T0):
+                assert fast.check("acme", 1, now_ns=now) == full.check("acme", 1, now_ns=now)
+                assert state(fast) == state(full)
+            if rule.endswith("token_bucket"):
+                # GCRA: in, in (the bucket just full), refused, in a second later; then
+                # the clock steps back.
+                assert taken == [True, True, False, True, False]
+            else:
+                # new, known (the last that fits), refused, a window roll, a step back.
+                assert taken == [True, True, False, False, False]
+
+
+def test_a_carried_burst_and_a_shrunk_burst_count_alike():
+    """A window's over-use carried into the next (the carry holds it back, with or
+    without a previous window's weight), and a rule whose burst shrank below it."""
+    for algo in ("sliding_window", "fixed_window", "token_bucket"):
+        for offset in (0, S // 3, S - 1):
+            fast, full = engines(f"3/second burst 2 algo {algo}", 1000)
+            times = [T0] * 6 + [T0 + S + offset] * 4 + [T0 + 3 * S + offset] * 7
+            for i, now in enumerate(times):
+                if i == 8:  # the burst shrinks under the carry just rolled in (and the
+                    # limit grows, so a check still fits: the carry must be clamped)
+                    for engine in (fast, full):
+                        engine.apply_rule(
+                            "default", f"10/second burst 1 algo {algo}", Stamp(1, 0, "n1")
+                        )
+                assert fast.check("acme", 1, now_ns=now) == full.check("acme", 1, now_ns=now)
+                assert state(fast) == state(full)
+
+
+@pytest.mark.parametrize("offset", [12, 16])
+def test_a_key_match_that_straddles_two_records_is_left_to_the_table(offset):
+    """``bytearray.find`` may match a key across two records (at any offset, 8-aligned
+    too); the fused path must not read that as a record: it leaves the check to the
+    full path, having changed nothing."""
+    series = WindowSeries("fixed_window", S, max_clients=100)
+    rule = parse_rule("100/second algo fixed_window")
+    now_idx = T0 // S & 0xFFFFFFFF
+    # Record 1's bytes offset..offset+8 spell key 2 (which shares its bucket): at 16 they
+    # start with the current window's index, so a misread would look current and fit.
+    fields = [now_idx, 1, now_idx, 9]
+    fields[offset // 4 - 2 : offset // 4] = [now_idx, 9]
+    key2 = int.from_bytes(struct.pack("<II", now_idx, 9), "little", signed=True)
+    key1 = key2 & 63 | 64
+    series.table.insert(key1, WINDOW_RECORD.pack(key1, *fields))
+    series.table.insert(key2, WINDOW_RECORD.pack(key2, now_idx, 0, 0, 0))
+    bucket = series.table._buckets[key2 & 63]
+    assert bucket is not None and bucket.find(struct.pack("<q", key2)) == offset
+    before = bytes(bucket)
+    assert check_window(series, key2, rule, 1, T0, "local") is None
+    assert bytes(bucket) == before and series._ops == 0
+    assert series.check(key2, 100, 0, 1, T0)[:2] == (True, 99)
+
+
+def test_a_token_series_at_its_cap_evicts_and_sweeps_as_the_full_path_does():
+    """The token series' insert (eviction at the cap) and sweep, shared by both paths."""
+    with small_tables():
+        fast, full = engines("2/second algo token_bucket", 3)
+        for i in range(300):
+            now = T0 + i * S // 2
+            client = CLIENTS[i % 5]
+            assert fast.check(client, 1, now_ns=now) == full.check(client, 1, now_ns=now)
+            assert state(fast) == state(full)
+    table = next(iter(fast.series.values())).table
+    assert table.evicted_live + table.evicted_dead > 0 and table.expired > 0
