@@ -40,12 +40,10 @@ from meshlimit.core.decision import FALLBACK, Decision
 from meshlimit.core.headers import POLICY, Policy, policy_headers
 from meshlimit.core.registry import CALL_LIFETIME_FLOOR_MS, drain_ns
 from meshlimit.core.rules import NS_PER_MS, Rule
+from meshlimit.resp_client import check_on_error
 
 log = logging.getLogger("meshlimit.gate")
 
-#: The error policies, and the old names kept as aliases.
-ON_ERROR = ("allow", "deny", "raise")
-ON_ERROR_ALIASES = {"open": "allow", "closed": "deny"}
 #: How long a first rule write waits for the owner to hold it. Why 1 s: a rule spreads
 #: to every member within a gossip round or two (well under a second on a LAN).
 RULE_WAIT_S = 1.0
@@ -61,16 +59,11 @@ _DECIDED_PATHS = frozenset({"owner", "forwarded", "local"})
 
 
 def error_policy(value: object) -> str:
-    """``on_error`` checked and its alias resolved: ``allow``, ``deny`` or ``raise``."""
-    if isinstance(value, str) and value in ON_ERROR:
-        return value
-    alias = ON_ERROR_ALIASES.get(value) if isinstance(value, str) else None
-    if alias is None:
-        raise ValueError(
-            f"on_error must be 'allow', 'deny' or 'raise' ('open' and 'closed' are "
-            f"aliases of the first two), not {value!r}"
-        )
-    return alias
+    """``on_error`` checked and its alias resolved: ``allow``, ``deny`` or ``raise`` (the
+    client's own check, so every integration and the client spell it alike)."""
+    if not isinstance(value, str):
+        raise ValueError(f"on_error must be 'allow', 'deny' or 'raise', not {value!r}")
+    return check_on_error(value)
 
 
 @dataclass(frozen=True, slots=True)
