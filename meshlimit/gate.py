@@ -40,6 +40,7 @@ from meshlimit.core.decision import FALLBACK, Decision
 from meshlimit.core.headers import POLICY, Policy, policy_headers
 from meshlimit.core.registry import CALL_LIFETIME_FLOOR_MS, drain_ns
 from meshlimit.core.rules import NS_PER_MS, Rule
+from meshlimit.resp_client import ON_ERROR as ON_ERROR  # re-exported by the integrations
 from meshlimit.resp_client import check_on_error
 
 log = logging.getLogger("meshlimit.gate")
