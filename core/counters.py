@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .algorithms import WINDOW_MASK, fixed_window, sliding_window, token_bucket
 from .gcounter import GCounter
 from .rules import Rule
 
 Outcome = tuple[bool, int, int, int]
+#: A series' ``(limit, burst)`` for one client under the rule in force, ``(0, 0)`` if none.
+Numbers = tuple[int, int]
 #: Counters looked at to choose one to evict when the store is full.
 EVICTION_SAMPLES = 8
 
@@ -45,18 +47,31 @@ class ClientCounter:
         self.carry = 0
         self.tat = 0
 
-    def roll(self, now_idx: int) -> None:
-        """Move to window ``now_idx``: the current counts become the previous ones."""
+    def roll(self, now_idx: int, limit: int = 0, burst: int = 0) -> None:
+        """Move to window ``now_idx``: the current counts become the previous ones.
+
+        ``carry`` is as of the start of ``window``, so a roll settles it on the rule's
+        ``limit`` and ``burst`` as the algorithms do (``roll_window``); a caller that has
+        already derived the new carry passes neither and stores it itself.
+        """
         gap = now_idx - self.window
         if gap <= 0:
             return
+        if burst:
+            self.carry = min(burst, max(0, self.carry + self.cur.total - gap * limit))
+        elif limit:
+            self.carry = 0
         self.prev = self.cur if gap == 1 else GCounter()
         self.cur = GCounter()
         self.window = now_idx
 
-    def merge_window(self, window: int, node: str, count: int, now_idx: int) -> bool:
-        """Merge one node's slot for ``window``; older windows are ignored. True if it grew."""
-        self.roll(now_idx)
+    def merge_window(
+        self, window: int, node: str, count: int, now_idx: int, numbers: Numbers = (0, 0)
+    ) -> bool:
+        """Merge one node's slot for ``window``; older windows are ignored. True if it grew.
+        ``numbers`` is the rule's ``(limit, burst)`` for this series, to settle the carry
+        if the merge rolls the counter into a newer window."""
+        self.roll(now_idx, *numbers)
         if window == self.window:
             return self.cur.merge_slot(node, count)
         if window == self.window - 1:
@@ -196,8 +211,10 @@ class CounterStore:
             now_ns,
         )
         if now_idx > counter.window:
-            counter.roll(now_idx)
-            if not quota:
+            if quota:  # the quota's own carry is 0: settle the rule's on its numbers
+                counter.roll(now_idx, rule.limit, rule.burst)
+            else:
+                counter.roll(now_idx)
                 counter.carry = carry
         if allowed and cost and commit:
             counter.cur.increment(self.node_id, cost)
@@ -210,14 +227,23 @@ class CounterStore:
         window: int,
         slots: tuple[tuple[str, int], ...],
         now_idx: int,
+        numbers_of: Callable[[str, str], Numbers] | None = None,
     ) -> bool:
-        """Merge gossiped or replicated window slots; True if anything grew."""
+        """Merge gossiped or replicated window slots; True if anything grew.
+
+        A merge that rolls a counter into a newer window must settle the burst carry, and
+        only the rule knows the numbers: ``numbers_of(series, client)`` gives them, asked only
+        then (at most once a window per counter).
+        """
         counter = self._counter(series, client, now_idx - 2)
         if counter is None:
             return False
+        numbers = (0, 0)
+        if now_idx > counter.window and numbers_of is not None:
+            numbers = numbers_of(series, client)
         grew = False
         for node, count in slots:
-            grew |= counter.merge_window(window, node, count, now_idx)
+            grew |= counter.merge_window(window, node, count, now_idx, numbers)
         return grew
 
     def merge_tat(self, client: str, series: str, tat: int) -> bool:

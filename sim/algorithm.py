@@ -18,9 +18,11 @@ did. That replay judges what a per-window tally cannot see (``docs/simulator.md`
 - **Burst carry** (``sustained_rate_exceeded``), over consecutive windows: with the carry of
   ``docs/design.md`` any ``k`` consecutive windows admit at most ``k x limit + burst``
   (telescoping ``a_i <= limit + c_(i+1) - c_i``). The carry a life derives from its own
-  admissions is at most the one it derives from its merged counts, *provided* it derived it
-  at each roll: a counter rolled by a merge (a replicated, handed-over or re-sent slot) keeps
-  its old carry. So this is judged only where no slot of the client can reach the decider:
+  admissions is at most the one it derives from its merged counts, *provided* the merged
+  counts were complete at each roll: a counter rolled by a merge (a replicated, handed-over
+  or re-sent slot) settles its carry on the counts it holds then, which may lag, and a
+  hand-over moves slots, not the carry. So this is judged only where no slot of the client
+  can reach the decider:
   strict mode, a run of consecutive windows each decided by that one life alone at full
   capacity (judged ``exact``), with the same rule throughout, no reset, a clock never
   stepped back, every running node holding the decider alive, and no membership event and

@@ -331,8 +331,20 @@ class Replication:
                 self._counters.merge_tat(slot.client, slot.series, slot.window)
             else:
                 self._counters.merge(
-                    slot.client, slot.series, slot.window, slot.slots, wall // window_ns
+                    slot.client,
+                    slot.series,
+                    slot.window,
+                    slot.slots,
+                    wall // window_ns,
+                    self._numbers,
                 )
+
+    def _numbers(self, series: str, client: str) -> tuple[int, int]:
+        """``(limit, burst)`` that the rule in force for ``client`` gives ``series``."""
+        for limit in self._registry.resolve(client).limits:
+            if limit.series == series:
+                return limit.limit, limit.burst
+        return 0, 0
 
     def _learn_series(self, series: str) -> int | None:
         """A series named by a peer: ``algo:window_ns``; refuse anything malformed."""
