@@ -409,7 +409,14 @@ class World:
         if self._misdeliver and self._misdeliver_rng.random() < self._misdeliver:
             others = [n for n in self.nodes if n not in (delivery.src, delivery.dst)]
             if others:  # an address reused by another node: it gets the datagram instead
-                sim = self.nodes[self._misdeliver_rng.choice(others)]
+                target = self._misdeliver_rng.choice(others)
+                if not self.network.reachable(delivery.src, target, now_ns=self.now):
+                    # The wrong host is cut off from the sender too: a partition is between
+                    # hosts, so a datagram that reaches the wrong one still crosses it.
+                    self.network.stats.delivered -= 1
+                    self.network.stats.dropped_partition += 1
+                    return
+                sim = self.nodes[target]
         if sim.node is None or not sim.runtime_up:
             return
         if sim.paused_until is not None:

@@ -10,6 +10,8 @@ order (``sim/endstate.py``), misdelivery as a verb and a fuzz kind.
 
 from __future__ import annotations
 
+from typing import Any
+
 from test_checkers import (
     ALIVE,
     DEAD,
@@ -263,3 +265,33 @@ def test_the_extra_fuzz_kinds_only_add_actions() -> None:
         assert timeline == sorted(timeline, key=lambda a: a.at_ns)
     assert seen == {"misdeliver", "reset"}
     assert any(long_extras(seed, 2 * S, 100 * S) for seed in range(10))
+
+
+def test_a_misdelivered_datagram_does_not_cross_a_partition() -> None:
+    """A partition is between hosts: a datagram that reaches the wrong host still crosses
+    it, so a node cut off from the rest hears nothing from them, misdelivered or not (a
+    long fuzz run had n2, cut off one way, hear the others' refutations by misdelivery and
+    decide at full capacity; the checker rightly held it in a minority)."""
+    from meshlimit.sim.world import World
+
+    sc = parse_scenario(
+        'duration = "6s"\nnodes = 4\ntimeline = ["at 1s partition_oneway [n1 n3 n4] [n2]",'
+        ' "at 1s misdeliver 0.5"]\n'
+    )
+    heard: list[tuple[int, object]] = []
+
+    def plant(node: Any) -> None:
+        if node.node_id == "n2":
+            original = node.receive
+
+            def receive(payload: bytes, src: object, **kw: int) -> Any:
+                heard.append((world.now, src))
+                return original(payload, src, **kw)
+
+            node.receive = receive
+
+    world = World(sc, 1, plant=plant)
+    world.run()
+    assert any(at < S for at, _ in heard)  # n2 heard the others before the cut
+    late = [src for at, src in heard if at > 1 * S + 100 * MS]
+    assert late == []
