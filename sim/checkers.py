@@ -243,18 +243,21 @@ class Checkers:
             share = self.deciders.share(view, client, rule, wall // window_ns)
             tally.share = max(tally.share, share)
 
+    def on_clock_step(self, node: str, wall_before: int) -> None:
+        """A skew or jump is about to set ``node``'s wall clock: what it read before counts,
+        as the node may have acted on it (swept, rolled) without a decision seen here."""
+        if (life := self.history.life(node)) is not None:
+            self._high_water[life.key] = max(wall_before, self._high_water.get(life.key, -1))
+
     def _charged_window(
         self, life: LifeKey, wall: int, client: str, rule: Rule
     ) -> tuple[int, bool]:
         """The window a decision is tallied in (its wall clock's), and whether that clock
-        had read a later window before (it stepped back).
-
-        A window algorithm never rolls back: after a step back the node charges the newer
-        window the client's counter had reached, which depends on merges and on when the
-        counter was made or swept -- unseen here. So the decision is tallied in its wall
-        clock's window, whose bound grows by one more capacity (or share) for that life
-        (``windows.CLOCK_STEPPED_BACK``), and the windows up to the life's latest reading
-        are uncertain for under-admission (they may hold counts the tally lacks)."""
+        had read a later window before (it stepped back). A window algorithm never rolls
+        back: the node then charges the newer window its counter reached, which depends on
+        merges and sweeps unseen here. So the bound of the wall clock's window grows by a
+        capacity (or share) for that life (``windows.CLOCK_STEPPED_BACK``), and windows up
+        to its latest reading are uncertain for under-admission."""
         window_ns = rule.window_ns
         index = wall // window_ns
         high = self._high_water.get(life)

@@ -1,27 +1,25 @@
 """The simulated world: N production nodes, one virtual network, one timeline.
 
-Theory of operation. Every node is the real sans-IO
-:class:`~meshlimit.cluster.node.Node`. The world owns a single event queue
-in virtual time; each event is a datagram delivery, a node's timer, a client
-request or a timeline action. After anything touches a node the world
-drains it — datagrams go into the simulated network, decisions and
-membership events go to the checkers — and re-arms its timer at the node's
-next deadline. The checkers never look into the world: whatever they judge
-by (a node's liveness, an escaped exception, the nodes left at the end) the
-world hands them, so the import goes one way, world to checkers. Each node has
-its own :class:`~meshlimit.sim.events.NodeClock` (skew, drift, jumps): nodes get
-their monotonic and wall readings from it.
+Theory of operation. Every node is the real sans-IO :class:`~meshlimit.cluster.node.Node`.
+The world owns a single event queue in virtual time; each event is a datagram delivery, a
+node's timer, a client request or a timeline action. After anything touches a node the
+world drains it — datagrams go into the simulated network, decisions and membership events
+go to the checkers — and re-arms its timer at the node's next deadline. The checkers never
+look into the world: whatever they judge by (a node's liveness, an escaped exception, the
+nodes left at the end) the world hands them, so the import goes one way, world to checkers.
+Each node has its own :class:`~meshlimit.sim.events.NodeClock` (skew, drift, jumps): nodes
+get their monotonic and wall readings from it.
 
-A simulated machine lives one life per boot: a restart kills the node and boots
-a new one under the same name, with its own timers, tickets and RNG stream (or,
-restarted ``same_seed``, the last life's stream again). A node may also boot
-late (``absent``), join through named seeds, or take checks before it starts to
-join (``serve_before_join``: no datagrams in or out, no timer, until then).
+A simulated machine lives one life per boot: a restart kills the node and boots a new
+one under the same name, with its own timers, tickets and RNG stream (or, restarted
+``same_seed``, the last life's stream again). A node may also boot late (``absent``), join
+through named seeds, or take checks before joining (``serve_before_join``: no datagrams
+in or out, no timer, until then).
 
-Every random choice derives from the run's seed, so a run is reproduced by
-its seed alone; ``trace_digest`` hashes every event in order to prove it. A
-progress guard fails a run at once, naming its scenario, seed and last events,
-when virtual time stops advancing or the events outrun the schedule.
+Every random choice derives from the run's seed, so a run is reproduced by its seed
+alone; ``trace_digest`` hashes every event in order to prove it. A progress guard fails a
+run at once, naming its scenario, seed and last events, when virtual time stops advancing
+or the events outrun the schedule.
 """
 
 from __future__ import annotations
@@ -411,9 +409,7 @@ class World:
             if others:  # an address reused by another node: it gets the datagram instead
                 target = self._misdeliver_rng.choice(others)
                 if not self.network.reachable(delivery.src, target, now_ns=self.now):
-                    # The wrong host is cut off from the sender too: a partition is between
-                    # hosts, so a datagram that reaches the wrong one still crosses it.
-                    self.network.stats.delivered -= 1
+                    self.network.stats.delivered -= 1  # a partition is between hosts
                     self.network.stats.dropped_partition += 1
                     return
                 sim = self.nodes[target]
@@ -544,6 +540,7 @@ class World:
                     sim.node = None
         elif verb in ("skew", "jump"):
             clock = self.nodes[args[0]].clock
+            self.checkers.on_clock_step(args[0], clock.wall_ns(self.now))
             if verb == "skew":
                 clock.set_skew(args[1], at_true_ns=self.now)
             else:

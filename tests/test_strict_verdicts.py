@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_checkers import (
     ALIVE,
     DEAD,
@@ -295,3 +296,19 @@ def test_a_misdelivered_datagram_does_not_cross_a_partition() -> None:
     assert any(at < S for at, _ in heard)  # n2 heard the others before the cut
     late = [src for at, src in heard if at > 1 * S + 100 * MS]
     assert late == []
+
+
+# --- fuzz seeds that once failed: each a bug found by a wider campaign, fixed at its cause ---
+
+#: ``(seed, long)``: 777002515, a node's clock jumped ahead (its sweep dropped a counter)
+#: and stepped back with no decision between, so the checkers never saw the later
+#: reading and held the relived window to one share (``Checkers.on_clock_step``).
+ONCE_FAILED = [(777002515, False)]
+
+
+@pytest.mark.parametrize(("seed", "long"), ONCE_FAILED)
+def test_fuzz_seeds_that_once_failed_pass(seed: int, long: bool) -> None:
+    from meshlimit.sim.runner import run_scenario
+
+    result = run_scenario(fuzz_scenario(seed, long=long), seed)
+    assert result.violations == []
