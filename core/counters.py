@@ -262,9 +262,36 @@ class CounterStore:
         """Every ``(series, client)`` held (a snapshot, safe to mutate the store)."""
         return list(self._counters)
 
-    def reset(self, client: str, series: list[str]) -> int:
-        """Forget ``client``'s counters in the given series; returns how many went."""
-        return sum(self._counters.pop((s, client), None) is not None for s in series)
+    def reset(self, client: str, windows: dict[str, int], reset_ns: int | None = None) -> int:
+        """Forget ``client``'s counts from before ``reset_ns`` (all of them if None) in the
+        given series (``series -> window_ns``); returns how many counters went.
+
+        A reset reaches a node late -- after a pause, a partition, a gossip round -- and
+        admissions made here since the instant it was issued are not the counts it cleared:
+        windows that began at or after ``reset_ns`` stay (the rule ``merge`` callers apply to
+        gossiped slots), their carry forgiven; the window the reset falls in goes, as a
+        grow-only counter cannot tell its counts from before the reset from those since. A
+        token bucket's arrival time does not say when it was earned: it stays only if a
+        whole window past the reset, as in a merge.
+        """
+        gone = 0
+        for series, window_ns in windows.items():
+            key = (series, client)
+            counter = self._counters.get(key)
+            if counter is None:
+                continue
+            if reset_ns is not None:
+                if series.startswith("token_bucket"):
+                    if counter.tat >= reset_ns + window_ns:
+                        continue
+                elif counter.window * window_ns >= reset_ns:
+                    counter.carry = 0
+                    if (counter.window - 1) * window_ns < reset_ns:
+                        counter.prev = GCounter()
+                    continue
+            del self._counters[key]
+            gone += 1
+        return gone
 
     def discard(self, series: str, client: str) -> None:
         """Forget a client's counter (an operator reset, or hand-over of a dead entry)."""

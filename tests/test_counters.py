@@ -89,3 +89,29 @@ def test_merges_roll_exactly_as_a_check_would(rule: Rule, steps: list) -> None: 
             got = [store.check("c", rule, 1, now_ns=now) for _ in range(amount)]
             want = [reference.check("c", rule, 1, now_ns=now) for _ in range(amount)]
             assert got == want
+
+
+def test_a_late_reset_keeps_the_windows_begun_since_it() -> None:
+    """A reset issued at 2.98 s that reaches this node at 3.12 s (after a pause) clears
+    the counts from before it, not the 21 admitted in the window begun at 3 s since (fuzz
+    seed 777002355: the node admitted 21 more in that window)."""
+    rule = Rule(20, S, 1, "fixed_window")
+    store = CounterStore("a")
+    assert _admit(store, rule, 30, 2 * S) == 21
+    assert _admit(store, rule, 30, 3 * S + 121_000_000) == 20  # carry 1
+    store.reset("c", {rule.series: rule.window_ns}, 2 * S + 980_000_000)
+    assert _admit(store, rule, 30, 3 * S + 122_000_000) == 1  # the carry forgiven, no more
+    store.reset("c", {rule.series: rule.window_ns}, 3 * S + 500_000_000)
+    assert _admit(store, rule, 30, 3 * S + 600_000_000) == 21  # a reset within the window
+
+
+def test_a_reset_forgets_token_buckets_unless_a_window_past_it() -> None:
+    rule = Rule(5, S, 0, "token_bucket")
+    store = CounterStore("a")
+    assert _admit(store, rule, 10, 10 * S) == 5  # the arrival time is now 11 s
+    store.reset("c", {rule.series: rule.window_ns}, 9 * S)  # a window before: kept
+    assert _admit(store, rule, 10, 10 * S) == 0
+    store.reset("c", {rule.series: rule.window_ns}, 10 * S + S // 2)
+    assert _admit(store, rule, 10, 10 * S + S // 2) == 5
+    store.reset("c", {rule.series: rule.window_ns})
+    assert store.get(rule.series, "c") is None

@@ -147,12 +147,17 @@ class Replication:
         self._registry.collect(now_ms=wall // 1_000_000)
 
     def reset(self, client: str) -> None:
-        """An operator reset ``client``: forget its counts here and stop replicating them.
-        Slots gossiped later for windows that began before the reset are ignored
-        (``merge``), so a grow-only counter cannot bring the old counts back."""
-        self._counters.reset(client, list(self.series_windows))
+        """An operator reset ``client``: forget its counts from before the reset here and
+        stop replicating them. Slots gossiped later for windows that began before the reset
+        are ignored (``merge``), so a grow-only counter cannot bring the old counts back;
+        windows begun since it stay, so a reset arriving late keeps what was admitted since."""
+        reset_ms = self._registry.reset_wall_ms(client)
+        self._counters.reset(
+            client, self.series_windows, reset_ms * 1_000_000 if reset_ms >= 0 else None
+        )
         for series in self.series_windows:
-            self._changed.pop((series, client), None)
+            if self._counters.get(series, client) is None:
+                self._changed.pop((series, client), None)
 
     # --- sending ----------------------------------------------------------------------
 
