@@ -2,7 +2,7 @@
 """Benchmark: three ``meshlimit node`` daemons end to end under redis-benchmark, beside redis-server.
 
     .venv/bin/python scripts/bench_cluster.py [--quick] [--presets lan,local] [--seconds T]
-        [--json FILE] [--log-dir DIR]
+        [--phases saturation,half,overload] [--json FILE] [--log-dir DIR]
 
 Needs ``redis-benchmark`` (Debian: ``apt-get install -y redis-tools``); ``redis-server``
 (``redis-server``) for the peer, which is skipped with a message without it.
@@ -84,10 +84,10 @@ def method_text(plan: Plan) -> str:
     )
 
 
-def run(presets: list[str], plan: Plan, log_dir: Path) -> dict[str, Any]:
+def run(presets: list[str], plan: Plan, log_dir: Path, phases: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"presets": {}}
     with Cleanup() as cleanup:
-        if shutil.which("redis-server"):
+        if shutil.which("redis-server") and "saturation" in phases:
             port = free_port()
             redis = cleanup.add(start_redis(port))
             result["redis_server"] = redis_server_phases(cleanup, port, 3, plan, progress)
@@ -96,7 +96,7 @@ def run(presets: list[str], plan: Plan, log_dir: Path) -> dict[str, Any]:
             progress(f"{preset}: starting three daemons (logs in {log_dir})")
             cluster = Cluster(preset, log_dir, cleanup)
             result.setdefault("code", {})[preset] = code_version()
-            result["presets"][preset] = Phases(cluster, plan, cleanup, progress).all()
+            result["presets"][preset] = Phases(cluster, plan, cleanup, progress).all(phases)
             result.setdefault("nodes", {}).update(
                 {n.name: {"pid": n.pid, "resp_port": n.resp_port} for n in cluster.nodes}
             )
@@ -113,6 +113,12 @@ def main() -> int:
         "--presets", default=",".join(PRESETS), help="comma-separated: lan, local, wan"
     )
     parser.add_argument("--seconds", type=float, help="T: moderate, saturation, half load")
+    parser.add_argument(
+        "--phases",
+        default="saturation,half,overload",
+        help="comma-separated, besides moderate (always run): saturation, half (needs "
+        "saturation), overload (and its recovery); the redis-server peer runs with saturation",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     parser.add_argument("--log-dir", metavar="DIR", help="the daemons' logs (default: a temp dir)")
     args = parser.parse_args()
@@ -127,7 +133,8 @@ def main() -> int:
     info = machine()
     print_header(info, method_text(plan))
     interrupt_on_signals()
-    result = run(presets, plan, log_dir)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    result = run(presets, plan, log_dir, phases)
     result.update(command=command_line("bench_cluster.py"), machine=info, plan=vars_of(plan))
     result["log_dir"] = str(log_dir)
     for preset, code in result.get("code", {}).items():

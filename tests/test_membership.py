@@ -243,7 +243,15 @@ def test_lan_preset_declares_a_crash_dead_within_about_5s_by_formula() -> None:
     assert bound <= 5 * S
     assert lan.probe_interval_ns == 1 * S and lan.probe_timeout_ns == 500 * MS
     assert MembershipConfig.sim() == lan
-    assert MembershipConfig.local().probe_interval_ns == 200 * MS
+
+
+def test_local_preset_probes_as_patiently_as_memberlists_local_config() -> None:
+    # memberlist's DefaultLocalConfig: 1 s probes, 200 ms probe timeout, suspicion mult 3.
+    # 200 ms probes with a 100 ms timeout flapped a loaded loopback cluster (issue 14).
+    local = MembershipConfig.local()
+    assert (local.probe_interval_ns, local.probe_timeout_ns) == (1 * S, 200 * MS)
+    assert local.suspicion_mult == 3
+    assert 2 * local.probe_interval_ns + suspicion_timeout_ns(local, 3) <= 5 * S
 
 
 # --- the broadcast queue ------------------------------------------------------------------

@@ -86,7 +86,12 @@ def test_families_read_the_node_counters() -> None:
     assert len(checks) == 9  # every path and result, zeros included, and overloaded
     assert checks[("overloaded", "refused")] == 2
     overloaded = dict(families["meshlimit_overloaded"].samples)
-    assert overloaded == {("owner_backlog",): 0, ("slow_owner",): 1, ("waiting_full",): 1}
+    assert overloaded == {
+        ("owner_backlog",): 0,
+        ("slow_owner",): 1,
+        ("stalled_owner",): 0,
+        ("waiting_full",): 1,
+    }
     assert families["meshlimit_forward_timeouts"].samples == (((), 2),)
     events = dict(families["meshlimit_node_events"].samples)
     assert not any(e.startswith("overloaded") for (e,) in events), "overloaded twice"
@@ -309,14 +314,22 @@ def test_two_nodes_forwarding_peers_and_degraded_decisions() -> None:
             )
             assert inf == count
             await second.stop(leave=False)  # the owner is gone without a word
+            # Silent just after answering: stalled, or crashed; overloaded until a probe
+            # interval of silence or SWIM's suspicion says crashed, then degraded.
             decision = await first.check(remote)
-            assert decision.path == "degraded"
+            assert decision.path == "overloaded"
+            deadline = time.monotonic() + 5
+            while (await first.check(remote)).path != "degraded":
+                assert time.monotonic() < deadline, "never decided degraded"
+                await asyncio.sleep(0.05)
             _, samples = await scrape(client)
             assert value(samples, "meshlimit_forward_timeouts_total") >= 1
+            assert value(samples, "meshlimit_overloaded_total", reason="stalled_owner") >= 1
             degraded = value(samples, "meshlimit_checks_total", path="degraded", result="allowed")
             degraded += value(samples, "meshlimit_checks_total", path="degraded", result="refused")
             assert degraded >= 1
-            assert value(samples, "meshlimit_forward_latency_seconds_count", path="degraded") >= 1
+            overloaded = "meshlimit_forward_latency_seconds_count"
+            assert value(samples, overloaded, path="overloaded") >= 1
 
     asyncio.run(main())
 

@@ -81,7 +81,10 @@ FRACTION = NodeConfig.preset("local", "x", ("127.0.0.1", 1)).degraded_fraction
 #: The documented bound per window while a node is cut off (cluster.config.local_quota).
 BOUND = int(LIMIT * (1 + FRACTION))
 HEALTHY_S = 3 * WINDOW_S
-PARTITION_S = 7.0
+#: The cut node declares both peers dead within ~6 s (``local``: a probe a second, each
+#: peer's failed probe judged a second later, then the 3 s suspicion), and the last 3 s
+#: of the partition are judged: all degraded there.
+PARTITION_S = 10.0
 #: Windows this long after every node sees three alive members still count as faulty.
 SETTLE_S = 1.0
 #: Long enough that two windows after the settling second lie wholly inside the phase.

@@ -1,7 +1,8 @@
 """Overload is answered, not misread as failure.
 
-- A forward that times out while its owner answers slowly is ``overloaded`` (refused,
-  counted nowhere), not degraded: the owner's late count stays the only one.
+- A forward that times out while its owner has been answering (slowly, or at once until
+  it stalled) is ``overloaded`` (refused, counted nowhere), not degraded: the owner's late
+  count stays the only one. Only a silent owner's checks are degraded.
 - The forward timeout adapts to the round trips it sees (RFC 6298), within bounds.
 - A node that was itself stalled holds its probe inconclusive and accuses nobody.
 - Degraded admissions are reported at a bounded pace per gossip round.
@@ -55,6 +56,62 @@ def test_a_timeout_on_a_slow_owner_is_overloaded_not_degraded() -> None:
     link.slow = ""
     link.release()
     assert asker.stats["late_replies"] == 1 and asker.stats["late_replies_counted_twice"] == 0
+
+
+def test_a_timeout_on_an_owner_that_answered_at_once_is_overloaded_too() -> None:
+    # The first stall of a 2x overload: the owner answered every check at once until it
+    # stopped running for longer than the forward timeout. Busy, not gone.
+    link = cluster("abc", kind=SlowRepliesLink)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    first = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(NS_PER_MS)
+    assert link.decided("b", first).path == "forwarded"  # type: ignore[arg-type]
+    link.slow = "a"  # now it stalls
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
+    decision = link.decided("b", ticket)  # type: ignore[arg-type]
+    assert decision.path == "overloaded" and not decision.allowed, decision
+    assert asker.stats["overloaded_stalled_owner"] == 1
+    assert [p for p, _ in log_of(link, "b", client)] == [], "asker: counted a check itself"
+
+
+def test_a_node_that_itself_stalled_past_a_deadline_does_not_take_it_for_silence() -> None:
+    # The asker is descheduled for longer than a probe interval with a check pending: when
+    # it runs again, the owner's silence is judged as of the check's deadline.
+    link = cluster("abc", kind=SlowRepliesLink)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    first = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(NS_PER_MS)
+    assert link.decided("b", first).path == "forwarded"  # type: ignore[arg-type]
+    link.slow = "a"
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.settle()  # the check leaves
+    link.off.add("b")  # b stops running (a and c go on)
+    link.advance(2 * asker.config.membership.probe_interval_ns)
+    link.off.discard("b")
+    link.settle()
+    decision = link.decided("b", ticket)  # type: ignore[arg-type]
+    assert decision.path == "overloaded", decision
+    assert asker.stats["overloaded_stalled_owner"] == 1
+
+
+def test_an_owner_silent_for_a_probe_interval_is_taken_for_crashed() -> None:
+    link = cluster("abc", kind=SlowRepliesLink)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    first = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(NS_PER_MS)
+    assert link.decided("b", first).path == "forwarded"  # type: ignore[arg-type]
+    link.slow = "a"  # silent from now on
+    link.advance(asker.config.membership.probe_interval_ns)
+    assert asker.membership.is_suspect("a") is False, "the test needs a not-yet-suspected owner"
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
+    if not asker.degraded.owner_unreachable("a"):  # else SWIM decided it: degraded too
+        assert asker.stats["overloaded_stalled_owner"] == 0
+    assert link.decided("b", ticket).path == "degraded"  # type: ignore[arg-type]
 
 
 def test_a_timeout_on_a_silent_owner_is_still_degraded() -> None:

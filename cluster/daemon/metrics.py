@@ -71,7 +71,7 @@ STAT_FAMILIES = {
     "datagrams_sent": ("meshlimit_datagrams_sent", "UDP datagrams sent."),
 }
 #: Why a check was answered ``overloaded`` (``Node.overloaded``), as ``overloaded_REASON``.
-OVERLOAD_REASONS = ("owner_backlog", "slow_owner", "waiting_full")
+OVERLOAD_REASONS = ("owner_backlog", "slow_owner", "stalled_owner", "waiting_full")
 _OWN_FAMILY = frozenset(
     {f"{p}_{r}" for p in PATHS for r in RESULTS}
     | set(STAT_FAMILIES)
@@ -203,7 +203,8 @@ def _checks(node: Node) -> list[Family]:
         "meshlimit_overloaded",
         "counter",
         "Checks answered overloaded, by reason: owner_backlog (too many checks awaiting "
-        "the owner), slow_owner (timed out while the owner answered slowly), waiting_full "
+        "the owner), slow_owner (timed out while the owner answered slowly), stalled_owner "
+        "(timed out while the owner, answering until then, went silent briefly), waiting_full "
         "(too many checks waiting for room).",
         ("reason",),
         tuple(((r,), stats.get(f"overloaded_{r}", 0)) for r in OVERLOAD_REASONS),

@@ -95,10 +95,18 @@ class MembershipConfig:
 
     @classmethod
     def local(cls) -> MembershipConfig:
-        """Loopback (demo, tests on one machine): five times faster than ``lan``."""
+        """Loopback (demo, tests on one machine): memberlist's ``DefaultLocalConfig``
+        probing (1 s interval, 200 ms probe timeout, suspicion multiplier 3), with faster
+        news and repair than ``lan``. Why not faster probing: every process on a shared
+        host waits for a CPU now and then, and a loopback cluster is exactly where its
+        nodes and their load share one; a 200 ms interval with a 100 ms timeout and a
+        400 ms suspicion turned a loaded host into a flapping cluster (103-219
+        membership transitions per 2x-overload run, recovery 4.5 s to never;
+        ``docs/performance.md``). A crash is still declared dead within about 5 s."""
         return cls(
-            probe_interval_ns=200 * _MS,
-            probe_timeout_ns=100 * _MS,
+            probe_interval_ns=1 * _S,
+            probe_timeout_ns=200 * _MS,
+            suspicion_mult=3,
             gossip_interval_ns=50 * _MS,
             push_pull_interval_ns=5 * _S,
             dead_reap_ns=10 * _S,

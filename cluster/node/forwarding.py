@@ -9,16 +9,17 @@ deadline is handed back (``expire``) for the node to decide. Forwards get the ti
 of the moment they leave, which moves slowly, so the pending map's insertion order is
 nearly its deadline order (``expire`` stops at the first not yet due).
 
-A timed-out check is answered once. If its owner is *slow* -- one of its replies took
-at least half the forward timeout, or came after it, within the last
-``SLOW_MEMORY_MULT`` timeouts
-(``owner_slow``) -- the owner is reachable but overloaded, and the node answers
-``overloaded``: refused, counted nowhere, so the late reply (which the owner counted)
-is the only count. The timeout itself adapts as TCP's does (``timeout_ns``: the smoothed
+A timed-out check is answered once. If its owner is *slow* (``owner_slow``) -- one of
+its replies took at least half the forward timeout, or came after it, within the last
+``SLOW_MEMORY_MULT`` timeouts -- or *stalled* (``owner_stalled``) -- it answered until
+this check left and has been silent since, for less than a probe interval -- the owner
+is reachable but busy, and the node answers ``overloaded``: refused, counted nowhere,
+so the late reply (which the owner counted) is the only count. The timeout itself adapts as TCP's does (``timeout_ns``: the smoothed
 round trip plus four deviations, from the configured timeout up to ``MAX_TIMEOUT_MULT``
 times it), so a loaded cluster whose answers are slow but coming is waited for. Degraded mode is for owners that are really unreachable: a check
-whose owner is not slow (a lost datagram, an owner crashed but not yet detected) is
-decided from the degraded quota and counted in this node's slot; the owner may have
+whose owner is neither (a lost datagram: the owner answered later checks; an owner
+silent for a probe interval, crashed but not yet detected) is decided from the degraded
+quota and counted in this node's slot; the owner may have
 counted it too. A late reply resolves nothing: no second answer, no count here; it is
 counted (``late_replies``, and ``late_replies_counted_twice`` when both admitted). That
 double count errs on the strict side and is bounded by the degraded quota this node may
@@ -141,6 +142,8 @@ class Forwarding:
         #: Owners whose replies were slow, with the instant they stop counting as such
         #: (``owner_slow``); at most ``max_members`` entries.
         self._slow_until: dict[str, int] = {}
+        #: When each owner's latest reply came (``owner_stalled``); at most ``max_members``.
+        self._replied_at: dict[str, int] = {}
         #: The owner's answers by (peer, life), least recently used first.
         self._dedup: OrderedDict[tuple[str, int], OrderedDict[int, CheckResult]] = OrderedDict()
 
@@ -181,6 +184,25 @@ class Forwarding:
             return True
         del self._slow_until[owner]
         return False
+
+    def owner_stalled(self, owner: str, sent_ns: int, deadline_ns: int) -> bool:
+        """Whether ``owner`` stalled after a check left at ``sent_ns``: it answered until
+        then and nothing since, and its silence at the check's deadline was shorter than a
+        probe interval. A descheduled process on a loaded host looks so (before any of its
+        replies is late: the first timeouts of an overload); so does a crash, which SWIM
+        then detects. Beyond a probe interval of silence it is taken for a crash, and its
+        checks are decided degraded. Judged at the deadline, not when this node got round
+        to it: a node that itself stalled past the deadline has the replies of that time
+        unread, and must not take its own stall for the owner's silence."""
+        replied = self._replied_at.get(owner, -1)
+        silence_ns = deadline_ns - replied
+        return 0 <= replied < sent_ns and silence_ns < self._config.membership.probe_interval_ns
+
+    def _replied(self, owner: str, now_ns: int) -> None:
+        replied_at = self._replied_at
+        if owner not in replied_at and len(replied_at) >= self._config.membership.max_members:
+            replied_at.clear()  # bounded; forgetting errs towards degraded answers
+        replied_at[owner] = now_ns
 
     def _replied_slowly(self, owner: str, now_ns: int) -> None:
         if owner not in self._slow_until and len(self._slow_until) >= (
@@ -277,6 +299,8 @@ class Forwarding:
         ``window_of`` names each decision's window (a reply carries none, see ``WindowOf``)."""
         decided = []
         slow_ns = self._config.forward_timeout_ns // 2
+        if message.results:
+            self._replied(sender, now_ns)
         for result in message.results:
             pending = self.pending.get(result.request_id)
             if pending is None or pending.owner != sender:

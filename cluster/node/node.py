@@ -224,9 +224,12 @@ class Node:
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
             # Answered once, here: a late reply from the owner is counted, not used. A slow
-            # owner is busy, not unreachable: overloaded (counted nowhere), not degraded.
+            # or stalled owner is busy, not unreachable: overloaded (counted nowhere), not
+            # degraded.
             if self.forwarding.owner_slow(request.owner, now_ns):
                 decision = self.overloaded(request.client, "slow_owner")
+            elif self.forwarding.owner_stalled(request.owner, request.sent_ns, request.deadline_ns):
+                decision = self.overloaded(request.client, "stalled_owner")
             else:
                 decision = self._decide_degraded(request.client, request.cost, wall)
             admitted = decision.allowed and not decision.shadowed and request.cost > 0
@@ -389,8 +392,9 @@ class Node:
 
     def overloaded(self, client: str, reason: str) -> Decision:
         """Refuse a check because the cluster is too busy to decide it in time: its (alive)
-        owner already has ``max_pending_per_owner`` checks awaiting it, or was slow to
-        answer and the check timed out (``reason``: ``owner_backlog``, ``slow_owner``, or a
+        owner already has ``max_pending_per_owner`` checks awaiting it, or the check timed
+        out while the owner answered slowly or stalled (``reason``: ``owner_backlog``,
+        ``slow_owner``, ``stalled_owner``, or a
         driver's own, such as ``waiting_full``). Explicit backpressure, counted in stats
         only (``overloaded`` and ``overloaded_REASON``; no counter, no decision log), to
         retry after a forward timeout. Not degraded: a busy owner is reachable."""

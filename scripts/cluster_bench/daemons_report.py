@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,8 @@ def print_tables(result: dict[str, Any]) -> None:
         for name, phase in phases.items():
             _count_row(preset, name, phase["counts"])
     for preset, phases in presets.items():
+        if "recovery" not in phases:
+            continue
         rec = phases["recovery"]
         when = (
             f"{rec['recovered_s']:.1f} s ({'held' if rec['held'] else 'NOT held'} for the next "
@@ -177,6 +180,9 @@ def print_tables(result: dict[str, Any]) -> None:
             f"recovery ({preset}): {when} after the overload stopped (p50 <= "
             f"{ms(rec['p50_bound_ms'])} ms and every member alive; {len(rec['probes'])} probes)"
         )
+    for preset, phases in presets.items():
+        if "half" not in phases:
+            continue
         half = phases["half"]
         print(
             f"half load ({preset}): {half['load']}, {half['of_saturation']:.0%} of saturation "
@@ -191,6 +197,8 @@ def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
         return {}
     out = {}
     for preset, phases in result["presets"].items():
+        if "saturation" not in phases:
+            continue
         out[preset] = {
             "saturation": ratio(phases["saturation"]["rate"], peer["saturation"]["rate"]),
             "moderate_p50": ratio(phases["moderate"]["p50_ms"], peer["moderate"]["p50_ms"]),
@@ -201,7 +209,11 @@ def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def print_ratios(result: dict[str, Any]) -> None:
     if not result.get("ratios"):
-        print("\nredis-server: not measured (no redis-server on the PATH)")
+        why = "no redis-server on the PATH" if "redis_server" not in result else "no saturation"
+        if not shutil.which("redis-server") or "redis_server" in result:
+            print(f"\nredis-server: not compared ({why})")
+        else:
+            print("\nredis-server: not run (it runs with the saturation phase: --phases)")
         return
     print("\nmeshlimit / redis-server INCR, same redis-benchmark settings (3 processes, one")
     print("redis-server against three daemons):")
@@ -217,11 +229,12 @@ def goals(phases: dict[str, Any]) -> list[tuple[str, str, bool]]:
     every = [p["counts"] for p in phases.values()]
     degraded = sum(c["paths"]["degraded"] for c in every)
     transitions = sum(c["transitions"] for c in every)
-    rec = phases["recovery"]["recovered_s"]
-    held = phases["recovery"]["held"]
-    half_p99 = phases["half"]["p99_ms"]
+    # A phase not run (--phases) reads as NaN: "-", not met.
+    rec = phases.get("recovery", {}).get("recovered_s", math.nan)
+    held = phases.get("recovery", {}).get("held", False)
+    half_p99 = phases.get("half", {}).get("p99_ms", math.nan)
     mod_p99 = phases["moderate"]["p99_ms"]
-    sat = phases["saturation"]["rate"]
+    sat = phases.get("saturation", {}).get("rate", math.nan)
     return [
         (f">= {GOAL_SATURATION:,} checks/s at saturation", fmt_rate(sat), sat >= GOAL_SATURATION),
         (f"p99 <= {GOAL_P99_MS:g} ms at half load", f"{ms(half_p99)} ms", half_p99 <= GOAL_P99_MS),
@@ -230,7 +243,11 @@ def goals(phases: dict[str, Any]) -> list[tuple[str, str, bool]]:
         ("zero membership transitions", f"{transitions:,}", transitions == 0),
         (
             f"recovery <= {GOAL_RECOVERY_S:g} s after overload",
-            "never" if rec != rec else f"{rec:.1f} s{'' if held else ', not held'}",
+            "-"
+            if "recovery" not in phases
+            else "never"
+            if rec != rec
+            else f"{rec:.1f} s{'' if held else ', not held'}",
             rec <= GOAL_RECOVERY_S and held,
         ),
     ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,15 +128,19 @@ class Phases:
             "_after": after,
         }
 
-    def all(self) -> dict[str, dict[str, Any]]:
-        """Every phase, in order."""
+    def all(self, selected: Collection[str] = PHASES) -> dict[str, dict[str, Any]]:
+        """The ``selected`` phases, in order: moderate always (it sets what is normal),
+        half only after saturation (it aims at half its rate), recovery after overload."""
         out: dict[str, dict[str, Any]] = {}
         out["moderate"] = self.moderate()
         self.bound_ms = self.plan.recovered_p50_factor * out["moderate"]["p50_ms"]
-        out["saturation"] = self.saturation()
-        out["half"] = self.half(out["saturation"]["rate"])
-        out["overload"] = self.overload()
-        out["recovery"] = self.recovery(out["overload"])
+        if "saturation" in selected:
+            out["saturation"] = self.saturation()
+            if "half" in selected:
+                out["half"] = self.half(out["saturation"]["rate"])
+        if "overload" in selected:
+            out["overload"] = self.overload()
+            out["recovery"] = self.recovery(out["overload"])
         for phase in out.values():
             phase.pop("_ended_at", None)
             phase.pop("_after", None)
