@@ -33,6 +33,7 @@ Outcome = tuple[bool, int, int, int]
 Numbers = tuple[int, int]
 #: Counters looked at to choose one to evict when the store is full.
 EVICTION_SAMPLES = 8
+_UNSEEN = -(2**63)  # see CounterStore.sweep
 
 
 class ClientCounter:
@@ -300,20 +301,29 @@ class CounterStore:
     def sweep(self, window_ns_of: dict[str, int], *, now_ns: int, budget: int = 256) -> int:
         """Drop up to ``budget`` counters' worth of dead state, resuming where the last
         call stopped (amortized; never a full pass in one call). Returns how many went."""
-        if self._sweep is None:
-            self._sweep = iter(list(self._counters))
+        sweep = self._sweep
+        if sweep is None:
+            sweep = self._sweep = iter(list(self._counters))
+        keys = list(itertools.islice(sweep, budget))
+        if len(keys) < budget:  # the pass is over: the next call starts a new one
+            self._sweep = None
+        counters = self._counters
         dropped = 0
-        for _ in range(budget):
-            key = next(self._sweep, None)
-            if key is None:
-                self._sweep = None
-                break
-            counter = self._counters.get(key)
-            window_ns = window_ns_of.get(key[0])
-            if counter is None or window_ns is None:
+        # Per series, the window index now (None: a series not known; _UNSEEN, below any
+        # index of a time >= 0: not looked up yet): a sweep looks at 256 counters. Keep
+        # calling is_dead (not inlined): the mutation check plants a bug there.
+        now_of: dict[str, int | None] = {}
+        for key in keys:
+            counter = counters.get(key)
+            if counter is None:
                 continue
-            if counter.is_dead(now_ns // window_ns, 2, now_ns):
-                del self._counters[key]
+            series = key[0]
+            now_idx = now_of.get(series, _UNSEEN)
+            if now_idx is _UNSEEN:
+                window_ns = window_ns_of.get(series)
+                now_idx = now_of[series] = None if window_ns is None else now_ns // window_ns
+            if now_idx is not None and counter.is_dead(now_idx, 2, now_ns):
+                del counters[key]
                 dropped += 1
         self.expired += dropped
         return dropped

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
 import mmh3
 from sortedcontainers import SortedList
@@ -60,6 +61,12 @@ HASH_SPACE = 1 << 64
 # 100,000 keys "client-%d", max/min keys per node is 1.18 / 1.45 / 1.73 for
 # 3 / 10 / 100 nodes (pinned in tests/test_ring.py).
 DEFAULT_VNODES = 128
+#: Ring layouts kept for reuse (``_layout``). Why 8: the sets a node moves between while
+#: members flap or restart; at 100 members of 128 tokens a layout is about 1.3 MB.
+LAYOUTS = 8
+#: Most clients whose owner a ring remembers (then it computes the rest every time). Why
+#: 65,536: every client of a busy node's hot set, at about 6 MB for the ring's lifetime.
+OWNER_CACHE = 65_536
 
 
 def key_hash(client: str) -> int:
@@ -80,6 +87,38 @@ def vnode_token(node: str, i: int) -> int:
     return mmh3.hash64(f"{node}#{i}", signed=False)[0]
 
 
+@lru_cache(maxsize=4096)
+def _tokens_of(node: str, vnodes: int) -> tuple[int, ...]:
+    """``vnode_token(node, i)`` for every ``i < vnodes``: a ring is rebuilt on every
+    membership change (and a simulator's checkers build one per member set they meet),
+    always from the same few nodes, whose tokens are hashed once here."""
+    return tuple(vnode_token(node, i) for i in range(vnodes))
+
+
+def _pairs_of(nodes: frozenset[str], vnodes: int) -> list[tuple[int, str]]:
+    return [(token, n) for n in nodes for token in _tokens_of(n, vnodes)]
+
+
+def _lookup_lists(pairs: SortedList) -> tuple[list[int], list[str]]:
+    """The tokens and their owners in ring order, each ending in the sentinel."""
+    tokens = [t for t, _ in pairs]
+    owners = [n for _, n in pairs]
+    if pairs:
+        tokens.append(HASH_SPACE)
+        owners.append(owners[0])
+    return tokens, owners
+
+
+@lru_cache(maxsize=LAYOUTS)
+def _layout(nodes: frozenset[str], vnodes: int) -> tuple[SortedList, list[int], list[str]]:
+    """A ring's sorted pairs and lookup lists, shared by the rings of the same member set:
+    a node rebuilds its ring on every membership change, often to a set it had before (a
+    member flaps, or comes back), and in one process (the simulator) every node and the
+    checkers build the same rings. Nothing mutates them once built (``with_node`` copies)."""
+    pairs = SortedList(_pairs_of(nodes, vnodes))
+    return (pairs, *_lookup_lists(pairs))
+
+
 class HashRing:
     """An immutable consistent-hash ring of node ids with ``vnodes`` tokens each.
 
@@ -87,7 +126,7 @@ class HashRing:
     whatever order their nodes were given in.
     """
 
-    __slots__ = ("_nodes", "_vnodes", "_pairs", "_tokens", "_owners")
+    __slots__ = ("_nodes", "_vnodes", "_pairs", "_tokens", "_owners", "_owner_of")
 
     _nodes: frozenset[str]
     _vnodes: int
@@ -102,13 +141,18 @@ class HashRing:
     # smallest token, so a lookup needs no wrap-around branch.
     _tokens: list[int]
     _owners: list[str]
+    # owner()'s answers so far, for at most OWNER_CACHE clients: a node asks for the owner
+    # of every check it takes (and the owner again), and the ring never changes.
+    _owner_of: dict[str, str]
 
     def __init__(self, nodes: Iterable[str] = (), vnodes: int = DEFAULT_VNODES) -> None:
         """Build a ring of ``nodes`` (duplicates ignored), each at ``vnodes`` tokens."""
         node_set = frozenset(nodes)
         _validate(node_set, vnodes)
-        pairs = [(vnode_token(n, i), n) for n in node_set for i in range(vnodes)]
-        self._init(node_set, vnodes, SortedList(pairs))
+        if all(type(n) is str for n in node_set):  # plain ids: the layout may be shared
+            self._set(node_set, vnodes, *_layout(node_set, vnodes))
+        else:
+            self._init(node_set, vnodes, SortedList(_pairs_of(node_set, vnodes)))
 
     @classmethod
     def _from_pairs(cls, nodes: frozenset[str], vnodes: int, pairs: SortedList) -> HashRing:
@@ -118,14 +162,22 @@ class HashRing:
         return ring
 
     def _init(self, nodes: frozenset[str], vnodes: int, pairs: SortedList) -> None:
+        self._set(nodes, vnodes, pairs, *_lookup_lists(pairs))
+
+    def _set(
+        self,
+        nodes: frozenset[str],
+        vnodes: int,
+        pairs: SortedList,
+        tokens: list[int],
+        owners: list[str],
+    ) -> None:
         self._nodes = nodes
         self._vnodes = vnodes
         self._pairs = pairs
-        self._tokens = [t for t, _ in pairs]
-        self._owners = [n for _, n in pairs]
-        if pairs:
-            self._tokens.append(HASH_SPACE)
-            self._owners.append(self._owners[0])
+        self._tokens = tokens
+        self._owners = owners
+        self._owner_of = {}
 
     # -- membership ----------------------------------------------------------
 
@@ -171,13 +223,20 @@ class HashRing:
 
     def owner(self, client: str) -> str:
         """Return the node owning ``client``. Raises ``LookupError`` on an empty ring."""
+        if type(client) is str:
+            owner = self._owner_of.get(client)
+            if owner is not None:
+                return owner
         # key_hash() inlined: the call costs ~40 ns of a ~250 ns lookup.
         try:
-            return self._owners[
+            owner = self._owners[
                 bisect_left(self._tokens, mmh3.hash64(client.encode(), signed=False)[0])
             ]
         except IndexError:
             raise LookupError(f"empty hash ring: no node can own client {client!r}") from None
+        if len(self._owner_of) < OWNER_CACHE and type(client) is str:
+            self._owner_of[client] = owner
+        return owner
 
     def owner_of_hash(self, h: int) -> str:
         """Return the node owning ring position ``h`` (``0 <= h < 2**64``)."""
@@ -255,6 +314,9 @@ class HashRing:
         assert all(0 <= t < HASH_SPACE for t in tokens[:-1])
         assert all(a <= b for a, b in zip(tokens, tokens[1:], strict=False)), "tokens unsorted"
         assert tokens[-1] == HASH_SPACE and owners[-1] == owners[0], "bad sentinel"
+        assert len(self._owner_of) <= OWNER_CACHE
+        for client, owner in self._owner_of.items():
+            assert owners[bisect_left(tokens, key_hash(client))] == owner, "stale owner cache"
         counts = dict.fromkeys(self._nodes, 0)
         for n in owners[:-1]:
             counts[n] += 1

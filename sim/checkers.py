@@ -176,25 +176,22 @@ class Checkers:
         the datagram whose receipt made them, if one did."""
         self.history.advance(now)
         life = self._life(node)
-        accounting = self.accounting
         if delivery is not None:
-            accounting.from_datagram(life, delivery, log, now)
+            self.accounting.from_datagram(life, delivery, log, now)
         view = self._view(life)
+        decisions, decided, tally = self.decisions, self.accounting.decided, self._tally
+        deciders = self.deciders
         for wall, client, rule, cost, allowed, path in log:
-            self.decisions[path] += 1
-            accounting.decided(node, client, path, cost, allowed)
-            if path == "degraded" and not self.history.faults_seen:
-                self.deciders.judge_degraded(life, view, client, now)
+            decisions[path] += 1
+            decided(node, client, path, cost, allowed)
             full = path != "degraded"
-            # A rule of several limits is several counts: each limit is tallied in its own
-            # windows. A refusal under such a rule names no one limit, so it is not judged.
+            if not full and not self.history.faults_seen:
+                deciders.judge_degraded(life, view, client, now)
+            single = not rule.also  # each limit tallied apart; such a refusal not judged
             for limit in rule.limits:
-                single = not rule.also
-                self._tally(
-                    life, view, wall, client, limit, cost, allowed, full, now, single=single
-                )
+                tally(life, view, wall, client, limit, cost, allowed, full, now, single)
             if allowed and cost and full:
-                self.deciders.judge_full(life, view, client, path, now)
+                deciders.judge_full(life, view, client, path, now)
 
     def _tally(
         self,
@@ -207,15 +204,20 @@ class Checkers:
         allowed: bool,
         full: bool,
         now: int,
-        *,
         single: bool,
     ) -> None:
         """One limit's part of a decision: its window tally, or the judgement of a refusal."""
-        key = life.key
-        if cost and (client, rule.series) not in self._first_seen:
-            self._first_seen[(client, rule.series)] = now
-        index, relived = self._charged_window(key, wall, client, rule)
+        key, series, window_ns = life.key, rule.series, rule.window_ns
+        if cost and (client, series) not in self._first_seen:
+            self._first_seen[(client, series)] = now
+        # _charged_window's common case inlined: the life's clock never read a later window.
+        index = wall // window_ns
+        high = self._high_water.get(key)
+        if high is None or wall > high:
+            self._high_water[key] = high = wall
+        relived = index < high // window_ns
         if relived:
+            index, relived = self._charged_window(key, wall, client, rule)
             self.own.stepped_back.add(key)
         if not allowed:
             if cost and full and not relived and single:
@@ -223,16 +225,15 @@ class Checkers:
             return
         if not cost:
             return
-        window_ns = rule.window_ns
-        wkey = (client, rule.series, index)
+        wkey = (client, series, index)
         window = self.windows.get(wkey)
         if window is None:
             window = self.windows[wkey] = WindowTally()
-            self._window_ns[rule.series] = window_ns
-        if window.capacity and (window.capacity, window.limit) != (rule.capacity, rule.limit):
+            self._window_ns[series] = window_ns
+        capacity, limit = rule.capacity, rule.limit
+        if window.capacity and (window.capacity != capacity or window.limit != limit):
             window.changed = True
-        window.capacity = max(window.capacity, rule.capacity)
-        window.limit = max(window.limit, rule.limit)
+        window.capacity, window.limit = max(window.capacity, capacity), max(window.limit, limit)
         tally = window.add(key, now, cost, full=full)
         self.own.admit(
             key, wall, client, rule, cost, full=full, relived=relived,
@@ -244,8 +245,7 @@ class Checkers:
             tally.share = max(tally.share, share)
 
     def on_clock_step(self, node: str, wall_before: int) -> None:
-        """A skew or jump is about to set ``node``'s wall clock: what it read before counts,
-        as the node may have acted on it (swept, rolled) without a decision seen here."""
+        """A skew or jump is about to set ``node``'s wall clock: its reading before counts."""
         if (life := self.history.life(node)) is not None:
             self._high_water[life.key] = max(wall_before, self._high_water.get(life.key, -1))
 

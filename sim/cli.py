@@ -3,7 +3,7 @@
 Usage::
 
     meshlimit sim SCENARIO [--seed N] [--report FILE.json|FILE.png] [--progress]
-    meshlimit sim --fuzz [--long] --runs N [--seed N]
+    meshlimit sim --fuzz [--long] --runs N [--seed N] [--progress]
     meshlimit sim --fuzz [--long] --one SEED [--report FILE] [--save-scenario FILE.toml]
     meshlimit sim --list
 
@@ -11,7 +11,10 @@ Usage::
 (``healthy`` is ``sim/scenarios/healthy.toml``). The seed is printed first,
 always. Exit status: 0 when no invariant broke, 1 when one did (each violation
 and the command that reproduces the run are printed), 2 for a bad scenario
-file or bad arguments.
+file or bad arguments. Progress goes to stderr when it is a terminal (or with
+``--progress``): a bar for one run; for a fuzz batch, runs done of the total, runs
+with violations so far and the time left. Nothing of it reaches stdout, whose
+report is the same for the same seed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -91,9 +95,10 @@ def run_sim(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
     if problem:
         err.write(f"meshlimit sim: error: {problem}\n")
         return BAD_INPUT
-    bar = ProgressBar(err) if args.progress or err.isatty() else None
+    show = args.progress or err.isatty()
     if args.fuzz and args.one is None:
-        return _run_batch(args, out, bar)
+        return _run_batch(args, out, FuzzProgress(err, args.runs) if show else None)
+    bar = ProgressBar(err) if show else None
     try:
         scenario, seed, command = _single(args)
     except ScenarioError as error:
@@ -153,11 +158,18 @@ def _single(args: argparse.Namespace) -> tuple[Scenario, int, str]:
     return scenario, seed, f"meshlimit sim {args.scenario} --seed {seed}"
 
 
-def _run_batch(args: argparse.Namespace, out: TextIO, bar: ProgressBar | None) -> int:
+def _run_batch(args: argparse.Namespace, out: TextIO, bar: FuzzProgress | None) -> int:
     base = args.seed if args.seed is not None else secrets.randbelow(2**32)
     out.write(f"seed={base}\n")
     out.flush()
-    results = run_fuzz(args.runs, base, progress=bar, stopwatch=time.perf_counter, long=args.long)
+    results = run_fuzz(
+        args.runs,
+        base,
+        progress=bar,
+        stopwatch=time.perf_counter,
+        long=args.long,
+        on_result=None if bar is None else bar.count,
+    )
     if bar is not None:
         bar.done()
     out.write(report.format_fuzz(results, base, seed_line=False))
@@ -233,3 +245,87 @@ class ProgressBar:
         if self._shown[0] >= 0:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class FuzzProgress:
+    """The progress line of a fuzz campaign on ``stream`` (stderr: never in the report, which
+    stays the same for the same seed): a bar, runs done of the total, runs with violations
+    so far, and the time left at the pace so far, e.g.::
+
+        [#######.................]  31/100 runs, 2 with violations, ETA 1m04s  fuzz 32/100 seed=...
+
+    Redrawn when the percentage, the counts or the ETA's second change. ``clock`` is a
+    monotonic clock in seconds (a test passes a fake one)."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        runs: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        width: int = 24,
+    ) -> None:
+        self.stream = stream
+        self.runs = runs
+        self.width = width
+        self.finished = 0
+        """Runs done."""
+        self.failed = 0
+        """Runs done that broke an invariant."""
+        self._clock = clock
+        self._started = clock()
+        self._fraction = 0.0
+        self._label = ""
+        self._shown = ""
+
+    def __call__(self, fraction: float, label: str) -> None:
+        """Where the batch is (``run_fuzz``'s progress callback)."""
+        self._fraction, self._label = max(0.0, min(1.0, fraction)), label
+        self._draw()
+
+    def count(self, result: RunResult) -> None:
+        """A run is done (``run_fuzz``'s ``on_result``)."""
+        self.finished += 1
+        self.failed += not result.ok
+        self._draw()
+
+    def line(self) -> str:
+        """The progress line as it stands."""
+        percent = int(self._fraction * 100)
+        filled = self.width * percent // 100
+        bar = "#" * filled + "." * (self.width - filled)
+        return (
+            f"[{bar}] {self.finished:>{len(str(self.runs))}}/{self.runs} runs, "
+            f"{self.failed} with violations, ETA {self._eta()}  {self._label[:40]}"
+        )
+
+    def _eta(self) -> str:
+        if self._fraction < 0.01:  # too little done to tell the pace
+            return "--"
+        elapsed = self._clock() - self._started
+        return _duration(elapsed * (1 - self._fraction) / self._fraction)
+
+    def _draw(self) -> None:
+        line = self.line()
+        if line == self._shown:
+            return
+        pad = " " * max(0, len(self._shown) - len(line))  # wipe what a longer line left
+        self._shown = line
+        self.stream.write(f"\r{line}{pad}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """End the line."""
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"

@@ -227,9 +227,11 @@ def run_fuzz(
     duration_ns: int = FUZZ_DURATION_NS,
     stopwatch: Stopwatch | None = None,
     long: bool = False,
+    on_result: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Run ``runs`` swarm scenarios derived from the base ``seed`` (see :func:`fuzz_seed`);
-    ``long``: the long schedules of ``generate_long_fuzz_scenario``."""
+    ``long``: the long schedules of ``generate_long_fuzz_scenario``. ``on_result`` sees each
+    run's result as soon as it is done (a progress display counts the failing ones)."""
     results = []
     for index in range(runs):
         run_seed = fuzz_seed(seed, index)
@@ -242,6 +244,8 @@ def run_fuzz(
                 scenario, run_seed, progress=within, reproduce=command, stopwatch=stopwatch
             )
         )
+        if on_result is not None:
+            on_result(results[-1])
         if progress is not None:
             progress((index + 1) / runs, label)
     return results

@@ -39,6 +39,8 @@ _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 _GONE = (MemberState.DEAD, MemberState.LEFT)
 #: Members whose reaping is uncertain beyond which every combination is not enumerated.
 _MAX_UNCERTAIN = 3
+#: Most ``may_own`` answers a view keeps for its current version (then it starts over).
+_MAX_OWNS = 65_536
 UNREAPED = 2**62
 
 
@@ -89,6 +91,7 @@ class View:
         self._version = 0
         self._next_reap = UNREAPED
         self._cache: dict[tuple[int, bool, str], Any] = {}
+        self._owns: dict[tuple[bool, str], bool] = {}  # may_own's answers for this version
 
     def _snapshot(self) -> tuple[dict[str, int], dict[str, int], bool, int]:
         return dict(self.states), dict(self.changed_at), self.knows_ring, self._quorum_floor()
@@ -114,6 +117,7 @@ class View:
     def _changed(self) -> None:
         self._version += 1
         self._cache.clear()
+        self._owns.clear()
         before_states, before_changed = self._before[0], self._before[1]
         gone = [self.changed_at[m] for m, s in self.states.items() if s in _GONE]
         gone += [before_changed[m] for m, s in before_states.items() if s in _GONE]
@@ -173,14 +177,21 @@ class View:
     def may_own(self, client: str, now: int, config: MembershipConfig, rings: Rings) -> bool:
         """Whether this life may have been ``client``'s owner in its own view at ``now``."""
         self.advance(now)
-        if now < self._next_reap:  # no reaping in doubt: the member sets depend on nothing else
-            key = (self._version, now == self.last_event_at, "rings")
+        if now >= self._next_reap:  # a reaping in doubt: the member sets depend on ``now``
+            return any(rings.owner(m, client) == self.node for m in self.rings_at(now, config))
+        # No reaping in doubt: the sets, and so the answer, depend on the version alone.
+        latest = now == self.last_event_at
+        owns = self._owns
+        answer = owns.get((latest, client))
+        if answer is None:
+            key = (self._version, latest, "rings")
             sets = self._cache.get(key)
             if sets is None:
                 sets = self._cache[key] = list(self.rings_at(now, config))
-        else:
-            sets = list(self.rings_at(now, config))
-        return any(rings.owner(m, client) == self.node for m in sets)
+            if len(owns) >= _MAX_OWNS:
+                owns.clear()
+            answer = owns[(latest, client)] = any(rings.owner(m, client) == self.node for m in sets)
+        return bool(answer)
 
     def may_own_once_reaped(self, client: str, rings: Rings) -> bool:
         """Whether this life would own ``client`` once it reaps every member it holds dead

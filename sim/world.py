@@ -17,9 +17,9 @@ through named seeds, or take checks before joining (``serve_before_join``: no da
 in or out, no timer, until then).
 
 Every random choice derives from the run's seed, so a run is reproduced by its seed
-alone; ``trace_digest`` hashes every event in order to prove it. A progress guard fails a
-run at once, naming its scenario, seed and last events, when virtual time stops advancing
-or the events outrun the schedule.
+alone; ``trace_digest`` hashes every event in order to prove it. A progress guard
+(``guard.py``) fails a run at once, naming its scenario, seed and last events, when virtual
+time stops advancing or the events outrun the schedule.
 """
 
 from __future__ import annotations
@@ -32,40 +32,24 @@ from typing import Any
 
 from meshlimit.cluster.node import Decided, MembershipChanged, Node
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.events import Event
 from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
 
 from .checkers import Checkers, Liveness
-from .events import NS_PER_MS, NS_PER_S, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
+from .events import NS_PER_MS, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
+from .guard import LAST_EVENTS, STALL_EVENTS, STALL_SPAN_NS, RunStalled, event_budget
 from .network import Delivery, Network
 from .scenario import Action, Scenario
 from .workload import Request, Workload
+
+__all__ = ["STALL_EVENTS", "NodeCrashed", "RunStalled", "World", "event_budget"]
 
 PORT = 7400
 #: A paused node's socket buffer: datagrams beyond it are dropped, as a kernel would.
 PAUSE_BACKLOG = 10_000
 #: The shared key of an ``authenticated`` scenario's cluster.
 CLUSTER_KEY = b"meshlimit-simulated-cluster-key"
-
-# The progress guard. A bug that re-arms a timer at ``now`` forever, or two nodes that
-# answer each other at once forever, would make a run spin without end; the world stops
-# it at once with a :class:`RunStalled` naming the scenario, seed and last events.
-#: Stalled: this many events in a row inside :data:`STALL_SPAN_NS` of virtual time. Why
-#: 10,000 in 1 ms: ten million events per simulated second, over 1,000 times the busiest
-#: shipped scenario (about 8 events per ms at 2,000 requests/s); a timer re-armed at
-#: ``now`` (run 1 ns later) trips it after 10,000 events, well under a wall second.
-STALL_EVENTS = 10_000
-STALL_SPAN_NS = NS_PER_MS
-#: The event budget of a run: ``EVENT_BUDGET_FACTOR x duration_s x nodes x (peak offered
-#: rate + BACKGROUND_EVENTS_PER_S) + BOOT_EVENTS``. Measured (shipped scenarios, default
-#: fuzz), a run takes 0.2-0.9 events per simulated second per node per request/s offered
-#: (plus timers, gossip and probes: about 20 per node per second with no load at all); why
-#: a factor of 20: far beyond any correct run, far below a spinning one.
-EVENT_BUDGET_FACTOR = 20
-BACKGROUND_EVENTS_PER_S = 50
-BOOT_EVENTS = 10_000
-#: Events remembered for the guard's message.
-LAST_EVENTS = 8
 
 
 @dataclass(slots=True)
@@ -91,29 +75,6 @@ class SimNode:
 
 class NodeCrashed(Exception):
     """An exception escaped a node: always a bug, reported with the seed."""
-
-
-class RunStalled(Exception):
-    """The progress guard stopped a run that would not end: virtual time stopped
-    advancing, or the run ran far more events than its schedule can explain."""
-
-
-def event_budget(scenario: Scenario) -> int:
-    """The most events a correct run of ``scenario`` may take (see :data:`EVENT_BUDGET_FACTOR`).
-
-    The offered rate is the peak over the timeline (``rate`` and ``hot`` actions change it).
-    """
-    background, hot = scenario.workload.rate, scenario.workload.hot_rate
-    peak = background + hot
-    for action in scenario.timeline:
-        if action.verb == "rate":
-            background = action.args[0]
-        elif action.verb == "hot":
-            hot = action.args[1]
-        peak = max(peak, background + hot)
-    seconds = scenario.duration_ns / NS_PER_S
-    rate = peak + BACKGROUND_EVENTS_PER_S
-    return int(EVENT_BUDGET_FACTOR * seconds * scenario.nodes * rate) + BOOT_EVENTS
 
 
 class World:
@@ -163,42 +124,55 @@ class World:
         end = self.scenario.duration_ns if until_ns is None else until_ns
         if self.now == 0:
             self._boot()
-        next_progress = 0
-        queue, digest, last_events = self.queue, self._digest, self.last_events
+        next_progress = 0 if progress is not None else end + 1
+        pop_due, digest, last_events = self.queue.pop_due, self._digest, self.last_events
+        hash_text, remember, nodes = digest.update, last_events.append, self.nodes
+        deliver, tick, next_request, handle = (
+            self._deliver,
+            self._tick,
+            self._next_request,
+            self._handle,
+        )
         budget = self.event_budget
         stall_from, stall_events = -STALL_SPAN_NS, 0
         while True:
-            due = queue.pop_due(end)
+            due = pop_due(end)
             if due is None:
                 break
             at, event = due
             self.now = at
-            self.events_run += 1
+            self.events_run = events_run = self.events_run + 1
             kind = event[0]
             if kind == "deliver":  # the digest takes the datagram's bytes as they are
                 d = event[1]
                 text = f"{at} deliver {d.src}>{d.dst} #{d.copy} sent {d.sent_at_ns}"
-                digest.update(text.encode())
-                digest.update(d.payload)
+                hash_text(text.encode())
+                hash_text(d.payload)
             else:
                 text = f"{at} {kind} {event[1]}"
-                digest.update(text.encode())
-            last_events.append(text)
+                hash_text(text.encode())
+            remember(text)
             if at - stall_from < STALL_SPAN_NS:
                 stall_events += 1
                 if stall_events >= STALL_EVENTS:
                     raise self._stalled(f"{STALL_EVENTS} events within {STALL_SPAN_NS} ns")
             else:
                 stall_from, stall_events = at, 0
-            if self.events_run > budget:
+            if events_run > budget:
                 raise self._stalled(f"over the event budget of {budget} events")
             if kind == "deliver":
-                self._deliver(event[1])
+                deliver(event[1])
             elif kind == "tick":
-                self._tick(event[1], event[2])
+                # A tick is stale (its timer re-armed, its life over) far more often than not.
+                sim = nodes[event[1]]
+                if sim.timer_at == at and event[2] == sim.generation:
+                    tick(sim)
+            elif kind == "request":
+                next_request(event[1])
             else:
-                self._handle(event)
-            if progress is not None and at >= next_progress:
+                handle(event)
+            if at >= next_progress:
+                assert progress is not None
                 progress(at)
                 next_progress = at + end // 100
         self.now = end
@@ -241,14 +215,9 @@ class World:
         self._schedule_request()
 
     def _handle(self, event: tuple[Any, ...]) -> None:
+        """The rarer events (``run`` handles deliveries, ticks and requests itself)."""
         kind = event[0]
-        if kind == "deliver":
-            self._deliver(event[1])
-        elif kind == "tick":
-            self._tick(event[1], event[2])
-        elif kind == "request":
-            self._next_request(event[1])
-        elif kind == "action":
+        if kind == "action":
             self._act(event[1])
         elif kind == "resume":
             self._resume(event[1])
@@ -265,6 +234,7 @@ class World:
             mode=self.scenario.mode,
             default_rule=self.scenario.limits.default,
             cluster_keys=(CLUSTER_KEY,) if self.scenario.authenticated else (),
+            share_decoded=True,  # one process: receivers take the senders' messages
         )
 
     def _start_node(
@@ -344,9 +314,12 @@ class World:
         self.checkers.on_exception(message)
         return NodeCrashed(message)
 
-    def _drain(self, sim: SimNode, received: Delivery | None = None) -> None:
+    def _drain(
+        self, sim: SimNode, received: Delivery | None = None, mono: int | None = None
+    ) -> None:
         """Collect everything a node produced and re-arm its timer (``received``: the
-        datagram it just took, which any forwarded answer or decision came from)."""
+        datagram it just took, which any forwarded answer or decision came from; ``mono``:
+        the node's monotonic reading now, if the caller has it)."""
         node = sim.node
         if node is None:
             return
@@ -359,46 +332,55 @@ class World:
                 if dst is not None:
                     for at, delivery in send(name, dst.name, datagram, now_ns=now):
                         push(at, ("deliver", delivery))
-        for event in node.events():
-            if isinstance(event, Decided):
-                started = self._tickets.pop((sim.name, sim.generation, event.ticket), None)
-                if started is not None:
-                    self.checkers.on_decision(
-                        sim.name, started[1], event.decision, started[0], self.now,
-                        asked=started[2], replied_by=None if received is None else str(received.src),
-                    )  # fmt: skip
-                else:  # answered twice, never asked, or asked of an earlier life
-                    self.checkers.on_stray_answer(sim.name, event.ticket, self.now)
-            elif isinstance(event, MembershipChanged):
-                self.checkers.on_membership(
-                    sim.name,
-                    event.event,
-                    self.now,
-                    subject_liveness=self.liveness(event.event.node),
-                )
-        if node.decision_log:
-            self.checkers.on_admissions(sim.name, node.decision_log, self.now, received)
-            node.decision_log.clear()
+        events = node.events()
+        if events:
+            self._report(sim, events, received)
+        log = node.decision_log
+        if log:
+            self.checkers.on_admissions(sim.name, log, now, received)
+            log.clear()
         if not sim.runtime_up:
             return  # no runtime, no timer: it is armed when the node starts to join
-        at = now + max(1, node.next_deadline() - sim.clock.mono_ns(now))
+        if mono is None:
+            mono = sim.clock.mono_ns(now)
+        wait = node.next_deadline() - mono
+        at = now + wait if wait > 1 else now + 1
         if sim.timer_at <= now or at < sim.timer_at:
             sim.timer_at = at
             self.queue.push(at, ("tick", sim.name, sim.generation))
 
-    def _tick(self, name: str, generation: int) -> None:
-        sim = self.nodes[name]
+    def _report(self, sim: SimNode, events: list[Event], received: Delivery | None) -> None:
+        """Hand a node's events to the checkers: answers to tickets, membership changes."""
+        checkers, now = self.checkers, self.now
+        for event in events:
+            if isinstance(event, Decided):
+                started = self._tickets.pop((sim.name, sim.generation, event.ticket), None)
+                if started is not None:
+                    checkers.on_decision(
+                        sim.name, started[1], event.decision, started[0], now,
+                        asked=started[2], replied_by=None if received is None else str(received.src),
+                    )  # fmt: skip
+                else:  # answered twice, never asked, or asked of an earlier life
+                    checkers.on_stray_answer(sim.name, event.ticket, now)
+            elif isinstance(event, MembershipChanged):
+                checkers.on_membership(
+                    sim.name,
+                    event.event,
+                    now,
+                    subject_liveness=self.liveness(event.event.node),
+                )
+
+    def _tick(self, sim: SimNode) -> None:
+        """A node's timer fired (``run`` checked that it is this life's, and due now)."""
         node = sim.node
         if node is None or sim.paused_until is not None:
-            return
-        if generation != sim.generation or self.now != sim.timer_at:
             return
         mono, wall = sim.clock.readings(self.now)
         try:
             node.tick(now_ns=mono, wall_ns=wall)
         except Exception as error:  # noqa: BLE001 - any escape is a finding
             raise self._escaped(sim, error) from error
-        self._drain(sim)
+        self._drain(sim, None, mono)
 
     def _deliver(self, delivery: Delivery) -> None:
         if not self.network.deliver(delivery, now_ns=self.now):
@@ -433,7 +415,7 @@ class World:
             raise self._escaped(sim, error) from error
         if judged:  # the membership news it carried, against the node's table after it
             self.checkers.on_datagram(sim.name, delivery.payload, node.members(), self.now)
-        self._drain(sim, delivery)
+        self._drain(sim, delivery, mono)
 
     def _resume(self, name: str) -> None:
         sim = self.nodes[name]
@@ -481,7 +463,7 @@ class World:
             owner = node.owner(request.client)  # the ring the check was forwarded by
             self._tickets[(sim.name, sim.generation, result)] = (self.now, request.client, owner)
             self.checkers.on_ticket(sim.name, request.client, self.now)
-        self._drain(sim)
+        self._drain(sim, None, mono)
 
     # --- the timeline -----------------------------------------------------------------
 

@@ -27,6 +27,9 @@ class BroadcastQueue:
         self._dropped = dropped
         self._order: SortedList = SortedList()  # (transmits, -generation, node)
         self._items: dict[str, tuple[MemberUpdate, int, int]] = {}  # node -> (update, tx, gen)
+        #: The pending updates by node, read-only: truthy while any waits (``if queue.pending``
+        #: costs a fraction of ``if queue``, which calls ``__len__``; membership asks often).
+        self.pending = self._items
         self._generation = 0
 
     def __len__(self) -> int:

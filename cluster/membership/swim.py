@@ -1,51 +1,49 @@
 """SWIM membership as a sans-IO state machine, after hashicorp/memberlist.
 
-Theory of operation. Every member is ALIVE, SUSPECT, DEAD or LEFT at some
-incarnation; :mod:`~meshlimit.cluster.membership.members` holds the table and the
-rules by which news about a member merges into it (a higher incarnation wins, then
-the more severe state). Only a member raises its own incarnation: to refute a
-suspicion or death about itself, and to leave.
+Theory of operation. Every member is ALIVE, SUSPECT, DEAD or LEFT at some incarnation;
+:mod:`~meshlimit.cluster.membership.members` holds the table and the rules by which news
+about a member merges into it (a higher incarnation wins, then the more severe state).
+Only a member raises its own incarnation: to refute a suspicion or death about itself, and
+to leave.
 
-Failure detection runs in probe rounds. Every ``probe_interval_ns`` the next member
-of a shuffled round-robin order gets a Ping. With no Ack after ``probe_timeout_ns``,
+Failure detection runs in probe rounds. Every ``probe_interval_ns`` the next member of a
+shuffled round-robin order gets a Ping. With no Ack after ``probe_timeout_ns``,
 ``indirect_checks`` alive members are asked to probe it for us (PingReq, answered by
-IndirectAck). With no answer by the end of the interval the target becomes SUSPECT,
-unless this node was itself stalled meanwhile: a tick that comes more than half a probe
-timeout after its probe was due means the node did not run (an
-overloaded or paused process), and an ack may have sat unread; such a probe is
-inconclusive (``probes_inconclusive``; at most ``awareness_max`` in a row, so a node
-that is always stalled still accuses in the end) and the stall raises the node's
-Lifeguard awareness score, which widens its next waits. A slow node refutes; it does
-not accuse.
-A suspicion turns into DEAD when its Lifeguard timer runs out: the timer starts at
-``suspicion_max_mult`` times the base timeout and shrinks towards the base as other
-members confirm the suspicion (see :mod:`~meshlimit.cluster.membership.suspicion`).
+IndirectAck). With no answer by the end of the interval the target becomes SUSPECT, unless
+this node was itself stalled meanwhile: a tick that comes more than half a probe timeout
+after its probe was due means the node did not run (an overloaded or paused process), and
+an ack may have sat unread; such a probe is inconclusive (``probes_inconclusive``; at most
+``awareness_max`` in a row, so a node that is always stalled still accuses in the end) and
+the stall raises the node's Lifeguard awareness score, which widens its next waits. A slow
+node refutes; it does not accuse. A suspicion turns into DEAD when its Lifeguard timer
+runs out: the timer starts at ``suspicion_max_mult`` times the base timeout and shrinks
+towards the base as other members confirm the suspicion (see
+:mod:`~meshlimit.cluster.membership.suspicion`).
 
 News spreads by piggybacking: the driver calls :meth:`Membership.piggyback` for every
 outgoing datagram and attaches what it returns; each update goes out
 ``retransmit_limit(n)`` times, least-sent first
-(:mod:`~meshlimit.cluster.membership.broadcasts`). A gossip timer pushes pending news to
-a few members when there is no other traffic. Gossip is probabilistic and may miss
-a member; three repairs follow. Join is a state transfer (a seed adds the joiner and
-answers with every member it knows), and a member sends one to a stranger that pings
-it by name, so whoever a gossip round missed learns the news within a probe round.
-Push-pull repeats the Join now and then (with a lost seed, a reaped member we still
-count, or a random member), so two sides that declared each other dead during a
-partition merge again, even when no seed is on the other side. A member we hold DEAD that still pings is told so,
-and refutes.
+(:mod:`~meshlimit.cluster.membership.broadcasts`). A gossip timer pushes pending news to a
+few members when there is no other traffic. Gossip is probabilistic and may miss a member;
+three repairs follow. Join is a state transfer (a seed adds the joiner and answers with
+every member it knows), and a member sends one to a stranger that pings it by name, so
+whoever a gossip round missed learns the news within a probe round. Push-pull repeats the
+Join now and then (with a lost seed, a reaped member we still count, or a random member),
+so two sides that declared each other dead during a partition merge again, even when no
+seed is on the other side. A member we hold DEAD that still pings is told so, and refutes.
 
 The cluster's size outlives the table: reaped dead members stay in the
 :mod:`~meshlimit.cluster.membership.roster` and still count in :meth:`Membership.quorum`
 (the members a majority is taken of) until they come back, are forgotten by an operator
-(:meth:`Membership.forget`) or ``forget_after_ns`` passes; a join reply carries the roster,
-so a newcomer learns the cluster's size from any member.
+(:meth:`Membership.forget`) or ``forget_after_ns`` passes; a join reply carries the
+roster, so a newcomer learns the cluster's size from any member.
 
-Nothing here reads a clock or a global random source. ``now_ns`` (wall clock,
-nanoseconds) is passed to every entry point and serves both for durations and, in
-Ping/Ack, for clock-skew estimates; a wall-clock step may spoil one RTT sample,
-which the EWMA absorbs. Randomness comes from the injected ``random.Random``.
-Outputs are ``(address, message)`` pairs; the driver may pack the pairs for one
-address into one datagram. Garbage from peers is dropped and counted in ``dropped``.
+Nothing here reads a clock or a global random source. ``now_ns`` (wall clock, nanoseconds)
+is passed to every entry point and serves both for durations and, in Ping/Ack, for
+clock-skew estimates; a wall-clock step may spoil one RTT sample, which the EWMA absorbs.
+Randomness comes from the injected ``random.Random``. Outputs are ``(address, message)``
+pairs; the driver may pack the pairs for one address into one datagram. Garbage from peers
+is dropped and counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -174,15 +172,15 @@ class Membership:
         self._next_probe_at = now_ns + rng.randrange(config.probe_interval_ns)
         self._gossip_at = now_ns
         self._push_pull_at = now_ns + config.push_pull_interval_ns
+        #: next_deadline's answer until an entry point that may move a timer runs; ``changes``
+        #: counts those (but piggyback): while it stands, so do states, table and events.
+        self._deadline: int | None = None
+        self.changes = 0
         self._handlers: dict[type, Callable[[str, Address, Any, int], Outputs]] = {
-            Ping: self._on_ping,
-            Ack: self._on_ack,
-            PingReq: self._on_ping_req,
-            IndirectAck: self._on_indirect_ack,
-            MemberUpdate: self._on_update,
-            Join: self._on_join,
-            JoinReply: self._on_join_reply,
-        }
+            Ping: self._on_ping, Ack: self._on_ack, PingReq: self._on_ping_req,
+            IndirectAck: self._on_indirect_ack, MemberUpdate: self._on_update,
+            Join: self._on_join, JoinReply: self._on_join_reply,
+        }  # fmt: skip
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -270,6 +268,7 @@ class Membership:
     def join(self, seeds: Sequence[Address], *, now_ns: int) -> Outputs:
         """Ask each seed for the membership; retried with backoff until answered
         (``join_retry_delay_ns``)."""
+        self._deadline, self.changes = None, self.changes + 1
         unique = dict.fromkeys((host, port) for host, port in seeds if (host, port) != self.addr)
         self._seeds = tuple(unique)
         self._joined = not self._seeds
@@ -281,6 +280,7 @@ class Membership:
 
     def leave(self, *, now_ns: int) -> Outputs:
         """Leave gracefully: LEFT at a higher incarnation, told to a few members directly."""
+        self._deadline, self.changes = None, self.changes + 1
         if self._self.state == LEFT:
             return []
         update = self._table.leave(now_ns)
@@ -295,6 +295,7 @@ class Membership:
         Returns ``forgotten``; or, changing nothing, ``unknown`` (no such member), ``gone``
         (it left or was forgotten already), ``alive`` (a live member is never forgotten:
         stop it first) or ``self``."""
+        self._deadline, self.changes = None, self.changes + 1
         if node == self.node_id:
             return "self"
         m = self._members.get(node)
@@ -313,8 +314,9 @@ class Membership:
 
     def piggyback(self, max_count: int | None = None) -> list[MemberUpdate]:
         """Updates to attach to one outgoing datagram; each call counts as one transmission."""
-        if not self._queue:
+        if not self._queue.pending:
             return []
+        self._deadline = None  # the queue may empty: no gossip timer then
         count = self.config.max_piggyback if max_count is None else max_count
         return self._queue.take(count, retransmit_limit(self.config, self._table.live_count))
 
@@ -323,6 +325,7 @@ class Membership:
         handler = self._handlers.get(type(msg))
         if handler is None:
             return []  # not a membership message
+        self._deadline, self.changes = None, self.changes + 1
         if not (is_node(sender) and is_addr(sender_addr)):
             self.dropped["bad_sender"] += 1
             return []
@@ -340,10 +343,14 @@ class Membership:
 
     def tick(self, *, now_ns: int) -> Outputs:
         """Do whatever is due: probes, indirect probes, suspicion timeouts, gossip, reaping."""
-        out: Outputs = []
-        # Judged on the probe deadline, which every tick past it advances (the gossip one
-        # stays behind while there is no news, and would look like a stall).
+        # Stalls are judged on the probe deadline (the gossip one lags while there is no news).
         late = self.config.probe_timeout_ns // 2
+        if now_ns < self.next_deadline() and now_ns - self._next_probe_at < late:
+            if self._relays:  # nothing due, no stall (the node ticks for its own timers)
+                self._expire_relays(now_ns)
+            return []
+        self._deadline, self.changes = None, self.changes + 1  # timers, states may move
+        out: Outputs = []
         self._awareness.note_tick(now_ns, min(self._next_probe_at, now_ns), late)
         if self._self.state != LEFT:
             out += self._retry_join(now_ns)
@@ -361,7 +368,12 @@ class Membership:
 
     def next_deadline(self) -> int:
         """The earliest ``now_ns`` at which :meth:`tick` has work."""
-        times = [self._gossip_at if self._queue else NEVER]
+        if self._deadline is None:
+            self._deadline = self._next_deadline()
+        return self._deadline
+
+    def _next_deadline(self) -> int:
+        times = [self._gossip_at if self._queue.pending else NEVER]
         times += [self._table.reap_at, self._roster.expires_at]
         if self._self.state != LEFT:
             times += [self._next_probe_at, self._push_pull_at]
@@ -558,11 +570,8 @@ class Membership:
     def _pick(self, k: int, exclude: str = "", only_alive: bool = False) -> list[str]:
         """Up to ``k`` random live members other than self and ``exclude``."""
         states = (ALIVE,) if only_alive else LIVE
-        pool = [
-            n
-            for n, m in self._members.items()
-            if m.state in states and n != self.node_id and n != exclude
-        ]
+        members = self._members.items()
+        pool = [n for n, m in members if m.state in states and n not in (self.node_id, exclude)]
         return self._rng.sample(pool, min(k, len(pool)))
 
     def _measure(self, node: str, sent_ns: int, ack: Ack, now: int) -> None:
@@ -585,6 +594,7 @@ class Membership:
         self._table._check()
         self._roster._check()
         assert len(self._relays) <= self.config.max_relays
+        assert self._deadline in (None, self._next_deadline()), "stale next_deadline"
         clocks = self._clocks
         assert set(clocks.rtts) <= set(self._members) and set(clocks.offsets) <= set(self._members)
         self._queue._check()

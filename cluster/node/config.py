@@ -89,6 +89,11 @@ class NodeConfig:
     shadow: bool = False
     """Shadow (dry run) for every rule on this node: decisions are computed, counted and
     reported, but every request is allowed. Why off: enforcement is the point."""
+    share_decoded: bool = False
+    """Hand this node's datagrams to receivers in the same process already decoded, and
+    take theirs so (``cluster/wire/handoff.py``): a cache, the very messages decoding the
+    bytes would give. For the simulator, which runs every node in one process. Why off: a
+    daemon's peers are other processes, where it would only cost."""
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
     """SWIM timings (``lan``, ``local``, ``wan`` or ``sim`` presets)."""
 

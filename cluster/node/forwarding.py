@@ -47,9 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshlimit.cluster.node.config import NodeConfig
-from meshlimit.cluster.node.events import Decided
+from meshlimit.cluster.node.events import Decided, decided_event
 from meshlimit.cluster.node.link import Link
-from meshlimit.cluster.wire.messages import Address, CheckBatch, CheckResult, ReplyBatch
+from meshlimit.cluster.wire.messages import (
+    Address,
+    CheckBatch,
+    CheckResult,
+    ReplyBatch,
+    check_result,
+)
 from meshlimit.core.decision import Decision, make_decision
 
 _NEVER = 2**63 - 1
@@ -62,6 +68,10 @@ MAX_TIMEOUT_MULT = 4
 #: reply meanwhile; a shorter memory would read the next timeout as a crash. An owner that
 #: really crashed while slow is refused ``overloaded`` until SWIM detects it (seconds).
 SLOW_MEMORY_MULT = 25
+_INF = float("inf")
+_ALLOWED, _REFUSED = "forwarded_allowed", "forwarded_refused"
+#: A stand-in for a batch's answer cache before its first check names the life.
+_NO_ANSWERS: OrderedDict[int, CheckResult] = OrderedDict()
 #: Encoded size of one forwarded check beyond its client id: the request id (up to 9
 #: bytes), the cost (up to 9), the id's string header (up to 3) and the array header.
 CHECK_OVERHEAD_BYTES = 22
@@ -220,14 +230,14 @@ class Forwarding:
         left = self._per_owner[owner] - 1
         if left > 0:
             self._per_owner[owner] = left
-        else:
-            del self._per_owner[owner]
+        else:  # as ``del`` on a Counter (no KeyError), without its Python-level __delitem__
+            self._per_owner.pop(owner, None)
 
     def next_deadline(self) -> int:
         """When the open batch window closes or the oldest forward times out."""
         deadline = self._batch_due_ns
-        if self.pending:
-            deadline = min(deadline, next(iter(self.pending.values())).deadline_ns)
+        for oldest in self.pending.values():  # the first is the oldest: asked after every input
+            return oldest.deadline_ns if oldest.deadline_ns < deadline else deadline
         return deadline
 
     # --- the asking side --------------------------------------------------------------
@@ -326,8 +336,8 @@ class Forwarding:
                 "forwarded",
                 window_ns=window_ns,
             )
-            self._stats[f"forwarded_{'allowed' if result.allowed else 'refused'}"] += 1
-            decided.append(Decided(result.request_id, pending.client, decision))
+            self._stats[_ALLOWED if result.allowed else _REFUSED] += 1
+            decided.append(decided_event(result.request_id, pending.client, decision))
         return decided
 
     def _not_pending(self, sender: str, result: CheckResult, now_ns: int) -> None:
@@ -354,7 +364,7 @@ class Forwarding:
         """Decide a batch forwarded by ``sender`` (each request id once) and reply to the
         address it came from (a node that has just restarted may not know it yet)."""
         results = []
-        life, seen = -1, OrderedDict[int, CheckResult]()
+        life, seen = -1, _NO_ANSWERS  # replaced at the first check: no id has life -1
         for request_id, client, cost in message.checks:
             if request_id >> SEQ_BITS != life:  # a batch holds one life: looked up once
                 life = request_id >> SEQ_BITS
@@ -365,13 +375,13 @@ class Forwarding:
                 results.append(cached)
                 continue
             decision = decide(client, cost, wall, "forwarded")
-            result = CheckResult(
+            result = check_result(
                 request_id,
                 decision.allowed,
                 decision.limit,
                 decision.remaining,
                 int(decision.reset_after * 1000),
-                -1 if decision.retry_after == float("inf") else int(decision.retry_after * 1000),
+                -1 if decision.retry_after == _INF else int(decision.retry_after * 1000),
             )
             seen[request_id] = result
             if len(seen) > self._config.dedup_per_peer:

@@ -21,6 +21,7 @@ batches are split to.
 from __future__ import annotations
 
 from collections import Counter
+from functools import cache
 
 from meshlimit.cluster.membership import Membership
 from meshlimit.cluster.node.config import NodeConfig
@@ -36,6 +37,14 @@ from meshlimit.cluster.wire.messages import (
     RuleDigest,
     RuleEntries,
 )
+
+
+@cache
+def _limits(max_datagram_bytes: int) -> codec.Limits:
+    """The bounds of a node's link: one object per budget, so that nodes sharing a process
+    share it (an envelope handed over checks the receiver's bounds by identity first)."""
+    return codec.Limits(max_datagram_bytes=max_datagram_bytes)
+
 
 #: What the data lane carries; everything else (probes, acks, joins, membership news)
 #: leaves first, so a burst of checks or a hand-over never delays failure detection.
@@ -59,9 +68,13 @@ class Link:
         self._membership = membership
         self._stats = stats
         self._dropped = dropped
-        self._queue: list[tuple[Address, Message]] = []
+        #: Messages waiting for :meth:`datagrams`, with their addresses (read-only outside).
+        self.queue: list[tuple[Address, Message]] = []
         #: What a decoded datagram may hold (sizes, counts): refused beyond.
-        self.limits = codec.Limits(max_datagram_bytes=max(config.datagram_budget, 1400))
+        self.limits = _limits(max(config.datagram_budget, 1400))
+        self._share = config.share_decoded
+        self._drops_counted = False  # the drop counters exist once datagrams were packed
+        self._decode = codec.DatagramDecoder(self.limits, share=self._share).decode
         self._guard: Guard | None = None
         if config.cluster_keys:
             self._guard = new_guard(
@@ -74,6 +87,9 @@ class Link:
         self.payload_budget = config.datagram_budget - (TRAILER_BYTES if self._guard else 0)
         #: Room for one message alone in a datagram, so split batches always fit.
         self.message_budget = codec.message_budget(config.node_id, config.addr, self.payload_budget)
+        self._pack = codec.DatagramPacker(
+            config.node_id, config.addr, self.payload_budget, limits=self.limits, share=self._share
+        ).pack
 
     # --- incoming ---------------------------------------------------------------------
 
@@ -85,7 +101,7 @@ class Link:
                 return None
             datagram = opened
         try:
-            envelope = codec.decode(datagram, self.limits)
+            envelope = self._decode(datagram)
         except codec.DecodeError as error:
             self._dropped[f"decode_{error.reason}"] += 1
             return None
@@ -106,46 +122,85 @@ class Link:
         if addr is None:
             self._dropped["no_address"] += 1
             return
-        self._queue.append((addr, message))
+        self.queue.append((addr, message))
 
     def send_to(self, addr: Address, message: Message) -> None:
         """Queue ``message`` for an address (a joiner that is not a member yet)."""
-        self._queue.append((addr, message))
+        self.queue.append((addr, message))
 
     def send_all(self, out: list[tuple[Address, Message]]) -> None:
         """Queue what membership returned for sending."""
-        self._queue.extend(out)
+        self.queue.extend(out)
 
     def datagrams(self, *, wall_ns: int) -> list[tuple[bytes, Address]]:
         """Everything queued, packed into datagrams with membership news piggybacked
         (sealed at ``wall_ns`` when the cluster is authenticated)."""
-        if not self._queue:
+        queue = self.queue
+        if not queue:
             return []
+        self.queue = []
+        if len(queue) == 1:  # the common case (a batch of checks, a reply): one datagram
+            return self._one(*queue[0], wall_ns=wall_ns)
         control: dict[Address, list[Message]] = {}
         data: dict[Address, list[Message]] = {}
-        for addr, message in self._queue:
+        for addr, message in queue:
             lane = data if isinstance(message, DATA_MESSAGES) else control
-            lane.setdefault(addr, []).append(message)
-        self._queue = []
+            waiting = lane.get(addr)
+            if waiting is None:
+                lane[addr] = [message]
+            else:
+                waiting.append(message)
         first: list[tuple[bytes, Address]] = []  # the datagrams carrying membership messages
         rest: list[tuple[bytes, Address]] = []
-        addrs = [*control, *(a for a in data if a not in control)]
-        for addr in addrs:
-            urgent = control.get(addr, [])
-            messages = [*urgent, *self._membership.piggyback(), *data.get(addr, [])]
-            packed = codec.pack_datagrams(
-                self._node_id, self._addr, messages, self.payload_budget, limits=self.limits
-            )
-            self._dropped["oversized"] += packed.oversized
-            self._dropped["invalid_outgoing"] += packed.invalid
-            guard = self._guard
-            sealed = [
-                (d if guard is None else guard.seal(d, now_ns=wall_ns), addr)
-                for d in packed.datagrams
-            ]
+        piggyback, guard, pack = self._membership.piggyback, self._guard, self._pack
+        oversized = invalid = 0
+        for addr in [*control, *(a for a in data if a not in control)] if control else data:
+            urgent = control.get(addr)
+            news = piggyback()
+            later = data.get(addr)
+            messages: list[Message]
+            if urgent is None:
+                assert later is not None  # the address came from the data lane
+                messages = [*news, *later] if news else later
+            else:
+                messages = [*urgent, *news, *later] if later else [*urgent, *news]
+            packed = pack(messages)
+            oversized += packed.oversized
+            invalid += packed.invalid
+            sealed = packed.datagrams
+            if guard is not None:
+                sealed = [guard.seal(d, now_ns=wall_ns) for d in sealed]
             # Packing keeps order: probes and acks lead, so the first datagram holds them.
-            split = 1 if urgent else 0
-            first.extend(sealed[:split])
-            rest.extend(sealed[split:])
+            if urgent and sealed:
+                first.append((sealed[0], addr))
+                rest.extend([(d, addr) for d in sealed[1:]])
+            else:
+                rest.extend([(d, addr) for d in sealed])
+        self._count_drops(oversized, invalid)
         self._stats["datagrams_sent"] += len(first) + len(rest)
-        return first + rest
+        return first + rest if first else rest
+
+    def _count_drops(self, oversized: int, invalid: int) -> None:
+        """Count what packing dropped (the counters exist, at 0, from the first datagram on)."""
+        dropped = self._dropped
+        dropped["oversized"] += oversized
+        dropped["invalid_outgoing"] += invalid
+        self._drops_counted = True
+
+    def _one(self, addr: Address, message: Message, *, wall_ns: int) -> list[tuple[bytes, Address]]:
+        """:meth:`datagrams` for a queue of one message (the same datagrams, and counts)."""
+        news = self._membership.piggyback()
+        messages: list[Message]
+        if isinstance(message, DATA_MESSAGES):
+            messages = [*news, message] if news else [message]
+        else:
+            messages = [message, *news] if news else [message]
+        packed = self._pack(messages)
+        if packed.oversized or packed.invalid or not self._drops_counted:
+            self._count_drops(packed.oversized, packed.invalid)
+        guard = self._guard
+        out = [
+            (d if guard is None else guard.seal(d, now_ns=wall_ns), addr) for d in packed.datagrams
+        ]
+        self._stats["datagrams_sent"] += len(out)
+        return out

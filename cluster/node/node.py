@@ -118,6 +118,7 @@ class Node:
         self._anti_entropy_at = now_ns + config.anti_entropy_interval_ns
         self._membership_dirty = True
         self._membership_seen = (0, False, False)
+        self._membership_changes = -1  # membership.changes when last looked at
         self._events: list[Event] = []
         self.stats: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -205,11 +206,12 @@ class Node:
         envelope = self._link.open(datagram, wall_ns=wall)
         if envelope is None:
             return
+        dispatch = self._dispatch
         for message in envelope.messages:
             # A peer's garbage surfaces as one of these and is dropped with its message;
             # an AssertionError is this node's bug, not the peer's, and escapes.
             try:
-                self._dispatch(envelope, message, now_ns, wall)
+                dispatch(envelope, message, now_ns, wall)
             except (ValueError, KeyError, TypeError) as error:
                 self.dropped[f"bad_{type(message).__name__}"] += 1
                 self.stats["last_error_" + type(error).__name__] += 1
@@ -218,8 +220,12 @@ class Node:
     def tick(self, *, now_ns: int, wall_ns: int | None = None) -> None:
         """Advance timers: probes, batch flushes, timeouts, gossip, anti-entropy, sweeps."""
         wall = self._advance(now_ns, wall_ns)
-        self._link.send_all(self.membership.tick(now_ns=now_ns))
-        self._events.extend(self.joining.tick(now_ns=now_ns))
+        out = self.membership.tick(now_ns=now_ns)
+        if out:
+            self._link.send_all(out)
+        wanted = self.joining.tick(now_ns=now_ns)
+        if wanted:
+            self._events.extend(wanted)
         self._after_membership_input(now_ns)
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
@@ -279,7 +285,8 @@ class Node:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Everything queued, packed into datagrams with membership news piggybacked."""
-        return self._link.datagrams(wall_ns=self._last_wall_ns)
+        link = self._link
+        return link.datagrams(wall_ns=self._last_wall_ns) if link.queue else []
 
     def events(self) -> list[Event]:
         """Decisions for tickets and membership changes since the last call."""
@@ -467,9 +474,14 @@ class Node:
 
     def _after_membership_input(self, now_ns: int) -> None:
         """Pass membership news on: events out, reachability and majority, ring, hand-over."""
-        events = self.membership.drain_events()
-        generation = self.membership.generation  # any change of states, table or roster
-        joined, ready = self.joining.knows_ring, self.joining.ready
+        membership = self.membership
+        if membership.changes == self._membership_changes and not self._membership_dirty:
+            return  # no membership entry point ran since: no events, the same states
+        self._membership_changes = membership.changes
+        events = membership.drain_events()
+        generation = membership.generation  # any change of states, table or roster
+        joined = self.joining.knows_ring
+        ready = joined and not self.joining.left  # joining.ready, without asking twice
         seen = (generation, joined, ready)
         if not events and not self._membership_dirty and seen == self._membership_seen:
             return

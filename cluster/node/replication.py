@@ -171,10 +171,15 @@ class Replication:
         if series.startswith("token_bucket"):
             return [CounterSlot(client, series, counter.tat, ())]
         slots = []
+        me = self._node_id
         for window, gcounter in ((counter.window, counter.cur), (counter.window - 1, counter.prev)):
-            items = [(n, c) for n, c in gcounter.items() if not own_only or n == self._node_id]
+            if own_only:  # one slot: a non-empty one is above 0, so ``get`` tells
+                own = gcounter.get(me)
+                items: tuple[tuple[str, int], ...] = ((me, own),) if own else ()
+            else:
+                items = tuple(gcounter.items())
             if items and window >= 0:
-                slots.append(CounterSlot(client, series, window, tuple(items)))
+                slots.append(CounterSlot(client, series, window, items))
         return slots
 
     def send_slots(self, by_node: dict[str, list[CounterSlot]]) -> None:

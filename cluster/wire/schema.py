@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from functools import lru_cache
+from functools import cache, lru_cache
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgpack
 
+from meshlimit.cluster.wire.frozen import twin
 from meshlimit.cluster.wire.limits import Limits, field_error
 from meshlimit.cluster.wire.messages import (
     Ack,
@@ -66,10 +67,18 @@ class Decoder(Protocol[_T_co]):
 
 
 class _Writer:
-    """Collects one generated function's lines, fresh local names and referenced objects."""
+    """Collects one generated function's lines, fresh local names and referenced objects.
 
-    def __init__(self, limits: Limits) -> None:
+    ``mode``: ``decode`` writes a decoder of wire arrays; ``screen`` a screener of them (see
+    :func:`screeners_for`: arrays may also be lists, as the encoders build them, and records
+    are checked, not built); ``canon`` a checker of message objects themselves (see
+    :func:`canonical_for`: records are read by attribute and must be of their exact class)."""
+
+    def __init__(self, limits: Limits, *, mode: str = "decode") -> None:
+        assert mode in ("decode", "screen", "canon")
         self.limits = limits
+        self.mode = mode
+        self.screen = mode != "decode"  # checks only, builds nothing
         self.lines: list[str] = []
         self.objects: dict[str, Any] = {"new": object.__new__, "_bad": field_error}
         self.depth = 1
@@ -90,14 +99,22 @@ class _Writer:
     def line(self, text: str) -> None:
         self.lines.append("    " * self.depth + text)
 
+    def not_array(self, x: str) -> str:
+        """The test that ``x`` is no array: msgpack decodes arrays as tuples, and a screener
+        also takes the lists the encoders make (both encode as the same msgpack array)."""
+        if self.mode == "screen":
+            return f"(type({x}) is not tuple and type({x}) is not list)"
+        return f"type({x}) is not tuple"
+
     def fail(self, test: str, reason: str, path: str, expected: str, value: str) -> None:
         """``if test: raise DecodeError(reason, ...)`` on one line."""
         self.line(f"if {test}: raise _bad({reason!r}, {path!r}, {expected!r}, {value})")
 
     def function(self, path: str, emit: Emit) -> Decoder[Any]:
-        """Compiles ``def decode_<path>(v): ...; return <decoded v>`` from ``emit``."""
+        """Compiles ``def decode_<path>(v): ...; return <decoded v>`` from ``emit`` (a
+        screener or checker: ``def screen_<path>(v): ...; return v``, ``canon_<path>``)."""
         result = emit(self, "v", path)
-        name = f"decode_{path}"
+        name = f"{self.mode}_{path}"
         source = "\n".join([f"def {name}(v):", *self.lines, f"    return {result}", ""])
         exec(compile(source, f"<meshlimit codec: {name}>", "exec"), self.objects)
         function: Decoder[Any] = self.objects[name]
@@ -110,13 +127,24 @@ Emit = Callable[[_Writer, str, str], str]
 expression for its decoded value: ``x`` itself for scalars and tuples."""
 
 
+Source = Callable[[str, int], str]
+"""Given the expression of a field's Python value (and how deeply nested it is, for fresh
+loop names), the expression of its wire value."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Kind:
     """A field's type on the wire: how to decode it, and how its Python value is sent."""
 
     emit: Emit
-    wire: Callable[[Any], Any] | None = None
-    """Turns the Python value into its wire value; None when msgpack sends it as it is."""
+    source: Source | None = None
+    """Writes the expression of the wire value; None when msgpack sends the value as it is."""
+
+    @property
+    def wire(self) -> Callable[[Any], Any] | None:
+        """Turns the Python value into its wire value (compiled from :attr:`source`); None
+        when msgpack sends it as it is."""
+        return None if self.source is None else _compile_wire(self)
 
 
 def _int(low: int, top: Callable[[Limits], int]) -> _Kind:
@@ -169,7 +197,7 @@ def _optional(inner: _Kind) -> _Kind:
 
 def _unpack(w: _Writer, x: str, n: int, path: str) -> list[str]:
     """Checks that ``x`` is an array of ``n`` and unpacks it into fresh names."""
-    w.fail(f"type({x}) is not tuple or len({x}) != {n}", "bad_field", path, f"an array of {n}", x)
+    w.fail(f"{w.not_array(x)} or len({x}) != {n}", "bad_field", path, f"an array of {n}", x)
     names = [w.fresh() for _ in range(n)]
     w.line(f"{', '.join(names)}, = {x}")
     return names
@@ -191,7 +219,7 @@ def _items(item: _Kind) -> _Kind:
 
     def emit(w: _Writer, x: str, path: str) -> str:
         hi = w.limits.max_items
-        w.fail(f"type({x}) is not tuple", "bad_field", path, "an array", x)
+        w.fail(w.not_array(x), "bad_field", path, "an array", x)
         w.fail(f"len({x}) > {hi}", "too_many", path, f"at most {hi} items", f"len({x})")
         y, out, at = w.fresh(), w.fresh(), len(w.lines)
         w.line(f"for {y} in {x}:")
@@ -203,25 +231,46 @@ def _items(item: _Kind) -> _Kind:
             w.lines.append("    " * (w.depth + 1) + f"{out}.append({value})")
         return x if value == y else f"tuple({out})"
 
-    wire = item.wire
-    return _Kind(emit, None if wire is None else lambda v: list(map(wire, v)))
+    inner = item.source
+    if inner is None:
+        return _Kind(emit)
+    return _Kind(emit, lambda x, depth: f"[{inner(f'i{depth}', depth + 1)} for i{depth} in {x}]")
 
 
 def _record(cls: type, *parts: _Kind) -> _Kind:
     """A dataclass sent as the positional array of its fields, with no tag."""
-    return _Kind(
-        lambda w, x, path: _emit_fields(w, cls, parts, _unpack(w, x, len(parts), path), path),
-        _values(cls, parts),
-    )
+
+    def emit(w: _Writer, x: str, path: str) -> str:
+        names = (
+            _attributes(w, cls, x, path) if w.mode == "canon" else _unpack(w, x, len(parts), path)
+        )
+        built = _emit_fields(w, cls, parts, names, path)
+        return x if w.screen else built
+
+    return _Kind(emit, _fields_source(cls, parts))
 
 
 def _message(cls: type, parts: Sequence[_Kind]) -> Emit:
     """A message: its tag (checked by the caller), then its fields."""
 
     def emit(w: _Writer, x: str, path: str) -> str:
-        return _emit_fields(w, cls, parts, _unpack(w, x, len(parts) + 1, path)[1:], path)
+        if w.mode == "canon":
+            names = _attributes(w, cls, x, path)
+        else:
+            names = _unpack(w, x, len(parts) + 1, path)[1:]
+        built = _emit_fields(w, cls, parts, names, path)
+        return x if w.screen else built
 
     return emit
+
+
+def _attributes(w: _Writer, cls: type, x: str, path: str) -> list[str]:
+    """Checks that ``x`` is exactly a ``cls`` (a checker of objects) and reads its fields
+    into fresh names."""
+    w.fail(f"type({x}) is not {w.ref(cls, cls.__name__)}", "bad_field", path, cls.__name__, x)
+    names = [w.fresh() for _ in fields(cls)]
+    w.line(f"{', '.join(names)}, = {', '.join(f'{x}.{f.name}' for f in fields(cls))},")
+    return names
 
 
 def _emit_fields(w: _Writer, cls: type, parts: Sequence[_Kind], names: list[str], path: str) -> str:
@@ -232,25 +281,38 @@ def _emit_fields(w: _Writer, cls: type, parts: Sequence[_Kind], names: list[str]
     values = [
         part.emit(w, x, f"{path}.{slot}") for part, x, slot in zip(parts, names, slots, strict=True)
     ]
-    # Build the frozen dataclass through its slots: the object cls(...) would make, at half
-    # the cost of the generated __init__, which goes through object.__setattr__.
+    if w.screen:
+        return ""  # checked only: the caller returns the wire value itself
+    # Build the frozen dataclass as frozen.builder does: a twin with the same slots, filled
+    # with plain stores, then given the class. The object cls(...) would make, at a fifth
+    # of the cost of the generated __init__, which goes through object.__setattr__.
     obj = w.fresh()
-    w.line(f"{obj} = new({w.ref(cls, cls.__name__)})")
+    w.line(f"{obj} = new({w.ref(twin(cls), cls.__name__ + 'Twin')})")
     for slot, value in zip(slots, values, strict=True):
-        w.line(f"{w.ref(getattr(cls, slot).__set__, f'set_{slot}')}({obj}, {value})")
+        w.line(f"{obj}.{slot} = {value}")
+    w.line(f"{obj}.__class__ = {w.ref(cls, cls.__name__)}")
     return obj
 
 
-def _values(cls: type, parts: Sequence[_Kind]) -> Callable[[Any], tuple[Any, ...]]:
-    """Reads a dataclass's field values, as they go on the wire, in field order."""
+def _fields_source(cls: type, parts: Sequence[_Kind]) -> Source:
+    """A dataclass's field values as they go on the wire, in field order, as a tuple."""
     names = [f.name for f in fields(cls)]
-    get = attrgetter(*names) if len(names) > 1 else lambda obj: (getattr(obj, names[0]),)
-    wires = [part.wire for part in parts]
-    if all(wire is None for wire in wires):
-        return get
-    return lambda obj: tuple(
-        v if wire is None else wire(v) for wire, v in zip(wires, get(obj), strict=True)
-    )
+
+    def source(x: str, depth: int) -> str:
+        values = [
+            f"{x}.{name}" if part.source is None else part.source(f"{x}.{name}", depth)
+            for name, part in zip(names, parts, strict=True)
+        ]
+        return f"({', '.join(values)},)"
+
+    return source
+
+
+@cache
+def _compile_wire(kind: _Kind) -> Callable[[Any], Any]:
+    assert kind.source is not None
+    function: Callable[[Any], Any] = eval(f"lambda v: {kind.source('v', 0)}")  # noqa: S307
+    return function
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -300,9 +362,15 @@ BATCH_ITEMS = {cls: kinds[0] for cls, kinds in FIELDS.items() if len(kinds) == 1
 
 
 def _wire_encoder(cls: type[Message]) -> Callable[[Any], tuple[Any, ...]]:
-    """Turns one message into its wire array: the tag, then the field values."""
-    tag, values = cls.TAG, _values(cls, FIELDS[cls])
-    return lambda msg: (tag, *values(msg))
+    """Turns one message into its wire array: the tag, then the field values. Generated as
+    one expression (``(10, m.checks)``; a list of records becomes a list comprehension of
+    tuples), which msgpack packs as arrays: no call per field or record."""
+    body = _fields_source(cls, FIELDS[cls])("m", 0)
+    source = f"def wire_{cls.__name__}(m):\n    return ({cls.TAG}, {body[1:]}\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<meshlimit codec: wire_{cls.__name__}>", "exec"), namespace)  # noqa: S102
+    function: Callable[[Any], tuple[Any, ...]] = namespace[f"wire_{cls.__name__}"]
+    return function
 
 
 TO_WIRE = {cls: _wire_encoder(cls) for cls in FIELDS}
@@ -311,8 +379,15 @@ TO_WIRE = {cls: _wire_encoder(cls) for cls in FIELDS}
 
 def to_msgpack(obj: object) -> bytes:
     """msgpack bytes; ``use_bin_type`` keeps str and bin apart (we only ever send str)."""
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = _PACK(obj)
     return packed
+
+
+#: One packer for every call (``msgpack.packb`` makes a new one each time, a third of the
+#: cost of packing a small message). Safe to share: packing our values (tuples, lists, str,
+#: int, bool, None) runs in C under the GIL without calling back into Python, and the packer
+#: empties its buffer when a value cannot be packed (autoreset).
+_PACK = msgpack.Packer(use_bin_type=True).pack
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -347,6 +422,40 @@ def decoders_for(limits: Limits) -> Decoders:
         sender_addr=_Writer(limits).function("sender_addr", _ADDR.emit),
         by_tag=by_tag,
     )
+
+
+@lru_cache(maxsize=8)
+def screeners_for(limits: Limits) -> dict[type[Message], Decoder[Any]]:
+    """Per message class, a generated screener of its wire array (as :data:`TO_WIRE` makes
+    it): it raises :class:`~meshlimit.cluster.wire.limits.DecodeError` where the decoder
+    would refuse the array after a trip through msgpack, and returns the array otherwise.
+
+    What it passes, the decoder takes: the checks are the decoder's own, on the same values
+    (msgpack turns the lists and tuples it is given into tuples, and gives back exact str,
+    int and bool for exact ones). Only the converse may fail: a value of a subclass (an
+    ``IntEnum`` for an int) is refused here though msgpack would send it as its base type,
+    so a refusal is a reason to ask the decoder (``datagrams._screened``), never a verdict.
+    """
+    return {
+        cls: _Writer(limits, mode="screen").function(cls.__name__, _message(cls, kinds))
+        for cls, kinds in FIELDS.items()
+    }
+
+
+@lru_cache(maxsize=8)
+def canonical_for(limits: Limits) -> dict[type[Message], Decoder[Any]]:
+    """Per message class, a generated checker of a message *object*: it returns the message
+    when decoding its encoding under ``limits`` would give back an equal object built of
+    the very same types -- every list a tuple, every record of its exact class, every value
+    an exact int, str, bool or None that the decoder takes -- and raises
+    :class:`~meshlimit.cluster.wire.limits.DecodeError` otherwise (a message it refuses may
+    still be valid: that is for the screener and the decoder to say). The decoder's own
+    checks, read from the object instead of the wire array (``datagrams`` uses it to hand a
+    datagram's messages to a receiver in the same process without decoding them again)."""
+    return {
+        cls: _Writer(limits, mode="canon").function(cls.__name__, _message(cls, kinds))
+        for cls, kinds in FIELDS.items()
+    }
 
 
 def decode_message(by_tag: dict[int, Decoder[Message]], v: Any) -> Message:
