@@ -488,6 +488,8 @@ class Checkers:
             counters=lambda at: bisect_right(firsts, at),
             round_bytes=getattr(self.config, "handover_bytes_per_round", UNBOUNDED),
             counter_bytes=self._counter_bytes(),
+            replicas=getattr(self.config, "replicas", 0),
+            resync_wait_ns=getattr(self.config, "resync_wait_ns", 0),
         )  # fmt: skip
         end = self.history.now
         for key, window in self.windows.items():
@@ -500,6 +502,7 @@ class Checkers:
             verdict = judge(
                 key, window, token_bucket=series.startswith("token_bucket"), local=self.local,
                 resets=self.refusals.touches(client, window, end), known=known,
+                resend_ns=self.config.gossip_interval_ns,
             )  # fmt: skip
             self.judged[verdict.label] += 1
             self._labels[key] = verdict.label

@@ -196,6 +196,16 @@ class Membership:
         return self._joined
 
     @property
+    def earlier_life(self) -> bool:
+        """A join reply named an earlier life of ours: we announced a new one above it."""
+        return self._table.earlier_life
+
+    def announce(self, nodes: Sequence[str]) -> Outputs:
+        """Our own record, straight to ``nodes``: a new life is known within one delay."""
+        me = update_of(self._self)
+        return [(m.addr, me) for n in nodes if (m := self._members.get(n)) is not None]
+
+    @property
     def false_suspicions(self) -> int:
         """Suspicions later refuted: each is a member wrongly suspected (seen from here)."""
         return self.stats["false_suspicions"]
@@ -428,19 +438,18 @@ class Membership:
         if msg.node != sender:
             self.dropped["join_sender_mismatch"] += 1
             return []
+        known = self._members.get(msg.node)
+        before = update_of(known) if known is not None else self._roster.get(msg.node)
         self._table.apply(MemberUpdate(msg.node, msg.addr, ALIVE, msg.incarnation), sender, now)
-        # The dead and the left first: should the reply span datagrams and one be lost, the
-        # joiner then errs towards too large a cluster, never too small a one.
-        table = sorted(self._members.values(), key=lambda m: m.state in LIVE)
-        updates = self._roster.updates() + [update_of(m) for m in table]
-        return [(addr, JoinReply(tuple(updates)))]
+        return [(addr, self._table.join_reply(msg.node, before, self._roster.updates()))]
 
     def _on_join_reply(self, sender: str, addr: Address, msg: JoinReply, now: int) -> Outputs:
         for update in msg.members[: self.config.max_members]:
             if is_valid_update(update):
-                self._table.apply(update, sender, now)
+                self._table.apply(update, sender, now, transfer=True)
             else:
                 self.dropped["bad_MemberUpdate"] += 1
+        self._table.fresh = False  # later replies name this life, not an earlier one
         self.dropped["join_reply_overflow"] += max(0, len(msg.members) - self.config.max_members)
         return []
 

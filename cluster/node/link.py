@@ -31,6 +31,7 @@ from meshlimit.cluster.wire.messages import (
     CheckBatch,
     CounterDeltas,
     Envelope,
+    HandoverDone,
     Message,
     ReplyBatch,
     RuleDigest,
@@ -39,7 +40,8 @@ from meshlimit.cluster.wire.messages import (
 
 #: What the data lane carries; everything else (probes, acks, joins, membership news)
 #: leaves first, so a burst of checks or a hand-over never delays failure detection.
-DATA_MESSAGES = (CheckBatch, ReplyBatch, CounterDeltas, RuleDigest, RuleEntries)
+#: A ``HandoverDone`` rides with the counters it follows.
+DATA_MESSAGES = (CheckBatch, ReplyBatch, CounterDeltas, RuleDigest, RuleEntries, HandoverDone)
 
 
 class Link:
