@@ -486,11 +486,11 @@ class Checkers:
         firsts = sorted(self._first_seen.values())
         knowledge = Knowledge(
             self.history, self.views, self.rings, local=self.local,
-            gossip_interval_ns=self.config.gossip_interval_ns,
-            membership=self.config.membership,
+            gossip_interval_ns=self.config.gossip_interval_ns, membership=self.config.membership,
             counters=lambda at: bisect_right(firsts, at),
             round_bytes=getattr(self.config, "handover_bytes_per_round", UNBOUNDED),
-            counter_bytes=self._counter_bytes(),
+            counter_bytes=self._counter_bytes(), replicas=getattr(self.config, "replicas", 0),
+            resync_wait_ns=getattr(self.config, "resync_wait_ns", 0),
         )  # fmt: skip
         end = self.history.now
         for key, window in self.windows.items():
@@ -503,7 +503,7 @@ class Checkers:
             verdict = judge(
                 key, window, token_bucket=series.startswith("token_bucket"), local=self.local,
                 resets=self.refusals.touches(client, window, end), known=known,
-            )  # fmt: skip
+                resend_ns=self.config.gossip_interval_ns)  # fmt: skip
             self.judged[verdict.label] += 1
             self._labels[key] = verdict.label
             nodes = tuple(sorted({life[0] for life in window.lives}))

@@ -80,6 +80,29 @@ def judge(
         out += [Violation("membership_diverged", d) for d in _membership(nodes)]
     out += [Violation("replica_behind", d) for d in _replicas(checkers, nodes, end)]
     out += [Violation("clock_offset_wrong", d) for d in _offsets(checkers, final, end)]
+    out += [Violation("resync_stalled", d) for d in _resyncs(checkers, nodes)]
+    return out
+
+
+def _resyncs(checkers: Checkers, nodes: dict[str, Node]) -> list[str]:
+    """A restarted node that gave up waiting for its counts (``resync_timeouts``, after
+    ``resync_wait_ns``) though every other node ran and every link was clean, with no other
+    disturbance, from its start until the wait ran out: a peer never said it had handed
+    its counters back, or said it sent more than arrived (``cluster/node/resync.py``)."""
+    history = checkers.history
+    wait = getattr(checkers.config, "resync_wait_ns", 0)
+    out = []
+    for name, node in nodes.items():
+        life = history.life(name)
+        stats = getattr(node, "stats", None)  # the checkers' tests pass stand-ins
+        if life is None or stats is None or not stats.get("resync_timeouts"):
+            continue
+        start, stop = life.started_at, life.started_at + wait
+        others = [n for n in history.lives if n != name]
+        running = all(any(x.running_through(start, stop) for x in history.lives[n]) for n in others)
+        quiet = not any(start < t <= stop for t in history.disturbances)
+        if running and quiet and _clean(history, [name, *others], start, stop):
+            out.append(f"{name} (life {life.number}) waited {wait / 1e9:g} s for its counts")
     return out
 
 

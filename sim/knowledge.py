@@ -21,7 +21,19 @@ it could not fail.
   far) over what a round sends -- if ``a`` kept running, no further ring change restarted
   the hand-over, ``b`` was up and the link clean.
 
-Both need the two wall clocks untouched (counts merge by window index, so a skewed
+- **Resync** (strict mode, two lives of one node): a life ``b`` that followed ``a`` on the
+  same node (killed and restarted, perhaps before anyone noticed) decides its clients
+  from the degraded quota until every peer it holds live has handed its counts back
+  (``cluster/node/resync.py``). ``a``'s admissions left for the client's replica ``r``
+  with their answers, so those before ``min(a's end, b's start) - delay`` were at ``r``
+  before ``b`` began (degraded ones go with the next gossip round: the judge adds those of
+  the ``G`` before that instant, ``windows.judge``), and ``r``
+  hands them to ``b`` before ``b`` decides at full capacity -- if ``r`` (a successor of
+  the owner in a ring that did not change) ran throughout, ``b``'s view held it live, the
+  links ``a -> r`` and ``r -> b`` were clean, and ``r``'s hand-over (``rounds x G`` plus
+  the join, the announcement and the done, four delays) ends within ``resync_wait``.
+
+Each needs the wall clocks untouched (counts merge by window index, so a skewed
 receiver drops a window it has not reached) and every delay bounded.
 """
 
@@ -54,6 +66,8 @@ class Knowledge:
         counters: Callable[[int], int],
         round_bytes: int,
         counter_bytes: int,
+        replicas: int = 0,
+        resync_wait_ns: int = 0,
     ) -> None:
         self._history = history
         self._views = views
@@ -64,16 +78,22 @@ class Knowledge:
         self._counters = counters
         self._round_bytes = round_bytes
         self._counter_bytes = max(1, counter_bytes)
+        self._replicas = replicas
+        self._resync_wait_ns = resync_wait_ns
 
     def known_before(self, a: LifeKey, b: LifeKey, client: str, until: int, first: int) -> int:
         """The instant before which every admission of ``a`` was in ``b``'s counts by
         ``until`` (``first``: the window's first admission), or ``NOTHING_KNOWN``."""
         history = self._history
         life_a, life_b = self._life(a), self._life(b)
-        if life_a is None or life_b is None or a[0] == b[0]:
+        if life_a is None or life_b is None:
             return NOTHING_KNOWN
         if history.clock_touched(a[0], until) or history.clock_touched(b[0], until):
             return NOTHING_KNOWN
+        if a[0] == b[0]:
+            if self._local or b[1] <= a[1]:
+                return NOTHING_KNOWN
+            return self._by_resync(life_a, life_b, client, until, first)
         if self._local:
             return self._by_gossip(life_a, life_b, until, first)
         return self._by_handover(life_a, life_b, client, until)
@@ -129,6 +149,45 @@ class Knowledge:
                 best = max(best, at)
         return best
 
+    def _by_resync(self, a: Life, b: Life, client: str, until: int, first: int) -> int:
+        history = self._history
+        delay = history.delay_bound(first, until)
+        view_a, view_b = self._views.get(a.key), self._views.get(b.key)
+        if delay >= UNBOUNDED or view_a is None or view_b is None or self._replicas <= 0:
+            return NOTHING_KNOWN
+        start = min(a.stopped_at, b.started_at)
+        instant = start - delay - TICK_SLACK_NS
+        if self._pace(b.started_at) + 4 * delay + TICK_SLACK_NS > self._resync_wait_ns:
+            return NOTHING_KNOWN  # the new life may stop waiting before it has them
+        # ``a``'s last ring: what it admitted before it went to the replicas of that ring by
+        # hand-over (once ``settled``), what it admitted after with each answer.
+        changed, ring = next((t, m) for t, m in reversed(view_a.ring_history) if t <= start)
+        settled = changed + self._pace(changed) + delay + TICK_SLACK_NS
+        prefs = self._rings.preference(ring | {a.node}, client, 1 + self._replicas)
+        if settled > instant or not prefs or prefs[0] != a.node:
+            return NOTHING_KNOWN
+        # ``b`` waits for the peers its view held live when it joined (its first events).
+        joined = view_b.log[0][0] if view_b.log else None
+        for r in prefs[1:]:
+            lo = min(first, a.started_at)
+            life_r = next(
+                (x for x in history.lives.get(r, []) if x.running_through(lo, until)), None
+            )
+            view_r = None if life_r is None else self._views.get(life_r.key)
+            if (
+                life_r is not None
+                and view_r is not None
+                and not history.clock_touched(r, until)
+                and _ring_at(view_r, settled) == ring
+                and _ring_still(view_r, settled, until)
+                and joined is not None
+                and view_b.live_throughout(r, joined, until)
+                and history.link_clean(a.node, r, min(first, changed), start)
+                and history.link_clean(r, b.node, b.started_at, until)
+            ):
+                return instant
+        return NOTHING_KNOWN
+
     def _pace(self, at: int) -> int:
         """How long a hand-over that starts at ``at`` may take to send its last counter:
         ``rounds x G``, ``rounds`` = the node's counters over what one round sends (at most
@@ -154,3 +213,13 @@ class Knowledge:
     def _life(self, key: LifeKey) -> Life | None:
         lives = self._history.lives.get(key[0], [])
         return lives[key[1] - 1] if 0 < key[1] <= len(lives) else None
+
+
+def _ring_still(view: View, start: int, end: int) -> bool:
+    """Whether ``view``'s ring did not change over ``(start, end]``."""
+    return not any(start < at <= end for at, _ in view.ring_history)
+
+
+def _ring_at(view: View, at: int) -> frozenset[str]:
+    """The members of ``view``'s ring at ``at``."""
+    return next((m for t, m in reversed(view.ring_history) if t <= at), frozenset())

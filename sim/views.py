@@ -50,6 +50,13 @@ class Rings:
     def __init__(self) -> None:
         self._rings: dict[frozenset[str], tuple[HashRing, dict[str, str]]] = {}
 
+    def preference(self, members: frozenset[str], client: str, count: int) -> tuple[str, ...]:
+        """The client's owner and ring successors, ``count`` members at most."""
+        entry = self._rings.get(members)
+        if entry is None:
+            entry = self._rings[members] = (HashRing(sorted(members)), {})
+        return entry[0].preference_list(client, count)
+
     def owner(self, members: frozenset[str], client: str) -> str:
         entry = self._rings.get(members)
         if entry is None:

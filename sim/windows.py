@@ -45,12 +45,13 @@ DEGRADED_ONLY = "degraded_only"
 EXACT = "exact"
 DEGRADED = "degraded"
 HANDOVER = "handover"
+RESYNC = "resync"
 GOSSIP_LAG = "gossip_lag"
 PER_NODE = "per_node"
 CLOCK_STEPPED_BACK = "clock_stepped_back"
 RESET = "reset"
-BOUNDS = (DEGRADED_ONLY, EXACT, DEGRADED, HANDOVER, GOSSIP_LAG, PER_NODE, CLOCK_STEPPED_BACK,
-          RESET)  # fmt: skip
+BOUNDS = (DEGRADED_ONLY, EXACT, DEGRADED, HANDOVER, RESYNC, GOSSIP_LAG, PER_NODE,
+          CLOCK_STEPPED_BACK, RESET)  # fmt: skip
 #: Bounds at or below the capacity: a window judged at one of these is held to the limit.
 AT_MOST_CAPACITY = (DEGRADED_ONLY, EXACT)
 
@@ -66,6 +67,8 @@ class LifeTally:
     degraded: int = 0
     share: int = 0
     """The most its degraded decisions in this window let it admit."""
+    degraded_at: list[tuple[int, int]] = field(default_factory=list)
+    """``(instant, cost)`` of each degraded admission (re-sent once a gossip round)."""
     relived: bool = False
     """Its wall clock had been later than this window's before it admitted here."""
 
@@ -76,6 +79,7 @@ class LifeTally:
             self.full += cost
         else:
             self.degraded += cost
+            self.degraded_at.append((at, cost))
 
     @property
     def total(self) -> int:
@@ -84,6 +88,10 @@ class LifeTally:
     @property
     def last(self) -> int:
         return self.times[-1]
+
+    def degraded_between(self, start: int, end: int) -> int:
+        """Admitted in degraded mode within ``[start, end)``."""
+        return sum(c for t, c in self.degraded_at if start <= t < end)
 
     def since(self, instant: int) -> int:
         """Admitted at or after ``instant``."""
@@ -139,18 +147,26 @@ def judge(
     local: bool,
     resets: int,
     known: Knowledge,
+    resend_ns: int = 0,
 ) -> Verdict:
     """The bound of one window and who, alone, went over (see the module docstring)."""
     cap = window.capacity + (window.limit if token_bucket else 0)
     full = {life: t for life, t in window.lives.items() if t.full}
     degraded_only = [t for t in window.lives.values() if not t.full]
-    full_bound, synced = _full_part(key[0], cap, full, token_bucket, local, known)
+    full_bound, synced = _full_part(key[0], cap, full, token_bucket, local, known, resend_ns)
     unsynced = (
         cap
         + sum(t.total for t in full.values())
         - max((t.total for t in full.values()), default=cap)
     )
-    shares = sum(t.share for t in degraded_only)
+    # A later life of a node that also decided at full capacity: its degraded admissions
+    # (while it resynced) sit in the node's slot, which the earlier life's slot, handed
+    # back to it, overwrites by max: they may be counted nowhere.
+    shares = sum(t.share for t in degraded_only) + sum(
+        t.share
+        for life, t in full.items()
+        if t.degraded and any(o[0] == life[0] and o[1] < life[1] for o in window.lives)
+    )
     clock = sum(cap if t.full else t.share for t in window.lives.values() if t.relived)
     bound = (full_bound if full else 0) + shares + clock
     loose = (unsynced if full else 0) + shares + clock
@@ -177,6 +193,7 @@ def _full_part(
     token_bucket: bool,
     local: bool,
     known: Knowledge,
+    resend_ns: int,
 ) -> tuple[int, str]:
     """What the full-capacity deciders may admit together, and the bound's name."""
     if len(full) <= 1:
@@ -189,17 +206,24 @@ def _full_part(
     for b, tally_b in full.items():
         until = tally_b.last
         unknown = 0
-        partial = False
+        partial = relived = False
         for a, tally_a in full.items():
             if a == b:
                 continue
             instant = known(a, b, client, until)
             partial |= instant != NOTHING_KNOWN
             unknown += tally_a.since(instant)
+            if instant != NOTHING_KNOWN and a[0] == b[0]:
+                # A restart: ``a``'s admissions left with their answers, its degraded
+                # ones with the next gossip round (``resend_ns`` later).
+                relived = True
+                unknown += tally_a.degraded_between(instant - resend_ns, instant)
         bound = cap + unknown
         if best is None or bound < best:
             best = bound
             best_label = (GOSSIP_LAG if local else HANDOVER) if partial else PER_NODE
+            if relived:
+                best_label = RESYNC
             if not unknown:
                 best_label = EXACT
     assert best is not None

@@ -8,7 +8,9 @@
 - a seed name that does not resolve: no crash, ``/readyz`` says why;
 - ``--bind 0.0.0.0:P --advertise 127.0.0.1:P``: peers reach the node at the advertised
   address, and checks are forwarded both ways;
-- SIGTERM drains: ``/readyz`` turns 503 at once, the process exits 0 within its bound.
+- SIGTERM drains: ``/readyz`` turns 503 at once, the process exits 0 within its bound;
+- an owner killed with SIGKILL and started again at once (same node id; same ports or
+  new ones) gets its clients' counts back before it decides at full capacity.
 
 Every process is started on loopback with free ports and killed in ``finally``; waits
 poll with deadlines.
@@ -20,6 +22,7 @@ import http.client
 import json
 import math
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from meshlimit.processes import HOST, NodeProcess, wait_for
+from meshlimit.processes import HOST, NodeProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.loopback, pytest.mark.slow]
 
@@ -176,3 +179,32 @@ def test_sigterm_drains_within_its_bound(tmp_path: Path) -> None:
         assert b.proc.wait(timeout=10) == 0
         assert time.monotonic() - started < 6, "the drain is bounded"
         wait_for("a sees b left", lambda: a.members().get("b") == "left", 5)
+
+
+@pytest.mark.parametrize("ports", ["same", "new"])
+def test_an_owner_killed_and_restarted_at_once_keeps_the_limit(tmp_path: Path, ports: str) -> None:
+    """The fast restart: the owner is back before its peers notice, so no ring change or
+    death brings its counts back. Its new life finds its earlier one in its join reply and
+    waits for them (``cluster/node/resync.py``); before, 36 were admitted for 20."""
+    seed = NodeProcess("s", default=RULE, log_dir=tmp_path)
+    others = [NodeProcess(n, default=RULE, log_dir=tmp_path) for n in ("a", "b")]
+    with processes(seed, *others):
+        seed.start()
+        for node in others:
+            node.seeds = [seed.udp_port]
+            node.start()
+        everyone = [seed, *others]
+        wait_for("all joined", lambda: all(len(n.members()) == 3 for n in everyone), 10)
+        client = next(c for c in (f"c{i}" for i in range(500)) if seed.owner_of(c) in "ab")
+        owner = next(n for n in others if n.name == seed.owner_of(client))
+        asked = [n for n in everyone if n is not owner]
+        first = [n.check(client) for n in asked for _ in range(8)]  # forwarded to the owner
+        owner.kill()
+        if ports == "new":
+            owner.udp_port, owner.http_port = free_port(), free_port(socket.SOCK_STREAM)
+        owner.start()  # at once, with the same --node-id
+        wait_for("the new life rejoined", lambda: ready(owner), 10)
+        second = [n.check(client) for n in everyone for _ in range(10)]
+        admitted = Counter(window_of(d) for d in first + second if d["allowed"])
+        assert sum(d["allowed"] for d in first) == 16
+        assert all(count <= LIMIT for count in admitted.values()), admitted

@@ -34,7 +34,7 @@ from meshlimit.cluster.membership.timing import (
     expected_confirmations,
     suspicion_timeout_ns,
 )
-from meshlimit.cluster.wire.messages import Address, MemberState, MemberUpdate
+from meshlimit.cluster.wire.messages import Address, JoinReply, MemberState, MemberUpdate
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,
@@ -61,7 +61,8 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class MemberEvent:
-    """A change in another member: new (``old_state`` None), state change or address change."""
+    """A change in another member: new (``old_state`` None), state change, address change,
+    or alive again at a higher incarnation (``old_state`` ALIVE: perhaps a new life)."""
 
     node: str
     addr: Address
@@ -147,6 +148,11 @@ class MemberTable:
         self._stats = stats
         self._dropped = dropped
         self._on_live = on_live
+        #: This life has had no join reply yet, nor answered a Join (which tells the joiner
+        #: of it): a record of us in the first reply is an earlier life's (``_about_self``).
+        self.fresh = True
+        #: A join reply named an earlier life of this node: it was a member before.
+        self.earlier_life = False
 
     def gone(self) -> list[Member]:
         """Dead and left members not yet forgotten."""
@@ -154,10 +160,11 @@ class MemberTable:
 
     # -- applying news ---------------------------------------------------------------------
 
-    def apply(self, u: MemberUpdate, sender: str, now: int) -> None:
-        """Merge news ``u`` relayed by ``sender``: newer news wins, a repeat may confirm."""
+    def apply(self, u: MemberUpdate, sender: str, now: int, *, transfer: bool = False) -> None:
+        """Merge news ``u`` relayed by ``sender``: newer news wins, a repeat may confirm.
+        ``transfer``: ``u`` came in a join reply (a peer's whole table)."""
         if u.node == self.node_id:
-            self._about_self(u)
+            self._about_self(u, transfer=transfer)
             return
         m = self.members.get(u.node)
         if m is None:
@@ -170,16 +177,49 @@ class MemberTable:
         elif u.state == SUSPECT and m.state == SUSPECT and u.incarnation == m.incarnation:
             self.confirm(u.node, sender)
 
-    def _about_self(self, u: MemberUpdate) -> None:
+    def _about_self(self, u: MemberUpdate, *, transfer: bool) -> None:
+        """News of ourselves. Any rumour that we are suspect, dead or gone is refuted,
+        whatever its incarnation: we re-announce ourselves at ``max(own, rumour) + 1``
+        (SWIM, memberlist's refute). A rumour below our incarnation is stale, but a member
+        still holding it never heard our newer news (it ran out of retransmissions), so
+        ignoring it left us dead in its view until the next push-pull. News that we are
+        alive at a higher incarnation is refuted too (it outranks what we say).
+
+        A fresh life's first join reply names what the cluster knew of us *before* our
+        Join (``Membership._on_join``): any record of us there is an earlier life's
+        (perhaps killed and restarted before anyone noticed), and we announce a new one
+        above it so that peers hand its counts back (``earlier_life``)."""
         me = self.me
         if me.state == LEFT:
             return  # we are leaving: let the news of our departure win
-        if u.incarnation < me.incarnation or (u.incarnation == me.incarnation and u.state == ALIVE):
+        earlier = transfer and self.fresh
+        if u.state == ALIVE and not earlier and u.incarnation <= me.incarnation:
             return
-        me.incarnation = max(me.incarnation, u.incarnation) + 1
+        me.incarnation = min(max(me.incarnation, u.incarnation) + 1, MAX_INCARNATION)
         self._queue.push(update_of(me))
+        if earlier:
+            self.earlier_life = True
+            self.generation += 1  # news for the node above (``Node._after_membership_input``)
+            self._stats["earlier_life"] += 1
+            return
         self._stats["refutations"] += 1
         self._awareness.refuted()
+
+    def join_reply(
+        self, joiner: str, before: MemberUpdate | None, remembered: list[MemberUpdate]
+    ) -> JoinReply:
+        """The state transfer answering ``joiner``'s Join: the ``remembered`` (roster) and
+        the table, the dead and the left first (should the reply span datagrams and one be
+        lost, the joiner errs towards too large a cluster, never too small a one). Of the
+        joiner, its record from ``before`` the Join: it tells a fresh life of an earlier
+        one (``_about_self``), where the echo of its Join would tell it nothing. Answering
+        tells the joiner of this life of ours: we are no longer fresh."""
+        self.fresh = False
+        table = sorted(self.members.values(), key=lambda m: m.state in LIVE)
+        updates = [] if before is None else [before]
+        updates += [u for u in remembered if u.node != joiner]
+        updates += [update_of(m) for m in table if m.node != joiner]
+        return JoinReply(tuple(updates))
 
     def _add(self, u: MemberUpdate, sender: str, now: int) -> None:
         if u.state not in LIVE:
@@ -198,7 +238,7 @@ class MemberTable:
 
     def change(self, m: Member, u: MemberUpdate, sender: str, now: int) -> None:
         """Set ``m`` to what ``u`` says, without asking whether ``u`` is newer."""
-        old_state, old_addr = m.state, m.addr
+        old_state, old_addr, old_inc = m.state, m.addr, m.incarnation
         m.state, m.incarnation, m.addr = u.state, u.incarnation, u.addr
         self._queue.push(u)
         if u.state == SUSPECT:
@@ -217,7 +257,11 @@ class MemberTable:
             self.live_count += (u.state in LIVE) - (old_state in LIVE)
         if u.state not in LIVE:
             self.reap_at = min(self.reap_at, now + self.config.dead_reap_ns)
-        if old_state != u.state or old_addr != u.addr:
+        # A live member alive again at a higher incarnation refuted news we never heard,
+        # or is a new life of it that announced itself over an earlier one (restarted
+        # before anyone noticed): either way it may lack counts it held, so it is news.
+        renewed = old_state == ALIVE and u.state == ALIVE and u.incarnation > old_inc
+        if old_state != u.state or old_addr != u.addr or renewed:
             self._emit(m, old_state)
 
     def _start_suspicion(self, node: str, accuser: str, now: int) -> None:

@@ -2,48 +2,44 @@
 
 Theory of operation. Every member is ALIVE, SUSPECT, DEAD or LEFT at some incarnation;
 :mod:`~meshlimit.cluster.membership.members` holds the table and the rules by which news
-about a member merges into it (a higher incarnation wins, then the more severe state).
-Only a member raises its own incarnation: to refute a suspicion or death about itself, and
-to leave.
+about a member merges into it (a higher incarnation wins, then the more severe state). Only
+a member raises its own incarnation: to refute a suspicion or death about itself, and to
+leave.
 
 Failure detection runs in probe rounds. Every ``probe_interval_ns`` the next member of a
 shuffled round-robin order gets a Ping. With no Ack after ``probe_timeout_ns``,
 ``indirect_checks`` alive members are asked to probe it for us (PingReq, answered by
 IndirectAck). With no answer by the end of the interval the target becomes SUSPECT, unless
 this node was itself stalled meanwhile: a tick that comes more than half a probe timeout
-after its probe was due means the node did not run (an overloaded or paused process), and
-an ack may have sat unread; such a probe is inconclusive (``probes_inconclusive``; at most
+after its probe was due means the node did not run (an overloaded or paused process), and an
+ack may have sat unread; such a probe is inconclusive (``probes_inconclusive``; at most
 ``awareness_max`` in a row, so a node that is always stalled still accuses in the end) and
 the stall raises the node's Lifeguard awareness score, which widens its next waits. A slow
-node refutes; it does not accuse. A suspicion turns into DEAD when its Lifeguard timer
-runs out: the timer starts at ``suspicion_max_mult`` times the base timeout and shrinks
-towards the base as other members confirm the suspicion (see
+node refutes; it does not accuse. A suspicion turns into DEAD when its Lifeguard timer runs
+out: the timer starts at ``suspicion_max_mult`` times the base timeout and shrinks towards
+the base as other members confirm the suspicion (see
 :mod:`~meshlimit.cluster.membership.suspicion`).
 
 News spreads by piggybacking: the driver calls :meth:`Membership.piggyback` for every
-outgoing datagram and attaches what it returns; each update goes out
-``retransmit_limit(n)`` times, least-sent first
-(:mod:`~meshlimit.cluster.membership.broadcasts`). A gossip timer pushes pending news to a
-few members when there is no other traffic. Gossip is probabilistic and may miss a member;
-three repairs follow. Join is a state transfer (a seed adds the joiner and answers with
-every member it knows), and a member sends one to a stranger that pings it by name, so
-whoever a gossip round missed learns the news within a probe round. Push-pull repeats the
-Join now and then (with a lost seed, a reaped member we still count, or a random member),
-so two sides that declared each other dead during a partition merge again, even when no
-seed is on the other side. A member we hold DEAD that still pings is told so, and refutes.
+outgoing datagram and attaches what it returns; each update goes out ``retransmit_limit(n)``
+times, least-sent first (:mod:`~meshlimit.cluster.membership.broadcasts`). A gossip timer
+pushes pending news to a few members when there is no other traffic. Gossip is probabilistic
+and may miss a member; three repairs follow. Join is a state transfer (a seed adds the
+joiner and answers with every member it knows), and a member sends one to a stranger that
+pings it by name, so whoever a gossip round missed learns the news within a probe round.
+Push-pull repeats the Join now and then (with a lost seed, a reaped member we still count,
+or a random member), so two sides that declared each other dead during a partition merge
+again, even when no seed is on the other side. A member we hold DEAD that still pings is
+told so, and refutes.
 
-The cluster's size outlives the table: reaped dead members stay in the
-:mod:`~meshlimit.cluster.membership.roster` and still count in :meth:`Membership.quorum`
-(the members a majority is taken of) until they come back, are forgotten by an operator
-(:meth:`Membership.forget`) or ``forget_after_ns`` passes; a join reply carries the
-roster, so a newcomer learns the cluster's size from any member.
+Reaped dead members stay in the :mod:`~meshlimit.cluster.membership.roster` and count in
+:meth:`Membership.quorum` until they come back, are forgotten or ``forget_after_ns`` passes;
+a join reply carries the roster (and the joiner's earlier life, if any, see ``members``).
 
-Nothing here reads a clock or a global random source. ``now_ns`` (wall clock, nanoseconds)
-is passed to every entry point and serves both for durations and, in Ping/Ack, for
-clock-skew estimates; a wall-clock step may spoil one RTT sample, which the EWMA absorbs.
-Randomness comes from the injected ``random.Random``. Outputs are ``(address, message)``
-pairs; the driver may pack the pairs for one address into one datagram. Garbage from peers
-is dropped and counted in ``dropped``.
+Nothing here reads a clock or a global random source: ``now_ns`` (wall clock) is passed to
+every entry point, for durations and Ping/Ack clock-skew estimates; randomness is the
+injected ``random.Random``. Outputs are ``(address, message)`` pairs; garbage from peers is
+dropped and counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -159,17 +155,15 @@ class Membership:
         self._seq = 0
         self._clocks = PeerClocks()
         self.wall_offset_ns = 0
-        """Wall clock minus the ``now_ns`` clock, set by the driver: probes carry wall
-        time so offsets between nodes' wall clocks can be measured, while every
-        timeout runs on ``now_ns`` (monotonic) and survives wall-clock jumps."""
+        """Wall clock minus the ``now_ns`` clock, set by the driver: probes carry wall time
+        (to measure clock offsets); timeouts run on ``now_ns`` and survive wall jumps."""
         self._seeds: tuple[Address, ...] = ()
         self._quorum: tuple[int, tuple[str, ...]] = (-1, ())  # (generation, members)
         self._joined = True
         self._join_at = NEVER
         self._join_attempts = 0
         self._stranger_join_at = now_ns
-        # Stagger the first probe so that nodes started together do not probe in lockstep.
-        self._next_probe_at = now_ns + rng.randrange(config.probe_interval_ns)
+        self._next_probe_at = now_ns + rng.randrange(config.probe_interval_ns)  # no lockstep
         self._gossip_at = now_ns
         self._push_pull_at = now_ns + config.push_pull_interval_ns
         #: next_deadline's answer until an entry point that may move a timer runs; ``changes``
@@ -192,6 +186,16 @@ class Membership:
     def joined(self) -> bool:
         """True once a seed answered (or any member spoke to us), or if there were no seeds."""
         return self._joined
+
+    @property
+    def earlier_life(self) -> bool:
+        """A join reply named an earlier life of ours: we announced a new one above it."""
+        return self._table.earlier_life
+
+    def announce(self, nodes: Sequence[str]) -> Outputs:
+        """Our own record, straight to ``nodes``: a new life is known within one delay."""
+        me = update_of(self._self)
+        return [(m.addr, me) for n in nodes if (m := self._members.get(n)) is not None]
 
     @property
     def false_suspicions(self) -> int:
@@ -222,10 +226,8 @@ class Membership:
         return self._table.generation + self._roster.generation
 
     def quorum(self) -> tuple[str, ...]:
-        """The members a majority is taken of, sorted: every member in the table that has
-        not left (self included, the dead not yet reaped too) and every reaped dead member
-        the roster still remembers. A member that left gracefully handed its clients over
-        and does not count; nor does one an operator forgot."""
+        """The members a majority is taken of, sorted: every member not gone (left or
+        forgotten), self and the dead included, and the reaped dead the roster remembers."""
         generation = self.generation
         if self._quorum[0] != generation:
             kept = [n for n, m in self._members.items() if m.state != LEFT]
@@ -238,8 +240,7 @@ class Membership:
 
     @property
     def local_health(self) -> int:
-        """Lifeguard's score: 0 when healthy, higher while this node seems slow itself
-        (it widens the waits before accusing; ``awareness.py``)."""
+        """Lifeguard's score: 0 when healthy, higher while this node seems slow itself."""
         return self._awareness.score
 
     def is_suspect(self, node: str) -> bool:
@@ -440,19 +441,18 @@ class Membership:
         if msg.node != sender:
             self.dropped["join_sender_mismatch"] += 1
             return []
+        known = self._members.get(msg.node)
+        before = update_of(known) if known is not None else self._roster.get(msg.node)
         self._table.apply(MemberUpdate(msg.node, msg.addr, ALIVE, msg.incarnation), sender, now)
-        # The dead and the left first: should the reply span datagrams and one be lost, the
-        # joiner then errs towards too large a cluster, never too small a one.
-        table = sorted(self._members.values(), key=lambda m: m.state in LIVE)
-        updates = self._roster.updates() + [update_of(m) for m in table]
-        return [(addr, JoinReply(tuple(updates)))]
+        return [(addr, self._table.join_reply(msg.node, before, self._roster.updates()))]
 
     def _on_join_reply(self, sender: str, addr: Address, msg: JoinReply, now: int) -> Outputs:
         for update in msg.members[: self.config.max_members]:
             if is_valid_update(update):
-                self._table.apply(update, sender, now)
+                self._table.apply(update, sender, now, transfer=True)
             else:
                 self.dropped["bad_MemberUpdate"] += 1
+        self._table.fresh = False  # later replies name this life, not an earlier one
         self.dropped["join_reply_overflow"] += max(0, len(msg.members) - self.config.max_members)
         return []
 

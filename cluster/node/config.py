@@ -78,6 +78,12 @@ class NodeConfig:
     Why 64 KiB: 640 KB/s at the default gossip interval, a small share of a LAN link, so a
     ring change never crowds out probes and forwarded checks; a hand-over of the ~1/n of
     100k counters that change holders still ends within a few seconds."""
+    resync_wait_ns: int = 10_000 * _MS
+    """Longest a restarted node decides its own clients from the degraded quota while it
+    waits for its peers to hand its counts back (``cluster/node/resync.py``); past it, it
+    decides at full capacity on what it has. Why 10 s: a hand-over goes at 10,000 counters
+    a second, so a peer holding 100k counters for it finishes within it; it usually ends
+    within a round trip."""
     dedup_per_peer: int = 4096
     """Forwarded request ids remembered per peer, so a duplicated datagram never counts twice."""
     cluster_keys: tuple[bytes, ...] = ()
@@ -109,6 +115,8 @@ class NodeConfig:
             raise ValueError("expected_members must be >= 0")
         if self.max_pending_per_owner <= 0:
             raise ValueError("max_pending_per_owner must be > 0")
+        if self.resync_wait_ns < 0:
+            raise ValueError("resync_wait_ns must be >= 0")
         if self.handover_bytes_per_round <= 0:
             raise ValueError("handover_bytes_per_round must be > 0")
         if self.batch_window_ns < 0 or self.forward_timeout_ns <= 0:

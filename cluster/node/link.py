@@ -32,6 +32,7 @@ from meshlimit.cluster.wire.messages import (
     CheckBatch,
     CounterDeltas,
     Envelope,
+    HandoverDone,
     Message,
     ReplyBatch,
     RuleDigest,
@@ -48,7 +49,8 @@ def _limits(max_datagram_bytes: int) -> codec.Limits:
 
 #: What the data lane carries; everything else (probes, acks, joins, membership news)
 #: leaves first, so a burst of checks or a hand-over never delays failure detection.
-DATA_MESSAGES = (CheckBatch, ReplyBatch, CounterDeltas, RuleDigest, RuleEntries)
+#: A ``HandoverDone`` rides with the counters it follows.
+DATA_MESSAGES = (CheckBatch, ReplyBatch, CounterDeltas, RuleDigest, RuleEntries, HandoverDone)
 
 
 class Link:

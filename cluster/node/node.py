@@ -46,7 +46,9 @@ with its own state: ``forwarding`` (batches to owners, pending tickets, the
 owner's answers), ``replication`` (counter deltas, hand-over, merging),
 ``rules`` (rule entries, HLC stamps, anti-entropy), ``degraded`` (the majority
 rule, the local quota, re-sends to owners), the link (datagrams in and out)
-``joining`` (seeds, join retries, readiness) and ``membership`` (SWIM).
+``joining`` (seeds, join retries, readiness), ``resync`` (a restarted life waiting
+for its counts before it decides its clients at full capacity) and ``membership``
+(SWIM).
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ from meshlimit.cluster.node.events import Decided, Event, MembershipChanged
 from meshlimit.cluster.node.forwarding import Forwarding
 from meshlimit.cluster.node.joining import Joining
 from meshlimit.cluster.node.link import Link
-from meshlimit.cluster.node.replication import Replication
+from meshlimit.cluster.node.replication import Replication, handed_over
+from meshlimit.cluster.node.resync import Resync
 from meshlimit.cluster.node.rulesync import RuleSync
 from meshlimit.cluster.wire.messages import (
     Address,
     CheckBatch,
     CounterDeltas,
     Envelope,
+    HandoverDone,
     Join,
     JoinReply,
     MemberState,
@@ -82,6 +86,9 @@ from meshlimit.core.engine import check_cost
 from meshlimit.core.registry import RuleRegistry, check_client_id
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
+
+#: Member states that are on the ring and probed (alive or suspect).
+LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class Node:
@@ -140,6 +147,8 @@ class Node:
             config, self.counters, self.registry, self._link, stats=stats, dropped=dropped
         )
         self.degraded = DegradedMode(config, self.replication, dropped=dropped)
+        self.resync = Resync(config.resync_wait_ns, stats=stats)
+        self._strict = config.mode == "strict"
         self.rules = RuleSync(
             config.node_id,
             self.registry,
@@ -188,6 +197,8 @@ class Node:
             return self._decide_here(client, cost, wall, "local")
         owner = self.ring.owner(client)
         if owner == self.node_id:
+            if self.resync.active:  # restarted: our counts are still coming back
+                return self._decide_degraded(client, cost, wall)
             return self._decide_here(client, cost, wall, "owner")
         if self.degraded.owner_unreachable(owner):
             return self._decide_degraded(client, cost, wall)
@@ -226,6 +237,7 @@ class Node:
         wanted = self.joining.tick(now_ns=now_ns)
         if wanted:
             self._events.extend(wanted)
+        self.resync.tick(now_ns=now_ns)
         self._after_membership_input(now_ns)
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
@@ -244,7 +256,7 @@ class Node:
         if now_ns >= self._gossip_at:
             self._gossip_at = now_ns + self.config.gossip_interval_ns
             self._gossip_counters(wall)
-            self.replication.continue_handover(wall, self.ring)
+            self._continue_handover(wall)
             self.replication.sweep(wall)
         if now_ns >= self._anti_entropy_at:
             self._anti_entropy_at = now_ns + self.config.anti_entropy_interval_ns
@@ -284,7 +296,14 @@ class Node:
     # --- outputs ----------------------------------------------------------------------
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
-        """Everything queued, packed into datagrams with membership news piggybacked."""
+        """Everything queued, packed into datagrams with membership news piggybacked.
+
+        In strict mode the owner's admissions since the last call go to its replicas now,
+        with the answers: a check the owner answered "allowed" is at its replicas unless a
+        datagram was lost, so an owner killed and restarted at once gets every admission a
+        client heard of back (``resync.py``), not all but its last gossip interval's."""
+        if self._strict:
+            self.replication.gossip(self._last_wall_ns, self.ring)
         link = self._link
         return link.datagrams(wall_ns=self._last_wall_ns) if link.queue else []
 
@@ -299,6 +318,7 @@ class Node:
             self.membership.next_deadline(),
             self.forwarding.next_deadline(),
             self.joining.next_deadline(),
+            self.resync.next_deadline(),
             self._gossip_at,
             self._anti_entropy_at,
         )
@@ -379,8 +399,14 @@ class Node:
         when ready, in a majority, and the owner in its own ring too. A restarted owner
         that has not yet rejoined, one cut off from most of the cluster, and one asked by
         a peer whose ring is not ours (a join or a death still spreading: the real owner
-        may be enforcing the full limit meanwhile) answer from the degraded quota."""
-        if not self._ready or not self.degraded.majority or self.ring.owner(client) != self.node_id:
+        may be enforcing the full limit meanwhile) answer from the degraded quota; so does a
+        restarted owner until its counts are back (``resync.py``)."""
+        if (
+            not self._ready
+            or not self.degraded.majority
+            or self.ring.owner(client) != self.node_id
+            or self.resync.active
+        ):
             return self._decide_degraded(client, cost, wall)
         return self._decide_here(client, cost, wall, path)
 
@@ -460,6 +486,10 @@ class Node:
             self._events.extend(self.forwarding.resolve(sender, message, now_ns, self._window_of))
         elif isinstance(message, CounterDeltas):
             self.replication.merge(message, wall)
+            if self.resync.active:
+                self.resync.on_slots(sender, handed_over(message.deltas, sender))
+        elif isinstance(message, HandoverDone):
+            self.resync.on_done(sender, message)
         elif isinstance(message, RuleEntries):
             self.rules.on_entries(message, wall)
         elif isinstance(message, RuleDigest):
@@ -505,7 +535,7 @@ class Node:
         rejoined = [
             e.node
             for e in events
-            if e.new_state == MemberState.ALIVE and e.old_state != MemberState.ALIVE
+            if e.new_state == MemberState.ALIVE  # new, back, or alive at a new incarnation
         ]
         old_ring = self.ring
         ring_members = tuple(sorted(n for n, s in states.items() if s != MemberState.LEFT))
@@ -516,9 +546,27 @@ class Node:
             self.stats["ring_changes"] += 1
         if rejoined or self.ring is not old_ring:
             # The first round leaves now, not at the next gossip round: a new or restarted
-            # member may start deciding at once, and needs its own old slot back.
+            # member waits for it (``resync.py``), and needs its own old slot back.
             self.replication.queue_handover(old_ring, self.ring, rejoined)
-            self.replication.continue_handover(now_ns + self._wall_offset, self.ring)
+            self._continue_handover(now_ns + self._wall_offset)
+        self._resync(states, now_ns)
+
+    def _resync(self, states: dict[str, int], now_ns: int) -> None:
+        """A life that found an earlier one of itself in the cluster waits for its counts
+        from every peer it holds live (``resync.py``), after telling each of them at once."""
+        live = [n for n, s in states.items() if s in LIVE_STATES and n != self.node_id]
+        if self.resync.begun:
+            self.resync.keep_only(live)
+        elif self.membership.earlier_life and self._knows_ring:
+            self._link.send_all(self.membership.announce(live))
+            self.resync.begin(live, incarnation=self.membership.incarnation, now_ns=now_ns)
+
+    def _continue_handover(self, wall: int) -> None:
+        """A hand-over round; members whose hand-over ended are told so."""
+        self.replication.continue_handover(wall, self.ring)
+        for node, slots in self.replication.finished_syncs():
+            held = (m.incarnation for m in self.membership.members() if m.node == node)
+            self._link.send(node, HandoverDone(next(held, 0), slots))
 
     def _gossip_counters(self, wall: int) -> None:
         """One gossip round of counters: replication, then degraded admissions."""

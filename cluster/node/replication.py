@@ -124,6 +124,10 @@ class Replication:
         #: Counters awaiting hand-over, oldest first, with the holders each is due to.
         self._handover: OrderedDict[SeriesKey, frozenset[str]] = OrderedDict()
         self._scan: _Scan | None = None  # counters still to examine for hand-over
+        #: Members whose hand-over runs (a new member, or one back alive, perhaps a new
+        #: life), with the slots sent them so far: told ``HandoverDone`` once it ends.
+        self._syncing: dict[str, int] = {}
+        self._owed: Counter[str] = Counter()  # queued counters due to each member
 
     def note_rule(self, rule: Rule) -> None:
         """A rule is in use here: its series (one per limit) may be counted, merged, swept."""
@@ -223,6 +227,8 @@ class Replication:
         so a change never stalls the node. One scan runs at a time: a change during one
         restarts it over both changes (``old`` of the first, ``new`` of the last)."""
         back = frozenset(rejoined) - {self._node_id}
+        for node in sorted((new.nodes - old.nodes - {self._node_id}) | back):  # reproducible
+            self._syncing.setdefault(node, 0)
         scan = self._scan
         if scan is not None:
             old, back = scan.old, back | scan.back
@@ -266,6 +272,7 @@ class Replication:
     def _enqueue(self, key: SeriesKey, targets: frozenset[str]) -> None:
         """Queue ``key`` for ``targets`` (joined with any holders it already awaits)."""
         waiting = self._handover.get(key)
+        self._owed.update(targets if waiting is None else targets - waiting)
         self._handover[key] = targets if waiting is None else waiting | targets
 
     def handover_backlog(self) -> int:
@@ -316,13 +323,27 @@ class Replication:
             if sent and size > bytes_left:
                 break
             del self._handover[key]
+            self._owed.subtract(targets)
             sent += 1
             bytes_left -= size
             self._stats["handover_bytes"] += size
             for node in nodes:
                 by_node.setdefault(node, []).extend(slots)
+                if node in self._syncing:
+                    self._syncing[node] += handed_over(slots, self._node_id)
         self._stats["handover_sent"] += sent
         self.send_slots(by_node)
+
+    def finished_syncs(self) -> list[tuple[str, int]]:
+        """Members whose hand-over just ended (no scan running, nothing queued for them),
+        with the counter slots sent them: each is to be told ``HandoverDone``."""
+        if self._scan is not None or not self._syncing:
+            return []
+        done = [(n, slots) for n, slots in self._syncing.items() if self._owed[n] <= 0]
+        for node, _ in done:
+            del self._syncing[node]
+            self._owed.pop(node, None)
+        return done
 
     # --- receiving --------------------------------------------------------------------
 
@@ -404,6 +425,13 @@ def _due(
         for i, n in enumerate(after)
         if n != me and (n not in before or n in back or (i == 0 and before[0] != n))
     )
+
+
+def handed_over(slots: Iterable[CounterSlot], sender: str) -> int:
+    """How many of ``slots`` from ``sender`` only a hand-over sends: those naming another
+    node's count (replication and degraded reports carry the sender's own alone). The
+    receiver of a ``HandoverDone`` counts the same way."""
+    return sum(1 for slot in slots if any(node != sender for node, _ in slot.slots))
 
 
 def _slot_bytes(slot: CounterSlot) -> int:

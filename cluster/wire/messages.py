@@ -194,6 +194,19 @@ class RuleDigest:
     reply: bool
 
 
+@dataclass(frozen=True, slots=True)
+class HandoverDone:
+    """Every counter the sender held for the receiver's new life has been sent: ``slots``
+    counter slots naming some other node's count (only a hand-over sends those) since it
+    learned of the life at ``incarnation`` (a restart announced over an earlier life, or a
+    new member). The new life decides its clients at full
+    capacity once each peer it waits for said so and that many slots came in."""
+
+    TAG: ClassVar[int] = 15
+    incarnation: int
+    slots: int
+
+
 Message = (
     Ping
     | Ack
@@ -207,6 +220,7 @@ Message = (
     | CounterDeltas
     | RuleEntries
     | RuleDigest
+    | HandoverDone
 )
 
 

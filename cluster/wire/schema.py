@@ -27,6 +27,7 @@ from meshlimit.cluster.wire.messages import (
     CheckResult,
     CounterDeltas,
     CounterSlot,
+    HandoverDone,
     IndirectAck,
     Join,
     JoinReply,
@@ -350,6 +351,7 @@ FIELDS: dict[type[Message], tuple[_Kind, ...]] = {
         _items(_record(RuleEntry, _RULE, _optional(_RULE), _tuple(_I64, _U64, _NODE))),
     ),
     RuleDigest: (_U64, _COUNT, _BOOL),  # digest, count, reply
+    HandoverDone: (_U64, _COUNT),  # incarnation, slots
 }
 """Each message's field kinds, in dataclass field order. The tag comes from the class."""
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from meshlimit.cluster.node import Node
-from mutation.catalogue import _LIVE, Mutant, Patch, _wrap
+from mutation.catalogue import _LIVE, Mutant, Patch, _noop, _wrap
 
 # --- forwarding and de-duplication ------------------------------------------------------
 
@@ -293,6 +293,30 @@ def _plant_decides_before_join(node: Node) -> None:
     joining.__class__ = Eager
 
 
+def _plant_new_life_not_handed_over(node: Node) -> None:
+    """A member alive again at a higher incarnation (a new life announced over an earlier
+    one, or back from the dead) is told its hand-over is done, but the scan hands it
+    none of the counters it holds: only members new to the ring get theirs."""
+    replication = node.replication
+
+    def make(queue: Any) -> Any:
+        def wrapped(old: Any, new: Any, rejoined: Any = ()) -> Any:
+            queue(old, new, rejoined)
+            scan = replication._scan
+            if scan is not None:
+                scan.back = scan.back & (new.nodes - old.nodes)
+
+        return wrapped
+
+    _wrap(replication, "queue_handover", make)
+
+
+def _plant_resync_not_awaited(node: Node) -> None:
+    """A restarted node that found an earlier life of its own decides its clients at full
+    capacity at once, without waiting for its peers to hand its counts back."""
+    node.resync.begin = _noop  # type: ignore[method-assign]
+
+
 MORE_MUTANTS: tuple[Mutant, ...] = (
     Mutant("dedup_cache_one", "de-duplication",
            "the owner remembers one answer per peer, so a late duplicate is decided again",
@@ -306,7 +330,8 @@ MORE_MUTANTS: tuple[Mutant, ...] = (
            ("loss_20pct", "flapping_link", "misdelivery"), plant=_plant_timeout_drops_check),
     Mutant("handover_half", "hand-over",
            "a hand-over round sends every other counter of its batch",
-           ("join_under_load", "rolling_restart", "join_leave"), plant=_plant_handover_half),
+           ("join_under_load", "rolling_restart", "join_leave", "fast_restart_owner"),
+           plant=_plant_handover_half),
     Mutant("gossip_drops_overflow", "replication",
            "counter deltas beyond one datagram per peer and round are dropped",
            ("join_under_load", "rolling_restart", "owner_crash"),
@@ -354,4 +379,10 @@ MORE_MUTANTS: tuple[Mutant, ...] = (
            "a node decides at full capacity before its join is answered",
            ("join_under_load", "healthy", "edge_serve_before_join"),
            plant=_plant_decides_before_join),
+    Mutant("new_life_not_handed_over", "hand-over to a restarted node",
+           "a member alive again at a higher incarnation is not handed its counters",
+           ("fast_restart_owner",), plant=_plant_new_life_not_handed_over),
+    Mutant("resync_not_awaited", "hand-over to a restarted node",
+           "a restarted owner decides at full capacity before its counts are back",
+           ("fast_restart_owner",), plant=_plant_resync_not_awaited),
 )  # fmt: skip
