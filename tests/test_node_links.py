@@ -383,3 +383,29 @@ def test_a_lost_forward_times_out_into_a_degraded_decision() -> None:
     assert log_of(link, "a", client) == [], "owner: decided a check it never received"
     assert log_of(link, "b", client) == [("degraded", quota >= 1)], "degraded: not counted here"
     assert link.check("b", client).path == "forwarded", "forwarding: did not recover"
+
+
+def test_a_seedless_owner_restarted_at_once_meets_whoever_forwards_to_it() -> None:
+    """The first node has no seeds: killed and restarted at once, its new life is alone and
+    owns everything, from zero counts. A forwarded check from a member it does not know is
+    the sign: it answers that from the degraded quota and joins through the sender, whose
+    reply names its earlier life, so it waits for its counts (``resync``) before deciding
+    at full capacity again. Before, it answered every forwarded check at full capacity."""
+    link = cluster("abc")
+    client = client_owned_by(link, "a")
+    first = [link.check("b", client).allowed for _ in range(3)]
+    assert first == [True] * 3
+    link.advance(NS_PER_S)  # the owner's counts reach its replica
+    link.crash("a")
+    link.add("a")  # at once, no seeds: the seedless first node's flags
+    decision = link.check("b", client)
+    assert log_of(link, "a", client)[-1][0] == "degraded", log_of(link, "a", client)
+    assert link.nodes["a"].membership.stats["stranger_joins"] == 1
+    link.advance(2 * NS_PER_S)
+    assert link.nodes["a"].stats["resyncs"] == 1
+    later = [link.check(name, client).allowed for name in "abc" for _ in range(3)]
+    # The resync bound (docs/design.md): the limit, plus the new life's degraded share
+    # (its slot, handed back from the old life, overwrites what it admitted meanwhile).
+    share = link.nodes["a"].degraded.quota(link.nodes["a"].rule_for(client), client, 0)
+    assert share <= 1
+    assert sum(first) + decision.allowed + sum(later) <= 5 + 1

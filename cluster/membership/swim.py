@@ -244,8 +244,7 @@ class Membership:
         return self._awareness.score
 
     def is_suspect(self, node: str) -> bool:
-        m = self._members.get(node)
-        return m is not None and m.state == SUSPECT
+        return (m := self._members.get(node)) is not None and m.state == SUSPECT
 
     def addr_of(self, node: str) -> Address | None:
         m = self._members.get(node)
@@ -468,12 +467,13 @@ class Membership:
         return [] if news is None else [(addr, news)]
 
     def _meet_stranger(self, sender: str, addr: Address, msg: object, now: int) -> Outputs:
-        """A stranger that probes us by name is a member whose news we missed: ask it for
-        its state with a Join (a push-pull), at most once per probe interval. The Ping
-        alone does not add it; its JoinReply does."""
-        if type(msg) is not Ping or msg.target != self.node_id or sender in self._members:
-            return []
-        if now < self._stranger_join_at:
+        is_ping = type(msg) is Ping and msg.target == self.node_id
+        return self.meet_stranger(sender, addr, now) if is_ping else []
+
+    def meet_stranger(self, sender: str, addr: Address, now: int) -> Outputs:
+        """A stranger that pings us by name, or asks us as an owner, is a member whose news
+        we missed (or we are a new life): a Join to it, at most once a probe interval."""
+        if sender in self._members or now < self._stranger_join_at:
             return []
         self._stranger_join_at = now + self.config.probe_interval_ns
         self.stats["stranger_joins"] += 1

@@ -1,54 +1,48 @@
 """The cluster node as a sans-IO state machine.
 
-Theory of operation. A node is fed three kinds of input — ``check`` calls
-from the application, datagrams from peers (``receive``) and the passage of
-time (``tick``) — and produces three kinds of output that the driver polls:
-datagrams to send (``datagrams_to_send``), events (``events``: decisions for
-checks that waited on the network, membership changes) and the instant it
-next needs a tick (``next_deadline``). It never reads a clock, draws from the
-global RNG, or touches a socket: the asyncio runtime and the simulator are
-two drivers of this one class.
+Theory of operation. A node is fed three kinds of input — ``check`` calls from the
+application, datagrams from peers (``receive``) and the passage of time (``tick``) — and
+produces three kinds of output that the driver polls: datagrams to send
+(``datagrams_to_send``), events (``events``: decisions for checks that waited on the
+network, membership changes) and the instant it next needs a tick (``next_deadline``). It
+never reads a clock, draws from the global RNG, or touches a socket: the asyncio runtime and
+the simulator are two drivers of this one class.
 
-Two times come in: ``now_ns``, a monotonic clock for timeouts, and
-``wall_ns``, the wall clock that windows align to and rule stamps and clock
-offsets are measured with. ``wall_ns`` defaults to ``now_ns``. One identity
-comes in too: ``boot_id``, new in every life of the node (the runtime draws it
-from the OS and the wall clock, the simulator from a stream per life), which
-names this life on the wire: forwarded request ids and, with a cluster key, the
-replay windows peers keep. It never comes from the seeded RNG, which repeats
-itself when a node restarts with the same ``--seed-rng``.
+Two times come in: ``now_ns``, a monotonic clock for timeouts, and ``wall_ns``, the wall
+clock that windows align to and rule stamps and clock offsets are measured with. ``wall_ns``
+defaults to ``now_ns``. One identity comes in too: ``boot_id``, new in every life of the
+node (the runtime draws it from the OS and the wall clock, the simulator from a stream per
+life), which names this life on the wire: forwarded request ids and, with a cluster key, the
+replay windows peers keep. It never comes from the seeded RNG, which repeats itself when a
+node restarts with the same ``--seed-rng``.
 
-Readiness. Until ``start`` and, with seeds, until a seed has answered
-(``joining``), the node does not know the ring: it is not ``ready`` and decides
-every check, its own and those forwarded to it, against the degraded quota.
-After ``leave`` it still knows the ring (its own checks go to the new owners)
-but answers checks forwarded to it from its degraded quota.
+Readiness. Until ``start`` and, with seeds, until a seed has answered (``joining``), the
+node does not know the ring: it is not ``ready`` and decides every check, its own and those
+forwarded to it, against the degraded quota. After ``leave`` it still knows the ring (its
+own checks go to the new owners) but answers checks forwarded to it from its degraded quota.
 
-Checks. In strict mode a check for a client this node owns is decided here
-(path ``owner``); otherwise it is queued for the owner and sent in a batch
-when the batch window closes or the datagram is full; the owner's answer
-resolves it (path ``forwarded``). A check whose owner is suspected, dead, or
-silent past the forward timeout is decided here against a local quota,
-counted in this node's own G-counter slot (path ``degraded``); those counts
-reach the owner by gossip once it is reachable again. A check for an owner that
-already has ``max_pending_per_owner`` checks awaiting it is refused at once (path
-``overloaded``, counted in stats only): backpressure, not degraded mode, since a busy
-owner is reachable. In local mode every node decides on its merged view (path
-``local``) and gossips deltas.
+Checks. In strict mode a check for a client this node owns is decided here (path ``owner``);
+otherwise it is queued for the owner and sent in a batch when the batch window closes or the
+datagram is full; the owner's answer resolves it (path ``forwarded``). A check whose owner
+is suspected, dead, or silent past the forward timeout is decided here against a local
+quota, counted in this node's own G-counter slot (path ``degraded``); those counts reach the
+owner by gossip once it is reachable again. A check for an owner that already has
+``max_pending_per_owner`` checks awaiting it is refused at once (path ``overloaded``,
+counted in stats only): backpressure, not degraded mode, since a busy owner is reachable. In
+local mode every node decides on its merged view (path ``local``) and gossips deltas.
 
-Ownership is the consistent-hash ring over members that are alive, suspect,
-or dead but not yet forgotten: a dead member's clients stay degraded until
-membership reaps it, and only then move to its successor, which has the
-replicated counts. This keeps split-brain out of short partitions.
+Ownership is the consistent-hash ring over members that are alive, suspect, or dead but not
+yet forgotten: a dead member's clients stay degraded until membership reaps it, and only
+then move to its successor, which has the replicated counts. This keeps split-brain out of
+short partitions.
 
-Parts. The node decides checks and dispatches the rest to parts it owns, each
-with its own state: ``forwarding`` (batches to owners, pending tickets, the
-owner's answers), ``replication`` (counter deltas, hand-over, merging),
-``rules`` (rule entries, HLC stamps, anti-entropy), ``degraded`` (the majority
-rule, the local quota, re-sends to owners), the link (datagrams in and out)
-``joining`` (seeds, join retries, readiness), ``resync`` (a restarted life waiting
-for its counts before it decides its clients at full capacity) and ``membership``
-(SWIM).
+Parts. The node decides checks and dispatches the rest to parts it owns, each with its own
+state: ``forwarding`` (batches to owners, pending tickets, the owner's answers),
+``replication`` (counter deltas, hand-over, merging), ``rules`` (rule entries, HLC stamps,
+anti-entropy), ``degraded`` (the majority rule, the local quota, re-sends to owners), the
+link (datagrams in and out) ``joining`` (seeds, join retries, readiness), ``resync`` (a
+restarted life waiting for its counts before it decides its clients at full capacity) and
+``membership`` (SWIM).
 """
 
 from __future__ import annotations
@@ -410,8 +404,9 @@ class Node:
             return self._decide_degraded(client, cost, wall)
         return self._decide_here(client, cost, wall, path)
 
-    def _decide_degraded(self, client: str, cost: int, wall: int) -> Decision:
-        """Decide without the owner, against this node's local quota."""
+    def _decide_degraded(self, client: str, cost: int, wall: int, path: str = "") -> Decision:
+        """Decide without the owner, against this node's local quota (``path`` unused: the
+        signature of ``_decide_forwarded``, for a stranger's checks)."""
         rule = self.registry.resolve(client)
         if rule.also:
             return self._decide_all(client, rule, cost, wall, "degraded")
@@ -481,7 +476,13 @@ class Node:
         sender = envelope.sender
         if isinstance(message, CheckBatch):
             reply_to = envelope.sender_addr
-            self.forwarding.answer(sender, reply_to, message, wall, self._decide_forwarded)
+            decide = self._decide_forwarded
+            if self.membership.addr_of(sender) is None:
+                # A stranger takes us for an owner: it knows a cluster we do not (a seedless
+                # node restarted at once comes back alone). Degraded until we have met it.
+                self._link.send_all(self.membership.meet_stranger(sender, reply_to, now_ns))
+                decide = self._decide_degraded
+            self.forwarding.answer(sender, reply_to, message, wall, decide)
         elif isinstance(message, ReplyBatch):
             self._events.extend(self.forwarding.resolve(sender, message, now_ns, self._window_of))
         elif isinstance(message, CounterDeltas):
