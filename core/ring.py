@@ -27,7 +27,8 @@ Complexity, with N nodes and V virtual nodes each
 - build (``HashRing(...)``): O(N*V log(N*V)) -- N*V hashes, one sort.
 - ``with_node`` / ``without_node``: O(N*V): V new hashes, then a sort of
   already-sorted runs (linear in practice) or a filter; no rehashing.
-- ``owner``, ``owner_of_hash``: O(log(N*V)), one bisect on a plain list.
+- ``owner``, ``owner_of_hash``: O(log(N*V)), one bisect on a plain list (``owner``:
+  a dict lookup for the ``OWNER_MEMO`` clients it last answered).
 - ``preference_list(client, n)``: O(log(N*V)) plus the walk to ``n``
   distinct nodes, about ``n`` tokens when ``n`` is small beside N, and at
   most N*V.
@@ -47,6 +48,9 @@ __all__ = ["HASH_SPACE", "HashRing", "key_hash", "vnode_token"]
 
 HASH_SPACE = 1 << 64
 """Size of the hash circle: tokens and key hashes lie in ``[0, 2**64)``."""
+OWNER_MEMO = 65_536
+"""Client owners a ring remembers (``HashRing.owner``), then forgets all at once. Why
+65,536: the active clients of a busy node fit, in a few MB (the ids are the callers')."""
 
 # Default virtual nodes per node. Measured (scripted, exact arc lengths from
 # shares(), 30 node-name sets per cell, median max/mean share):
@@ -87,7 +91,7 @@ class HashRing:
     whatever order their nodes were given in.
     """
 
-    __slots__ = ("_nodes", "_vnodes", "_pairs", "_tokens", "_owners")
+    __slots__ = ("_nodes", "_vnodes", "_pairs", "_tokens", "_owners", "_owner_of")
 
     _nodes: frozenset[str]
     _vnodes: int
@@ -118,6 +122,9 @@ class HashRing:
         return ring
 
     def _init(self, nodes: frozenset[str], vnodes: int, pairs: SortedList) -> None:
+        #: ``owner``'s answers, remembered (the ring never changes): a check's owner is a
+        #: dict lookup, not a hash and a bisect. Emptied when ``OWNER_MEMO`` are held.
+        self._owner_of: dict[str, str] = {}
         self._nodes = nodes
         self._vnodes = vnodes
         self._pairs = pairs
@@ -171,13 +178,20 @@ class HashRing:
 
     def owner(self, client: str) -> str:
         """Return the node owning ``client``. Raises ``LookupError`` on an empty ring."""
+        owner = self._owner_of.get(client)
+        if owner is not None:
+            return owner
         # key_hash() inlined: the call costs ~40 ns of a ~250 ns lookup.
         try:
-            return self._owners[
+            owner = self._owners[
                 bisect_left(self._tokens, mmh3.hash64(client.encode(), signed=False)[0])
             ]
         except IndexError:
             raise LookupError(f"empty hash ring: no node can own client {client!r}") from None
+        if len(self._owner_of) >= OWNER_MEMO:
+            self._owner_of.clear()
+        self._owner_of[client] = owner
+        return owner
 
     def owner_of_hash(self, h: int) -> str:
         """Return the node owning ring position ``h`` (``0 <= h < 2**64``)."""

@@ -79,9 +79,13 @@ from meshlimit.cluster.wire.messages import (
 from meshlimit.core.counters import CounterStore, Outcome
 from meshlimit.core.decision import Decision, make_decision, most_restrictive
 from meshlimit.core.engine import check_cost
-from meshlimit.core.registry import RuleRegistry, check_client_id
+from meshlimit.core.fastpath import admit_counter
+from meshlimit.core.registry import MAX_CLIENT_BYTES, RuleRegistry, check_client_id
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
+
+#: The stats key of an admitted decision, by path (``_report`` builds the same).
+_ALLOWED = {path: f"{path}_allowed" for path in ("owner", "forwarded", "local")}
 
 
 class Node:
@@ -112,6 +116,8 @@ class Node:
         self.membership.wall_offset_ns = wall - now_ns
         self.ring = HashRing([config.node_id])
         self._ring_members: tuple[str, ...] = (config.node_id,)
+        #: The ring is this node alone: it owns every client and has nobody to replicate to.
+        self._alone = True
         self._wall_offset = wall - now_ns
         self._last_wall_ns = wall
         self._gossip_at = now_ns + config.gossip_interval_ns
@@ -174,10 +180,18 @@ class Node:
     ) -> Decision | int:
         """Decide a check now (a :class:`Decision`) or return a ticket whose
         :class:`Decided` event arrives later. Bad arguments raise ``ValueError``."""
-        check_client_id(client)  # also refuses text the ring cannot hash
+        if (
+            type(client) is not str
+            or not client.isascii()
+            or not 0 < len(client) <= MAX_CLIENT_BYTES
+        ):
+            check_client_id(client)  # also refuses text the ring cannot hash
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
             check_cost(cost)
-        wall = self._advance(now_ns, wall_ns)
+        # ``_advance``, inlined on this hot path.
+        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
+        self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         if not self._knows_ring or not self.degraded.majority:
             # Not joined (the ring is unknown) or cut off from most of the cluster: every
             # decision is a local quota, so that no node that may not be the owner, and
@@ -185,7 +199,7 @@ class Node:
             return self._decide_degraded(client, cost, wall)
         if self.config.mode == "local":
             return self._decide_here(client, cost, wall, "local")
-        owner = self.ring.owner(client)
+        owner = self.node_id if self._alone else self.ring.owner(client)
         if owner == self.node_id:
             return self._decide_here(client, cost, wall, "owner")
         if self.degraded.owner_unreachable(owner):
@@ -196,6 +210,32 @@ class Node:
         if self.forwarding.owner_backlogged(owner):
             return self.overloaded(client, "owner_backlog")
         return self.forwarding.forward(client, cost, owner, now_ns)
+
+    def check_many(
+        self, clients: list[str], cost: int, *, now_ns: int, wall_ns: int
+    ) -> list[Decision | None]:
+        """A front-end's batch at one instant: for each client in turn, the decision
+        :meth:`check` makes when this node decides on its own counts (the owner, local
+        mode), with what the checks share done once; None where it would not (owned
+        elsewhere, not ready, a minority): nothing done, :meth:`check` it. Raises as
+        :meth:`check` for a bad cost or client, before any check."""
+        for client in clients:
+            if (
+                type(client) is not str
+                or not client.isascii()
+                or not 0 < len(client) <= MAX_CLIENT_BYTES
+            ):
+                check_client_id(client)
+        if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
+            check_cost(cost)
+        if not self._knows_ring or not self.degraded.majority:
+            return [None] * len(clients)
+        wall = self._advance(now_ns, wall_ns)
+        path = "local" if self.config.mode == "local" else "owner"
+        if path == "local" or self._alone:
+            return [self._decide_here(client, cost, wall, path) for client in clients]
+        owner, me, decide = self.ring.owner, self.node_id, self._decide_here
+        return [decide(c, cost, wall, path) if owner(c) == me else None for c in clients]
 
     def receive(
         self, datagram: bytes, addr: Address, *, now_ns: int, wall_ns: int | None = None
@@ -327,6 +367,14 @@ class Node:
         rule = self.registry.resolve(client)
         if rule.also:
             return self._decide_all(client, rule, cost, wall, path)
+        decision = admit_counter(self.counters, client, rule, cost, wall, path)
+        if decision is not None:  # the common case, fused (``core/fastpath.py``)
+            if cost and not self._alone:  # alone: nobody to replicate to (``gossip``)
+                self.replication.mark_changed(rule.series, client)
+            self.stats[_ALLOWED[path]] += 1
+            if self.decision_log is not None:
+                self.decision_log.append((wall, client, rule, cost, True, path))
+            return decision
         outcome = self.counters.check(client, rule, cost, now_ns=wall)
         if outcome[0] and cost:
             self.replication.mark_changed(rule.series, client)
@@ -496,6 +544,7 @@ class Node:
         ring_members = ring_members or (self.node_id,)  # the last one out keeps its ring
         if ring_members != self._ring_members:
             self._ring_members = ring_members
+            self._alone = ring_members == (self.node_id,)
             self.ring = HashRing(ring_members)
             self.stats["ring_changes"] += 1
         if rejoined or self.ring is not old_ring:
