@@ -46,6 +46,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 from meshlimit.cluster.node import Decided, MembershipChanged, Node, SeedsWanted
 from meshlimit.cluster.node.config import NodeConfig
@@ -215,6 +216,68 @@ class Runtime:
         if self.on_forwarded is not None:
             self.on_forwarded(time.monotonic_ns() - now_ns, decision.path)
         return decision
+
+    def check_now(self, client: str, cost: int = 1) -> Decision | asyncio.Future[Decision]:
+        """:meth:`check` without a coroutine: the decision itself when the node decides at
+        once (owner-local, local mode, degraded, overloaded), else a future of it (a
+        forwarded check; or a task of :meth:`check` while checks wait for room). The
+        front-ends' hot path: no coroutine, task or loop turn for a check decided here.
+        Bad arguments raise as :meth:`check` does, here or (waiting) from the task."""
+        if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
+            return asyncio.ensure_future(self.check(client, cost))
+        now_ns = time.monotonic_ns()
+        result = self.node.check(client, cost, now_ns=now_ns, wall_ns=time.time_ns())
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        return self._ticket(result, now_ns) if isinstance(result, int) else result
+
+    def check_many(
+        self, clients: list[str], cost: int = 1
+    ) -> list[Decision | asyncio.Future[Decision]]:
+        """:meth:`check_now` of each client, at one instant (a front-end's batch: the
+        commands of one read); those the node decides itself in one call of it
+        (``Node.check_many``). A bad client id gives a future holding its error."""
+        if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
+            decided: list[Decision | None] = [None] * len(clients)
+        else:
+            try:
+                now_ns, wall_ns = time.monotonic_ns(), time.time_ns()
+                decided = self.node.check_many(clients, cost, now_ns=now_ns, wall_ns=wall_ns)
+            except (TypeError, ValueError):  # checked one by one below, each error its own
+                decided = [None] * len(clients)
+        if None not in decided:
+            if not self._flush_scheduled:
+                self._schedule_flush()
+            return decided  # type: ignore[return-value]  # no None in it
+        out: list[Decision | asyncio.Future[Decision]] = []
+        for client, decision in zip(clients, decided, strict=True):
+            if decision is None:
+                try:
+                    out.append(self.check_now(client, cost))
+                except (TypeError, ValueError) as error:
+                    assert self._loop is not None, "runtime not started"
+                    failed: asyncio.Future[Decision] = self._loop.create_future()
+                    failed.set_exception(error)
+                    out.append(failed)
+            else:
+                out.append(decision)
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        return out
+
+    def _ticket(self, ticket: int, sent_ns: int) -> asyncio.Future[Decision]:
+        """The future of a forwarded check's decision (``_pump`` resolves it)."""
+        assert self._loop is not None, "runtime not started"
+        future: asyncio.Future[Decision] = self._loop.create_future()
+        self._futures[ticket] = future
+        if self.on_forwarded is not None:
+            future.add_done_callback(partial(self._forwarded, sent_ns))
+        return future
+
+    def _forwarded(self, sent_ns: int, future: asyncio.Future[Decision]) -> None:
+        """A forwarded check of :meth:`check_now` was decided: time it (``on_forwarded``)."""
+        if self.on_forwarded is not None and not future.cancelled():
+            self.on_forwarded(time.monotonic_ns() - sent_ns, future.result().path)
 
     async def _room(self) -> None:
         """Wait, in arrival order, until a forwarded check may be sent (``_pump`` lets

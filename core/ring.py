@@ -27,7 +27,8 @@ Complexity, with N nodes and V virtual nodes each
 - build (``HashRing(...)``): O(N*V log(N*V)) -- N*V hashes, one sort.
 - ``with_node`` / ``without_node``: O(N*V): V new hashes, then a sort of
   already-sorted runs (linear in practice) or a filter; no rehashing.
-- ``owner``, ``owner_of_hash``: O(log(N*V)), one bisect on a plain list.
+- ``owner``, ``owner_of_hash``: O(log(N*V)), one bisect on a plain list (``owner``:
+  a dict lookup for the ``OWNER_CACHE`` clients it last answered).
 - ``preference_list(client, n)``: O(log(N*V)) plus the walk to ``n``
   distinct nodes, about ``n`` tokens when ``n`` is small beside N, and at
   most N*V.
@@ -64,7 +65,7 @@ DEFAULT_VNODES = 128
 #: Ring layouts kept for reuse (``_layout``). Why 8: the sets a node moves between while
 #: members flap or restart; at 100 members of 128 tokens a layout is about 1.3 MB.
 LAYOUTS = 8
-#: Most clients whose owner a ring remembers (then it computes the rest every time). Why
+#: Most clients whose owner a ring remembers, then it forgets them all at once. Why
 #: 65,536: every client of a busy node's hot set, at about 6 MB for the ring's lifetime.
 OWNER_CACHE = 65_536
 
@@ -234,7 +235,9 @@ class HashRing:
             ]
         except IndexError:
             raise LookupError(f"empty hash ring: no node can own client {client!r}") from None
-        if len(self._owner_of) < OWNER_CACHE and type(client) is str:
+        if type(client) is str:
+            if len(self._owner_of) >= OWNER_CACHE:
+                self._owner_of.clear()  # forget all at once: the active clients come back
             self._owner_of[client] = owner
         return owner
 

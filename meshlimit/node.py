@@ -19,6 +19,7 @@ attempt; ``advertise`` is the address peers are told when ``bind`` is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -142,7 +143,10 @@ class Node:
     async def check(self, client: str, cost: int = 1) -> Decision:
         """Decide a request; forwarded to the client's owner in strict mode. ``remaining``
         is capped at the limit, as :meth:`meshlimit.Limiter.check` caps it."""
-        return capped(await self._runtime.check(client, cost))
+        decision = self._runtime.check_now(client, cost)  # a check decided here: no coroutine
+        if isinstance(decision, asyncio.Future):
+            decision = await decision
+        return capped(decision)
 
     async def set_rule(self, client: str, rule: Rule | str) -> None:
         """Give ``client`` a rule (or ``"@tier"``, a tier this node knows); spreads to

@@ -1,11 +1,12 @@
-"""Tests for meshlimit.core.fastpath: the fused check equals the full path exactly.
+"""Tests for meshlimit.core.fastpath: the fused checks equal the full paths exactly.
 
 Two engines take the same random sequence of checks, costs, rule changes, resets and
 time steps (window rolls, clock steps back), one with the fused path and one without;
 every decision and, after every step, every series' table bytes and counters must be
 identical. Tables are made small (one bucket to start, one record per bucket, a few
 clients at most, a sweep every few checks) so that splits, sweeps and evictions happen
-within a short sequence.
+within a short sequence. The cluster's fused counter check (``admit_counter``) is held
+to ``CounterStore.check`` the same way, with other nodes' slots merged in.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from hypothesis import strategies as st
 from meshlimit.core import engine as engine_module
 from meshlimit.core import fastpath as fastpath_module
 from meshlimit.core import series as series_module
-from meshlimit.core.decision import NS_PER_S
+from meshlimit.core.counters import CounterStore
+from meshlimit.core.decision import NS_PER_S, Decision, make_decision
 from meshlimit.core.engine import Engine
-from meshlimit.core.fastpath import check_token, check_window
+from meshlimit.core.fastpath import admit_counter, check_token, check_window
 from meshlimit.core.hlc import Stamp
-from meshlimit.core.rules import parse_rule
+from meshlimit.core.rules import Rule, parse_rule
 from meshlimit.core.series import WINDOW_RECORD, WindowSeries
 from meshlimit.core.table import ClientTable
 
@@ -202,3 +204,91 @@ def test_a_token_series_at_its_cap_evicts_and_sweeps_as_the_full_path_does():
             assert state(fast) == state(full)
     table = next(iter(fast.series.values())).table
     assert table.evicted_live + table.evicted_dead > 0 and table.expired > 0
+
+
+# --- the cluster's counters (``admit_counter``) -----------------------------------------
+
+#: Another node's slots merged into the counters: G-counters of two slots, as replicas hold.
+merges = st.tuples(st.just("merge"), st.sampled_from(CLIENTS[:3]), st.sampled_from([1, 2, 5]))
+counter_ops = st.lists(st.one_of(checks, checks, checks, steps, rules, resets, merges), min_size=20)
+
+
+def counter_state(store: CounterStore) -> list[tuple[object, ...]]:
+    """Every counter's fields, slots included."""
+    return [
+        (key, c.window, c.cur.slots(), c.prev.slots(), c.carry, c.tat) for key, c in store.items()
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(RULES[:-1]), counter_ops)
+def test_the_fused_counter_check_decides_and_counts_exactly_as_the_store(default, ops):
+    """``admit_counter`` then, when it declines, ``CounterStore.check``, against the store's
+    check alone: the same decisions, and the same counters after every step (slots of
+    other nodes, window rolls, clock steps back, burst carries and refusals included)."""
+    fused, full = CounterStore("n1"), CounterStore("n1")
+    rule_of = {client: parse_rule(default) for client in CLIENTS}
+    now = T0
+    for kind, arg, value in ops:
+        if kind == "check":
+            rule = rule_of[arg]
+            decision = admit_counter(fused, arg, rule, value, now, "owner")
+            if decision is None:
+                decision = _decided(fused.check(arg, rule, value, now_ns=now), rule)
+            assert decision == _decided(full.check(arg, rule, value, now_ns=now), rule)
+        elif kind == "step":
+            now += arg
+        elif kind == "rule":
+            if arg is not None and ";" not in value:  # one limit: the node splits the rest
+                rule_of[arg] = parse_rule(value)
+        elif kind == "reset":
+            windows = {rule_of[arg].series: rule_of[arg].window_ns}
+            assert fused.reset(arg, windows) == full.reset(arg, windows)
+        else:
+            rule = rule_of[arg]
+            if rule.algo != "token_bucket":
+                window = now // rule.window_ns
+                for store in (fused, full):
+                    store.merge(arg, rule.series, window, (("n2", value),), window)
+        assert counter_state(fused) == counter_state(full)
+
+
+def _decided(outcome: tuple[bool, int, int, int], rule: Rule) -> Decision:
+    allowed, remaining, reset_ns, retry_ns = outcome
+    return make_decision(
+        allowed, rule.limit, remaining, reset_ns, retry_ns, "owner", False, rule.window_ns
+    )
+
+
+def test_the_fused_counter_check_takes_admissions_of_known_clients_only():
+    """A new client, a refusal, a window roll and a limit of 0 are the store's (None, and
+    nothing changed); an admission of a known client in its window is fused."""
+    for text in ("2/second", "2/second algo fixed_window", "2/second algo token_bucket"):
+        store, rule = CounterStore("n1"), parse_rule(text)
+        assert admit_counter(store, "acme", rule, 1, T0, "owner") is None  # new
+        store.check("acme", rule, 1, now_ns=T0)
+        assert admit_counter(store, "acme", rule, 1, T0, "owner") is not None
+        before = counter_state(store)
+        assert admit_counter(store, "acme", rule, 1, T0, "owner") is None  # refused
+        assert counter_state(store) == before
+        if rule.algo != "token_bucket":
+            assert admit_counter(store, "acme", rule, 1, T0 + S, "owner") is None  # rolled
+            assert counter_state(store) == before
+
+
+def test_the_fused_counter_check_counts_a_carried_and_a_shrunk_burst_alike():
+    """As for the engine: a carry rolled into the window (with and without a previous
+    window's weight), then a rule whose burst shrank below it while its limit grew."""
+    for algo in ("sliding_window", "fixed_window", "token_bucket"):
+        for offset in (0, S // 3, S - 1):
+            fused, full = CounterStore("n1"), CounterStore("n1")
+            rule = parse_rule(f"3/second burst 2 algo {algo}")
+            times = [T0] * 6 + [T0 + S + offset] * 4 + [T0 + 3 * S + offset] * 7
+            for i, now in enumerate(times):
+                if i == 8:
+                    rule = parse_rule(f"10/second burst 1 algo {algo}")
+                decision = admit_counter(fused, "acme", rule, 1, now, "owner")
+                if decision is None:
+                    decision = _decided(fused.check("acme", rule, 1, now_ns=now), rule)
+                assert decision == _decided(full.check("acme", rule, 1, now_ns=now), rule)
+                assert counter_state(fused) == counter_state(full)

@@ -19,13 +19,21 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 from runtimes import DAY_RULE, started_runtime
 
-from meshlimit.cluster.daemon.http_api import make_app, ratelimit_headers
+from meshlimit.cluster.daemon.http_api import (
+    decision_body,
+    decision_json,
+    make_app,
+    ratelimit_headers,
+)
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision
-from meshlimit.core.rules import parse_rule
+from meshlimit.core.decision import PATHS, Decision
+from meshlimit.core.headers import POLICY, policy_headers
+from meshlimit.core.rules import Rule, parse_rule
 
 pytestmark = pytest.mark.loopback
 
@@ -451,3 +459,39 @@ def test_a_seed_name_that_does_not_resolve_leaves_the_node_joining() -> None:
             assert "no-such-host.invalid:7400" in body["reason"]
 
     asyncio.run(main())
+
+
+#: Decisions of every shape (see ``test_resp.py``), and rules with and without a burst, of
+#: whole and sub-second windows.
+decisions = st.builds(
+    Decision,
+    st.booleans(),
+    st.integers(0, 10**9),
+    st.integers(-5, 2 * 10**9),
+    st.integers(0, 10**15).map(lambda ns: ns / 1e9),
+    st.one_of(st.just(math.inf), st.integers(0, 10**12).map(lambda ns: ns / 1e9)),
+    st.sampled_from(PATHS),
+)
+rules = st.one_of(
+    st.none(),
+    st.builds(
+        Rule,
+        st.integers(1, 10**6),
+        st.sampled_from([10**8, 10**9, 60 * 10**9, 1500 * 10**6]),
+        st.integers(0, 100),
+    ),
+)
+
+
+@given(decisions)
+def test_the_check_body_is_the_json_of_the_decision(decision: Decision) -> None:
+    """The check's one-format body is ``json.dumps`` of ``decision_json``, byte for byte."""
+    assert decision_body(decision) == json.dumps(decision_json(decision)).encode()
+
+
+@given(decisions, rules)
+def test_the_ratelimit_headers_of_one_decision_are_its_policy_headers(
+    decision: Decision, rule: Rule | None
+) -> None:
+    """``ratelimit_headers`` (unrolled for one policy) says what ``policy_headers`` says."""
+    assert ratelimit_headers(decision, rule) == policy_headers([(POLICY, decision, rule)])

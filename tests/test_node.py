@@ -175,3 +175,44 @@ def test_key_flood_keeps_memory_bounded_and_legitimate_counts() -> None:
     assert node.counters.evicted_live > 0
     # 300 legit checks within one minute against 10/minute: its count survived the flood.
     assert admitted == 10
+
+
+def _joined(seed: int) -> Node:
+    """Node a with b joined through it (b owns some clients), both in memory."""
+    import random
+
+    a = Node(NodeConfig.preset("sim", "a", ("a", 1)), random.Random(seed), now_ns=0)
+    a.start([], now_ns=0)
+    b = Node(NodeConfig.preset("sim", "b", ("b", 1)), random.Random(seed + 1), now_ns=0)
+    b.start([("a", 1)], now_ns=0)
+    for datagram, _ in b.datagrams_to_send():
+        a.receive(datagram, ("b", 1), now_ns=1)
+    a.set_rule("default", "3/minute burst 1", now_ns=2)
+    return a
+
+
+def test_check_many_decides_as_check_does_and_leaves_the_rest() -> None:
+    """A batch decides every check this node owns exactly as ``check`` would (refusals,
+    counts, stats, what is marked for replication), and leaves the others (None): then
+    ``check`` forwards them. Alone, it decides all; a bad client raises before any check."""
+    clients = [f"c{i}" for i in range(8)] * 6
+    batched, single = _joined(5), _joined(5)
+    assert {batched.owner(c) for c in clients} == {"a", "b"}
+    for start in range(0, len(clients), 7):
+        batch, now = clients[start : start + 7], 10 + start
+        decided = batched.check_many(batch, 1, now_ns=now, wall_ns=now)
+        for client, decision in zip(batch, decided, strict=True):
+            expected = single.check(client, 1, now_ns=now, wall_ns=now)
+            if batched.owner(client) == "a":
+                assert decision == expected and isinstance(decision, Decision)
+            else:
+                assert decision is None and isinstance(expected, int)
+                assert isinstance(batched.check(client, 1, now_ns=now, wall_ns=now), int)
+    assert batched.stats == single.stats and batched.stats["owner_refused"] > 0
+    assert list(batched.replication._changed) == list(single.replication._changed)
+    alone = Node(NodeConfig.preset("sim", "z", ("z", 1)), __import__("random").Random(1), now_ns=0)
+    alone.start([], now_ns=0)
+    assert all(d is not None for d in alone.check_many(clients, 1, now_ns=5, wall_ns=5))
+    with pytest.raises(ValueError):
+        alone.check_many(["ok", ""], 1, now_ns=6, wall_ns=6)
+    assert alone.stats["owner_allowed"] + alone.stats["owner_refused"] == len(clients)

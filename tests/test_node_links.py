@@ -409,3 +409,20 @@ def test_a_seedless_owner_restarted_at_once_meets_whoever_forwards_to_it() -> No
     share = link.nodes["a"].degraded.quota(link.nodes["a"].rule_for(client), client, 0)
     assert share <= 1
     assert sum(first) + decision.allowed + sum(later) <= 5 + 1
+
+
+def test_a_resyncing_owner_leaves_its_batches_to_check() -> None:
+    """A front-end's batch (``check_many``, RESP pipelines) must not bypass the resync
+    wait: while a restarted owner waits for its counts it decides nothing on them."""
+    link = cluster("abc")
+    client = client_owned_by(link, "b")
+    assert all(link.check("c", client).allowed for _ in range(3))
+    link.advance(NS_PER_S)
+    link.crash("b")
+    restarted = link.add("b", seeds=["a"])  # at once, same name: a new life
+    assert restarted.stats["resyncs"] == 1  # on this lossless link it is over at once:
+    restarted.resync.begin(["a"], incarnation=99, now_ns=link.now_ns)  # say "a" is slow
+    assert restarted.resync.active
+    wall = link.wall("b")
+    assert restarted.check_many([client], 1, now_ns=link.now_ns, wall_ns=wall) == [None]
+    assert restarted.check(client, now_ns=link.now_ns, wall_ns=wall).path == "degraded"

@@ -19,6 +19,7 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
 from runtimes import started_runtime
 from test_late_replies import SlowRepliesLink
 from test_node_links import NS_PER_MS, NS_PER_S, Link, client_owned_by, cluster, log_of
@@ -229,5 +230,41 @@ def test_checks_wait_for_room_when_too_many_are_in_flight() -> None:
             assert {d.path for d in decisions} == {"forwarded"}, decisions
             assert b.node.stats["checks_waited"] >= 30, b.node.stats
             assert b.node.stats["busy_periods"] >= 1 and not b.busy
+
+    asyncio.run(main())
+
+
+def test_a_batch_is_decided_at_once_where_owned_and_waits_in_line_where_forwarded() -> None:
+    """``Runtime.check_many`` (the front-ends' batches): the checks this node owns are
+    decisions at once, no future; the forwarded ones futures, the first ``max_inflight``
+    sent, the rest waiting for room; a bad id is a future holding its error. Every
+    forwarded one is timed (``on_forwarded``)."""
+
+    async def main() -> None:
+        async with (
+            started_runtime("a", default_rule="1000/hour") as a,
+            started_runtime("b", seeds=[a.node.config.addr], default_rule="1000/hour") as b,
+        ):
+            assert await b.wait_ready(5.0)
+            await asyncio.sleep(0.3)
+            b.max_inflight = 2
+            timed: list[str] = []
+            b.on_forwarded = lambda _ns, path: timed.append(path)
+            clients = [f"user-{i}" for i in range(40)]
+            owned = [c for c in clients if b.node.owner(c) == "b"]
+            assert owned and len(owned) < len(clients) - 2
+            results = b.check_many(clients)
+            for client, result in zip(clients, results, strict=False):
+                if client in owned:
+                    assert isinstance(result, Decision) and result.path == "owner"
+                else:
+                    assert isinstance(result, asyncio.Future)
+            forwarded = await asyncio.gather(*(r for r in results if isinstance(r, asyncio.Future)))
+            assert {d.path for d in forwarded} == {"forwarded"}
+            assert b.node.stats["checks_waited"] >= len(forwarded) - 2
+            (bad,) = b.check_many([""])
+            with pytest.raises(ValueError):
+                await bad  # type: ignore[misc]  # a future, holding the error
+            assert sorted(timed) == ["forwarded"] * (len(clients) - len(owned))
 
     asyncio.run(main())

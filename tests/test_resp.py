@@ -54,7 +54,7 @@ from meshlimit.cluster.daemon.throttle import (
 )
 from meshlimit.cluster.runtime import Runtime
 from meshlimit.core.algorithms import token_bucket
-from meshlimit.core.decision import Decision, make_decision
+from meshlimit.core.decision import PATHS, Decision, make_decision
 from meshlimit.core.hlc import Stamp
 from meshlimit.core.registry import RuleRegistry
 from meshlimit.core.rules import Rule, parse_rule
@@ -299,6 +299,31 @@ def test_check_reply_format() -> None:
     assert b":-1\r\n$8\r\ndegraded" in check_reply(never)
 
 
+#: Decisions of every shape: refused or not, ``remaining`` over the limit (a burst), any
+#: reset (a float from nanoseconds), a finite or endless retry, every path.
+decisions = st.builds(
+    Decision,
+    st.booleans(),
+    st.integers(0, 10**9),
+    st.integers(0, 2 * 10**9),
+    st.integers(0, 10**15).map(lambda ns: ns / 1e9),
+    st.one_of(st.just(float("inf")), st.integers(0, 10**12).map(lambda ns: ns / 1e9)),
+    st.sampled_from(PATHS),
+    st.booleans(),
+    st.integers(0, 10**13),
+)
+
+
+@given(decisions)
+def test_check_reply_of_an_allowed_decision_is_the_general_reply(decision: Decision) -> None:
+    """The allowed reply's one-format path gives the bytes of the general one (which
+    ``WITHWINDOW`` takes: the same six elements, then the window)."""
+    general = check_reply(decision, with_window=True)
+    head, _, window = general.rpartition(b":")
+    assert window.endswith(b"\r\n") and general.startswith(b"*7\r\n")
+    assert check_reply(decision) == b"*6" + head[2:]
+
+
 def test_errors_are_one_line() -> None:
     assert encode_error("bad\r\nthing") == b"-ERR bad  thing\r\n"
     assert encode_error("wait", "TRYAGAIN") == b"-TRYAGAIN wait\r\n"
@@ -377,6 +402,13 @@ class StandInRuntime:
     async def check(self, client: str, cost: int) -> Decision:
         assert cost == 1
         return self.answers.pop(0)
+
+    def check_now(self, client: str, cost: int) -> Decision:
+        assert cost == 1
+        return self.answers.pop(0)
+
+    def check_many(self, clients: list[str], cost: int) -> list[Decision]:
+        return [self.check_now(client, cost) for client in clients]
 
 
 def test_throttle_decided_under_another_rule_is_resent_retried_then_refused() -> None:
@@ -762,7 +794,15 @@ def test_deep_pipeline_is_paced_not_dropped() -> None:
         decided += 1
         return Decision(True, 10**6, decided, 1.0, 0.0, "forwarded")
 
-    runtime = SimpleNamespace(check=check, busy=False, on_not_busy=[])
+    def check_now(client: str, cost: int) -> asyncio.Future[Decision]:
+        return asyncio.ensure_future(check(client, cost))
+
+    def check_many(clients: list[str], cost: int) -> list[asyncio.Future[Decision]]:
+        return [check_now(client, cost) for client in clients]
+
+    runtime = SimpleNamespace(
+        check=check, check_now=check_now, check_many=check_many, busy=False, on_not_busy=[]
+    )
 
     async def main() -> None:
         server = RespServer(runtime, RespConfig(max_pipeline=8))  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ ring (a node that does not decides from its degraded quota).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ from prometheus_client.exposition import choose_encoder
 
 from meshlimit.cluster.daemon.metrics import Family, Histogram, LatencyHistogram, node_families
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision, capped
+from meshlimit.core.decision import PATHS, Decision, capped
 from meshlimit.core.headers import ratelimit_headers
 from meshlimit.core.registry import CLIENT_PREFIX, MAX_CLIENT_BYTES, RESET_PREFIX, check_tier_name
 from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
@@ -102,18 +103,25 @@ def make_app(
 
 async def _check(request: web.Request) -> web.Response:
     body = await _json_object(request)
-    _refuse_unknown(body, CHECK_FIELDS)
-    client = _client(body.get("client"), "'client'")
-    cost = _cost(body.get("cost", 1))
+    if not body.keys() <= CHECK_FIELDS:
+        _refuse_unknown(body, CHECK_FIELDS)
+    client = body.get("client")
+    if type(client) is not str or not client.isascii() or not 0 < len(client) <= MAX_CLIENT_BYTES:
+        client = _client(client, "'client'")  # the full checks, and their messages
+    cost = body.get("cost", 1)
+    if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
+        cost = _cost(cost)
     runtime = request.app[_RUNTIME]
     try:
-        decision = capped(await runtime.check(client, cost))
+        decided = runtime.check_now(client, cost)  # no coroutine for a check decided here
+        decision = capped(await decided if isinstance(decided, asyncio.Future) else decided)
     except ValueError as error:  # validated above; the node has the last word
         raise BadRequest(str(error)) from None
     # ``q`` comes from the decision (the owner's rule); the window from this node's view
     # of the rule, which agrees with the owner's once a rule change has spread.
-    rule = runtime.node.rule_for(client)
-    return web.json_response(decision_json(decision), headers=ratelimit_headers(decision, rule))
+    headers = ratelimit_headers(decision, runtime.node.rule_for(client))
+    headers["Content-Type"] = _JSON_TYPE  # what ``json_response`` sets
+    return web.Response(body=decision_body(decision), headers=headers)
 
 
 async def _get_rule(request: web.Request) -> web.Response:
@@ -341,6 +349,29 @@ def decision_json(decision: Decision) -> dict[str, Any]:
         "retry_after": retry,
         "path": decision.path,
     }
+
+
+def decision_body(decision: Decision) -> bytes:
+    """``json.dumps(decision_json(decision))``, encoded, by one format: the check's reply."""
+    decision = capped(decision)
+    retry = -1 if math.isinf(decision.retry_after) else round(decision.retry_after, 3)
+    path = _PATHS_JSON.get(decision.path) or json.dumps(decision.path)
+    return _DECISION_BODY % (
+        b"true" if decision.allowed else b"false",
+        decision.limit,
+        decision.remaining,
+        repr(round(decision.reset_after, 3)).encode(),
+        repr(retry).encode(),
+        path.encode(),
+    )
+
+
+_DECISION_BODY = (
+    b'{"allowed": %b, "limit": %d, "remaining": %d, "reset_after": %b, "retry_after": %b, '
+    b'"path": %b}'
+)
+_PATHS_JSON = {path: json.dumps(path) for path in PATHS}
+_JSON_TYPE = "application/json; charset=utf-8"
 
 
 def rule_json(runtime: Runtime, client: str) -> dict[str, Any]:

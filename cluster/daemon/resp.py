@@ -2,13 +2,14 @@
 
 Theory of operation. One :class:`asyncio.Protocol` per connection feeds the
 bytes it reads to a :class:`~meshlimit.cluster.daemon.resp_protocol.CommandReader`
-(hiredis, within the frame bound) and runs every complete command in the read
-at once (pipelining); replies go out in command order, each as soon as it and
-every reply before it are ready. Checks the node decides itself complete
-synchronously (the check coroutine is stepped eagerly, see
-:func:`~meshlimit.cluster.daemon.eager.start_eagerly`), so a pipelined burst of
-owner-local checks is answered with one write; a forwarded check's reply waits
-for the owner without holding back the parsing of later commands.
+(hiredis, within the frame bound), takes every complete command of the read at
+once (pipelining) and runs them in order; replies go out in command order, each
+as soon as it and every reply before it are ready, the ready ones of a read in
+one write. Plain ``ML.CHECK client`` commands in a row run as one batch of the
+runtime (``Runtime.check_many``: one clock reading, no coroutine, task or future
+for a check the node decides itself), so a pipelined burst of owner-local checks
+costs one call and one write; a forwarded check's reply is a future that waits
+for the owner without holding back the commands after it.
 
 Four modules, one job each: ``resp_protocol.py`` reads commands from the
 byte stream and encodes replies; ``resp_commands.py`` runs the limiter's commands
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from meshlimit.cluster.daemon.resp_commands import Reply, RespCommands
-from meshlimit.cluster.daemon.resp_protocol import OK, CommandReader, ProtocolError, encode_error
+from meshlimit.cluster.daemon.resp_protocol import OK, CommandReader, encode_error
 from meshlimit.cluster.daemon.resp_session import Session
 from meshlimit.cluster.runtime import Runtime
 
@@ -172,6 +173,8 @@ class RespServer:
 # --- connections ----------------------------------------------------------------------
 
 _MAX_CLIENTS = encode_error("max number of clients reached")
+#: ``ML.CHECK`` as clients spell it; other spellings take the general dispatch.
+_ML_CHECK = frozenset((b"ML.CHECK", b"ml.check"))
 _SHUTTING_DOWN = encode_error("the node is shutting down")
 
 
@@ -235,8 +238,7 @@ class _Connection(asyncio.Protocol):
             return
         self.last_active = self.loop.time()
         self.reader.feed(data)
-        self._run_commands()
-        self._flush()
+        self._flush(self._run_commands())
         if len(self.replies) >= self.config.max_pipeline:
             self._pause("pipeline")
         if self.server.runtime.busy and self.reading:
@@ -287,29 +289,54 @@ class _Connection(asyncio.Protocol):
 
     # --- parsing and running ----------------------------------------------------------
 
-    def _run_commands(self) -> None:
+    def _run_commands(self) -> list[bytes]:
+        """Run every complete command read; the replies ready to write before any in
+        ``replies`` (those wait for a reply before them that is not ready yet). Plain
+        ``ML.CHECK client`` commands in a row run as one batch (``ml_check_batch``)."""
+        frames, error = self.reader.commands()
         config = self.config
-        while self.reading:
-            try:
-                frame = self.reader.next_command()
-            except ProtocolError as error:
-                if error.oversized:
-                    self.server.stats["oversized"] += 1
-                self._protocol_error(str(error))
-                return
-            if frame is None:
-                return  # the rest of the frame is yet to come
+        commands = self.server.commands
+        ready: list[bytes] = []
+        batch: list[bytes] = []  # the clients of plain ML.CHECKs in a row
+        plain_ok = config.max_args >= 2
+        for frame in frames:
+            if len(frame) == 2 and frame[0] in _ML_CHECK and plain_ok:  # the hot path
+                batch.append(frame[1])
+                continue
+            if batch:
+                self._queue(commands.ml_check_batch(batch), ready)
+                batch = []
+            reply: Reply
             if len(frame) > config.max_args:
                 self.server.stats["command_errors"] += 1
-                self.replies.append(
-                    encode_error(f"too many arguments ({len(frame)}; at most {config.max_args})")
+                reply = encode_error(
+                    f"too many arguments ({len(frame)}; at most {config.max_args})"
                 )
             elif frame[0].upper() == b"QUIT":
-                self.replies.append(OK)
+                self._queue([OK], ready)
                 self.reading = False
                 self.close_when_drained = True
+                return ready  # what follows QUIT is never run
             else:
-                self.replies.append(self.server.commands.execute(frame, self.session))
+                reply = commands.execute(frame, self.session)
+            self._queue([reply], ready)
+        if batch:
+            self._queue(commands.ml_check_batch(batch), ready)
+        if error is not None:
+            if error.oversized:
+                self.server.stats["oversized"] += 1
+            self._protocol_error(str(error))
+        return ready
+
+    def _queue(self, replies: list[Reply], ready: list[bytes]) -> None:
+        """Replies in command order: to ``ready`` while every reply before them is ready,
+        then to ``self.replies``."""
+        owed = self.replies
+        for reply in replies:
+            if owed or type(reply) is not bytes:
+                owed.append(reply)
+            else:
+                ready.append(reply)
 
     def _protocol_error(self, message: str) -> None:
         """Answer what was read before, then the error, then close (as Redis does)."""
@@ -321,12 +348,14 @@ class _Connection(asyncio.Protocol):
 
     # --- replying ---------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        """Write every reply that is ready and has no unready reply before it."""
+    def _flush(self, out: list[bytes] | None = None) -> None:
+        """Write ``out`` (replies due first) and every reply that is ready and has no
+        unready reply before it, in one write."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        out: list[bytes] = []
+        if out is None:
+            out = []
         replies = self.replies
         while replies:
             head = replies[0]

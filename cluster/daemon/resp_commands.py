@@ -26,9 +26,11 @@ Commands (names are case-insensitive):
   commands Redis tooling sends (``resp_session.py``); ``QUIT``: ``+OK``, then the
   connection closes (handled by the connection, ``resp.py``).
 
-A check is stepped eagerly (:func:`~meshlimit.cluster.daemon.eager.start_eagerly`):
-one the node decides itself is answered at once; a forwarded one is answered by
-a future that the connection waits on, in command order.
+A check runs synchronously (``Runtime.check_now``, ``check_many`` for the
+connection's batches of plain ``ML.CHECK``): one the node decides itself is
+answered at once; a forwarded one is answered by a future that the connection
+waits on, in command order. CL.THROTTLE's coroutine is stepped eagerly
+(:func:`~meshlimit.cluster.daemon.eager.start_eagerly`) to the same effect.
 
 CL.THROTTLE and the cluster. The key is checked as client ``cl.throttle:KEY``
 (at most 244 UTF-8 bytes) under the token-bucket rule
@@ -76,6 +78,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 from meshlimit.cluster.daemon.eager import start_eagerly
 from meshlimit.cluster.daemon.resp_protocol import (
@@ -98,7 +101,7 @@ from meshlimit.cluster.daemon.throttle import (
     throttle_rule,
 )
 from meshlimit.cluster.runtime import Runtime
-from meshlimit.core.decision import Decision, capped
+from meshlimit.core.decision import NS_PER_S, PATHS, Decision, capped
 from meshlimit.core.registry import (
     CLIENT_PREFIX,
     MAX_CLIENT_BYTES,
@@ -127,6 +130,12 @@ Reply = bytes | asyncio.Future[bytes]
 def check_reply(decision: Decision, *, with_window: bool = False) -> bytes:
     """``ML.CHECK``'s reply: ``[allowed, limit, remaining, reset_after_ms, retry_after_ms,
     path]``, then ``window_ms`` when asked (``WITHWINDOW``); ``remaining`` capped at the limit."""
+    if decision[0] and not with_window:  # the common case: one format, the same bytes
+        template = _ALLOWED_REPLY.get(decision[5])
+        if template is not None:
+            limit, remaining = decision[1], decision[2]
+            reset_ms = -(-round(decision[3] * NS_PER_S) // NS_PER_MS)  # _ceil_ms inlined
+            return template % (limit, remaining if remaining <= limit else limit, reset_ms)
     decision = capped(decision)
     if decision.allowed:
         retry_ms = 0
@@ -151,6 +160,12 @@ def check_reply(decision: Decision, *, with_window: bool = False) -> bytes:
 
 
 _CHECK_REPLY = b"*%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
+#: An allowed decision's six-element reply by path, with ``limit, remaining, reset_after_ms``
+#: to fill in: ``_CHECK_REPLY`` with the rest already in place.
+_ALLOWED_REPLY = {
+    path: b"*6\r\n:1\r\n:%%d\r\n:%%d\r\n:%%d\r\n:0\r\n$%d\r\n%b\r\n" % (len(path), path.encode())
+    for path in PATHS
+}
 _WITHWINDOW = b"WITHWINDOW"
 #: Command table entries: handler, fewest and most arguments (the name included), flags.
 _Spec = tuple[Callable[[list[bytes]], Reply], int, int, tuple[bytes, ...]]
@@ -209,6 +224,10 @@ class RespCommands:
         """Run one command for the connection ``session``: its reply now, or a future of
         it. Never raises."""
         self.stats["commands"] += 1
+        return self._run(args, session)
+
+    def _run(self, args: list[bytes], session: Session | None) -> Reply:
+        """:meth:`execute`, uncounted."""
         try:
             name = args[0].upper()
             spec = self._commands.get(name)
@@ -245,14 +264,50 @@ class RespCommands:
                 "(ML.CHECK client [cost] [WITHWINDOW])"
             )
         cost = _int_arg(rest[0], "cost", 0, MAX_COUNT) if rest else 1
-        return start_eagerly(self._check(client, cost, with_window))
+        return self._check(client, cost, with_window)
 
-    async def _check(self, client: str, cost: int, with_window: bool) -> bytes:
+    def ml_check_batch(self, raws: list[bytes]) -> list[Reply]:
+        """``ML.CHECK client`` (cost 1, six elements) for each client of ``raws``, the
+        replies in order: as :meth:`execute` answers each, but checked as one batch of the
+        runtime (``Runtime.check_many``), the connection's hot path. The caller has seen
+        to the name and the arity. Never raises."""
+        self.stats["commands"] += len(raws)
+        clients = [
+            r.decode("ascii") for r in raws if r.isascii() and 0 < len(r) <= MAX_CLIENT_BYTES
+        ]
+        if len(clients) < len(raws):  # some need the full argument checks and their errors
+            return [self._run([b"ML.CHECK", raw], None) for raw in raws]
+        replies: list[Reply] = []
+        allowed = _ALLOWED_REPLY
+        for decision in self.runtime.check_many(clients, 1):
+            if type(decision) is Decision and decision[0] and decision[5] in allowed:
+                # ``check_reply`` inlined for its common case: the same bytes.
+                limit, remaining = decision[1], decision[2]
+                reset_ms = -(-round(decision[3] * NS_PER_S) // NS_PER_MS)
+                replies.append(
+                    allowed[decision[5]]
+                    % (limit, remaining if remaining <= limit else limit, reset_ms)
+                )
+            else:
+                replies.append(self._reply(decision, False))
+        return replies
+
+    def _check(self, client: str, cost: int, with_window: bool) -> Reply:
+        """The check's reply: now when the node decides it at once, else a future of it."""
         try:
-            decision = await self.runtime.check(client, cost)
+            decision = self.runtime.check_now(client, cost)
         except ValueError as error:  # validated above; the node has the last word
             return encode_error(str(error))
-        return check_reply(decision, with_window=with_window)
+        return self._reply(decision, with_window)
+
+    def _reply(self, decision: Decision | asyncio.Future[Decision], with_window: bool) -> Reply:
+        """A decision's reply, or a future of it for a decision still to come (the
+        owner's answer: no task, one callback)."""
+        if not isinstance(decision, asyncio.Future):
+            return check_reply(decision, with_window=with_window)
+        reply: asyncio.Future[bytes] = decision.get_loop().create_future()
+        decision.add_done_callback(partial(_reply_when_decided, reply, with_window))
+        return reply
 
     def _ml_rule(self, args: list[bytes]) -> Reply:
         """``ML.RULE SET client rule``, ``ML.RULE GET client``, ``ML.RULE DEL client``."""
@@ -354,6 +409,24 @@ class RespCommands:
         except ValueError as error:  # a CommandError from sending the rule too
             return encode_error(str(error))
         return encode_integers(reply_from_decision(decision, max_burst))
+
+
+def _reply_when_decided(
+    reply: asyncio.Future[bytes], with_window: bool, decided: asyncio.Future[Decision]
+) -> None:
+    """Resolve ``reply`` from a check's decision (cancelled with it: the node stopped)."""
+    if reply.done():
+        return
+    if decided.cancelled():
+        reply.cancel()
+        return
+    error = decided.exception()
+    if error is None:
+        reply.set_result(check_reply(decided.result(), with_window=with_window))
+    elif isinstance(error, ValueError):  # from a check that waited for room first
+        reply.set_result(encode_error(str(error)))
+    else:
+        reply.set_exception(error)
 
 
 # --- arguments ------------------------------------------------------------------------

@@ -87,12 +87,7 @@ class CommandReader:
             try:
                 frame = self._reader.gets()
             except (hiredis.HiredisError, TypeError, ValueError, MemoryError) as error:
-                # TypeError: a RESP3 map whose key is an array (found by the fuzz
-                # campaign); MemoryError: an absurd declared size. Both are garbage.
-                text = str(error)  # hiredis' own messages start "Protocol error"
-                raise ProtocolError(
-                    text if text.startswith("Protocol error") else f"Protocol error: {text}"
-                ) from None
+                raise _garbage(error) from None
             if frame is _NEED_MORE:
                 if self.partial_bytes > self.max_frame_bytes:
                     raise self._oversized()
@@ -107,6 +102,52 @@ class CommandReader:
             if frame:
                 command: list[bytes] = frame  # command_size checked it: a list of bytes
                 return command
+
+    def commands(self) -> tuple[list[list[bytes]], ProtocolError | None]:
+        """Every complete command fed so far, in order (as :meth:`next_command` hands them
+        out one at a time), and the :class:`ProtocolError` that stopped the reading, if
+        any: the commands before it are to be answered first."""
+        commands: list[list[bytes]] = []
+        try:
+            if self._inline or self._frames(commands):
+                while (command := self.next_command()) is not None:
+                    commands.append(command)
+        except ProtocolError as error:
+            return commands, error
+        return commands, None
+
+    def _frames(self, commands: list[list[bytes]]) -> bool:
+        """:meth:`next_command`'s loop over frames, in one frame for a pipelined read: True
+        when a line follows (the rest is :meth:`next_command`'s), False when the bytes fed
+        hold no further complete frame."""
+        gets = self._reader.gets
+        unparsed = self._unparsed
+        limit = self.max_frame_bytes
+        partial = self.partial_bytes
+        try:
+            while True:
+                try:
+                    frame = gets()
+                except (hiredis.HiredisError, TypeError, ValueError, MemoryError) as error:
+                    raise _garbage(error) from None
+                if frame is _NEED_MORE:
+                    if partial > limit:
+                        raise self._oversized()
+                    return False
+                size = command_size(frame)
+                if size is None:
+                    raise ProtocolError("Protocol error: expected an array of bulk strings")
+                partial -= size
+                if size > limit:
+                    raise self._oversized()
+                if frame:
+                    commands.append(frame)
+                if partial and unparsed[-partial] != 42:  # b"*": a line follows
+                    self._reader = hiredis.Reader(notEnoughData=_NEED_MORE)
+                    self._inline = True
+                    return True
+        finally:
+            self.partial_bytes = partial
 
     def _after_frame(self) -> None:
         """At a frame's end: if the bytes after it start with no ``*``, they are a line,
@@ -141,16 +182,31 @@ class CommandReader:
         return ProtocolError(f"Protocol error: command larger than {limit} bytes", oversized=True)
 
 
+def _garbage(error: Exception) -> ProtocolError:
+    """hiredis' complaint as a protocol error. TypeError: a RESP3 map whose key is an array
+    (found by the fuzz campaign); MemoryError: an absurd declared size. Both are garbage."""
+    text = str(error)  # hiredis' own messages start "Protocol error"
+    return ProtocolError(text if text.startswith("Protocol error") else f"Protocol error: {text}")
+
+
 def command_size(frame: object) -> int | None:
     """The encoded size of a command, an array of bulk strings; None for anything else."""
     if type(frame) is not list:
         return None
-    size = len(b"*%d\r\n" % len(frame))
+    n = len(frame)
+    size = _HEAD_BYTES[n] if n < _TABLED else len(b"*%d\r\n" % n)
     for arg in frame:
         if type(arg) is not bytes:
             return None
-        size += len(b"$%d\r\n" % len(arg)) + len(arg) + 2
+        n = len(arg)
+        size += (_HEAD_BYTES[n] if n < _TABLED else len(b"$%d\r\n" % n)) + n + 2
     return size
+
+
+#: ``len(b"$%d\r\n" % n)`` (an array's ``*`` header is as long) for the lengths of nearly
+#: every argument, looked up instead of formatted: this runs for every command read.
+_TABLED = 1000
+_HEAD_BYTES = tuple(len(b"$%d\r\n" % n) for n in range(_TABLED))
 
 
 # --- encoding replies -----------------------------------------------------------------

@@ -52,6 +52,7 @@ from collections import Counter
 
 from meshlimit.cluster.membership import Membership
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.deciding import Deciding, DecisionLog
 from meshlimit.cluster.node.degraded import DegradedMode
 from meshlimit.cluster.node.events import Decided, Event, MembershipChanged
 from meshlimit.cluster.node.forwarding import Forwarding
@@ -74,10 +75,10 @@ from meshlimit.cluster.wire.messages import (
     RuleDigest,
     RuleEntries,
 )
-from meshlimit.core.counters import CounterStore, Outcome
-from meshlimit.core.decision import Decision, make_decision, most_restrictive
+from meshlimit.core.counters import CounterStore
+from meshlimit.core.decision import Decision
 from meshlimit.core.engine import check_cost
-from meshlimit.core.registry import RuleRegistry, check_client_id
+from meshlimit.core.registry import MAX_CLIENT_BYTES, RuleRegistry, check_client_id
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
 
@@ -85,7 +86,7 @@ from meshlimit.core.rules import MAX_COUNT, Rule
 LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
-class Node:
+class Node(Deciding):
     """One cluster member: membership, routing, forwarding, gossip and degraded mode."""
 
     def __init__(
@@ -113,6 +114,8 @@ class Node:
         self.membership.wall_offset_ns = wall - now_ns
         self.ring = HashRing([config.node_id])
         self._ring_members: tuple[str, ...] = (config.node_id,)
+        #: The ring is this node alone: it owns every client and has nobody to replicate to.
+        self._alone = True
         self._wall_offset = wall - now_ns
         self._last_wall_ns = wall
         self._gossip_at = now_ns + config.gossip_interval_ns
@@ -126,7 +129,7 @@ class Node:
         #: When a list, every decision made here is appended as ``(wall_ns, client,
         #: rule, cost, allowed, path)``: the simulator's checkers read it (they only
         #: observe). The driver must drain it; production leaves it None.
-        self.decision_log: list[tuple[int, str, Rule, int, bool, str]] | None = None
+        self.decision_log: DecisionLog | None = None
         stats, dropped = self.stats, self.dropped
         self._link = Link(
             config, self.membership, boot_id=self.boot_id, stats=stats, dropped=dropped
@@ -178,10 +181,18 @@ class Node:
     ) -> Decision | int:
         """Decide a check now (a :class:`Decision`) or return a ticket whose
         :class:`Decided` event arrives later. Bad arguments raise ``ValueError``."""
-        check_client_id(client)  # also refuses text the ring cannot hash
+        if (
+            type(client) is not str
+            or not client.isascii()
+            or not 0 < len(client) <= MAX_CLIENT_BYTES
+        ):
+            check_client_id(client)  # also refuses text the ring cannot hash
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
             check_cost(cost)
-        wall = self._advance(now_ns, wall_ns)
+        # ``_advance``, inlined on this hot path.
+        wall = now_ns + self._wall_offset if wall_ns is None else wall_ns
+        self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
+        self._last_wall_ns = wall
         if not self._knows_ring or not self.degraded.majority:
             # Not joined (the ring is unknown) or cut off from most of the cluster: every
             # decision is a local quota, so that no node that may not be the owner, and
@@ -189,7 +200,7 @@ class Node:
             return self._decide_degraded(client, cost, wall)
         if self.config.mode == "local":
             return self._decide_here(client, cost, wall, "local")
-        owner = self.ring.owner(client)
+        owner = self.node_id if self._alone else self.ring.owner(client)
         if owner == self.node_id:
             if self.resync.active:  # restarted: our counts are still coming back
                 return self._decide_degraded(client, cost, wall)
@@ -202,6 +213,32 @@ class Node:
         if self.forwarding.owner_backlogged(owner):
             return self.overloaded(client, "owner_backlog")
         return self.forwarding.forward(client, cost, owner, now_ns)
+
+    def check_many(
+        self, clients: list[str], cost: int, *, now_ns: int, wall_ns: int
+    ) -> list[Decision | None]:
+        """A front-end's batch at one instant: for each client in turn, the decision
+        :meth:`check` makes when this node decides on its own counts (the owner, local
+        mode), with what the checks share done once; None where it would not (owned
+        elsewhere, not ready, a minority): nothing done, :meth:`check` it. Raises as
+        :meth:`check` for a bad cost or client, before any check."""
+        for client in clients:
+            if (
+                type(client) is not str
+                or not client.isascii()
+                or not 0 < len(client) <= MAX_CLIENT_BYTES
+            ):
+                check_client_id(client)
+        if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
+            check_cost(cost)
+        if not self._knows_ring or not self.degraded.majority or self.resync.active:
+            return [None] * len(clients)  # :meth:`check` decides these, one by one
+        wall = self._advance(now_ns, wall_ns)
+        path = "local" if self.config.mode == "local" else "owner"
+        if path == "local" or self._alone:
+            return [self._decide_here(client, cost, wall, path) for client in clients]
+        owner, me, decide = self.ring.owner, self.node_id, self._decide_here
+        return [decide(c, cost, wall, path) if owner(c) == me else None for c in clients]
 
     def receive(
         self, datagram: bytes, addr: Address, *, now_ns: int, wall_ns: int | None = None
@@ -346,48 +383,6 @@ class Node:
 
     # --- deciding ---------------------------------------------------------------------
 
-    def _decide_here(self, client: str, cost: int, wall: int, path: str) -> Decision:
-        """Decide on the merged counts: as the owner, for a forwarder, or in local mode."""
-        rule = self.registry.resolve(client)
-        if rule.also:
-            return self._decide_all(client, rule, cost, wall, path)
-        outcome = self.counters.check(client, rule, cost, now_ns=wall)
-        if outcome[0] and cost:
-            self.replication.mark_changed(rule.series, client)
-        return self._report(wall, client, rule, cost, path, outcome)
-
-    def _decide_all(self, client: str, rule: Rule, cost: int, wall: int, path: str) -> Decision:
-        """A rule of several limits: each answers first (against its local quota when
-        degraded); only if all allow does each count, and the decision reports the most
-        restrictive (``most_restrictive``). Every limit is one counter like any other:
-        forwarded to, replicated, handed over and reported by the same machinery."""
-        degraded = path == "degraded"
-        limits = rule.limits
-        quotas = [
-            self.degraded.quota(limit, client, wall) if degraded else None for limit in limits
-        ]
-        outcomes = [
-            self.counters.check(client, limit, cost, now_ns=wall, capacity=quota, commit=False)
-            for limit, quota in zip(limits, quotas, strict=True)
-        ]
-        allowed = all(outcome[0] for outcome in outcomes)
-        if allowed and cost:
-            for limit, quota in zip(limits, quotas, strict=True):
-                self.counters.check(client, limit, cost, now_ns=wall, capacity=quota)
-                if degraded:
-                    self.degraded.note_admitted(limit.series, client)
-                else:
-                    self.replication.mark_changed(limit.series, client)
-        elif degraded:
-            outcomes = [
-                self._retry_soon(outcome, limit, wall)
-                if outcome[3] < 0 and cost <= limit.capacity
-                else outcome
-                for limit, outcome in zip(limits, outcomes, strict=True)
-            ]
-        index, outcome = most_restrictive(outcomes)
-        return self._report(wall, client, rule, cost, path, outcome, limits[index])
-
     def _decide_forwarded(self, client: str, cost: int, wall: int, path: str) -> Decision:
         """Decide a check forwarded to this node as its owner: on the merged counts only
         when ready, in a majority, and the owner in its own ring too. A restarted owner
@@ -403,71 +398,6 @@ class Node:
         ):
             return self._decide_degraded(client, cost, wall)
         return self._decide_here(client, cost, wall, path)
-
-    def _decide_degraded(self, client: str, cost: int, wall: int, path: str = "") -> Decision:
-        """Decide without the owner, against this node's local quota (``path`` unused: the
-        signature of ``_decide_forwarded``, for a stranger's checks)."""
-        rule = self.registry.resolve(client)
-        if rule.also:
-            return self._decide_all(client, rule, cost, wall, "degraded")
-        quota = self.degraded.quota(rule, client, wall)
-        outcome = self.counters.check(client, rule, cost, now_ns=wall, capacity=quota)
-        if outcome[0] and cost:
-            self.degraded.note_admitted(rule.series, client)
-        elif outcome[3] < 0 and cost <= rule.capacity:
-            outcome = self._retry_soon(outcome, rule, wall)
-        return self._report(wall, client, rule, cost, "degraded", outcome)
-
-    def overloaded(self, client: str, reason: str) -> Decision:
-        """Refuse a check because the cluster is too busy to decide it in time: its (alive)
-        owner already has ``max_pending_per_owner`` checks awaiting it, or the check timed
-        out while the owner answered slowly or stalled (``reason``: ``owner_backlog``,
-        ``slow_owner``, ``stalled_owner``, or a
-        driver's own, such as ``waiting_full``). Explicit backpressure, counted in stats
-        only (``overloaded`` and ``overloaded_REASON``; no counter, no decision log), to
-        retry after a forward timeout. Not degraded: a busy owner is reachable."""
-        self.stats["overloaded"] += 1
-        self.stats[f"overloaded_{reason}"] += 1
-        rule = self.registry.resolve(client)
-        retry_ns = self.config.forward_timeout_ns
-        shadow = rule.shadow or self.config.shadow
-        return make_decision(
-            False, rule.limit, 0, retry_ns, retry_ns, "overloaded", shadow, rule.window_ns
-        )
-
-    def _retry_soon(self, outcome: Outcome, rule: Rule, wall: int) -> Outcome:
-        """A degraded refusal of a cost the rule admits but the local quota never does
-        (a quota of zero, say, while joining): worth retrying when the quota renews with
-        the next window, or after a probe interval, whichever is sooner, since the owner
-        may be reachable by then. Never "retry never" (-1) for a passing condition."""
-        allowed, remaining, reset_ns, _ = outcome
-        to_next_window = rule.window_ns - wall % rule.window_ns
-        retry_ns = min(to_next_window, self.config.membership.probe_interval_ns)
-        return allowed, remaining, reset_ns, max(retry_ns, 1_000_000)
-
-    def _report(
-        self,
-        wall: int,
-        client: str,
-        rule: Rule,
-        cost: int,
-        path: str,
-        outcome: Outcome,
-        shown: Rule | None = None,
-    ) -> Decision:
-        """Count a decision, log it for the simulator, and apply shadow mode. ``shown``:
-        the limit the decision reports (a rule of several limits), else ``rule``."""
-        allowed, remaining, reset_ns, retry_ns = outcome
-        self.stats[f"{path}_{'allowed' if allowed else 'refused'}"] += 1
-        if self.decision_log is not None:
-            self.decision_log.append((wall, client, rule, cost, allowed, path))
-        shadow = rule.shadow or self.config.shadow
-        if shadow and not allowed:
-            self.stats["shadow_refused"] += 1
-        limit = rule if shown is None else shown
-        return make_decision(
-            allowed, limit.limit, remaining, reset_ns, retry_ns, path, shadow, limit.window_ns
-        )
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -543,6 +473,7 @@ class Node:
         ring_members = ring_members or (self.node_id,)  # the last one out keeps its ring
         if ring_members != self._ring_members:
             self._ring_members = ring_members
+            self._alone = ring_members == (self.node_id,)
             self.ring = HashRing(ring_members)
             self.stats["ring_changes"] += 1
         if rejoined or self.ring is not old_ring:
@@ -573,17 +504,6 @@ class Node:
         """One gossip round of counters: replication, then degraded admissions."""
         self.replication.gossip(wall, self.ring)
         self.degraded.resend(wall, self.ring)
-
-    def _window_of(self, client: str, limit: int, reset_ns: int) -> int:
-        """The window of an owner's decision that reported ``limit``: that of our copy of
-        the client's rule whose limit it is (0 if none: the rule is changing). Of several
-        limits with that number, the shortest window that can hold ``reset_ns``."""
-        windows = [
-            part.window_ns for part in self.registry.resolve(client).limits if part.limit == limit
-        ]
-        if len(windows) > 1:
-            windows = sorted(w for w in windows if w >= reset_ns) or windows
-        return windows[0] if windows else 0
 
     def _apply_reset(self, client: str) -> None:
         """An operator reset ``client`` (a ``reset:`` entry took effect): forget its counts."""

@@ -136,13 +136,13 @@ class Replication:
 
     def mark_changed(self, series: str, client: str) -> None:
         """This node admitted into the counter: replicate it next round."""
-        mark_dirty(
-            self._changed,
-            (series, client),
-            None,
-            limit=self._config.max_dirty,
-            dropped=self._dropped,
-        )
+        # ``mark_dirty`` inlined: this runs on every admitted check.
+        changed, key = self._changed, (series, client)
+        changed[key] = None
+        changed.move_to_end(key)
+        if len(changed) > self._config.max_dirty:
+            changed.popitem(last=False)
+            self._dropped["dirty_full"] += 1
 
     def sweep(self, wall: int) -> None:
         """Forget some counters whose windows have all ended, and the rule registry's
@@ -201,6 +201,8 @@ class Replication:
         by_node: dict[str, list[CounterSlot]] = {}
         for key in changed:
             targets = self._targets(key[1], ring)
+            if not targets:
+                continue  # nobody to send to: no slots to build
             slots = self.slots_of(key, wall, own_only=True)
             for node in targets:
                 by_node.setdefault(node, []).extend(slots)

@@ -15,6 +15,7 @@ from frontend_bench.constants import (
     RESP_CONNS,
     RULE_OPEN,
     TARGET_HTTP,
+    TARGET_HTTP_VS_FLOOR,
     TARGET_RESP,
     TARGET_RESP_VS_REDIS,
 )
@@ -250,6 +251,18 @@ def print_targets(by: dict[str, Setting]) -> None:
             f"(best of -c16/-c64) -> {verdict(http_best >= TARGET_HTTP)} "
             f"({http_best / TARGET_HTTP:.0%} of the target)"
         )
+    for c in (16, 64):
+        node, floor = f"http-c{c}", f"floorh-c{c}"
+        if node in by and floor in by and by[node].runs and by[floor].runs:
+            of_medians = rate(node) / rate(floor)
+            paired = med(
+                [x.rate / y.rate for x, y in zip(by[node].runs, by[floor].runs, strict=False)]
+            )
+            print(
+                f"  HTTP -c{c} >= {TARGET_HTTP_VS_FLOOR}x bare aiohttp (same JSON): "
+                f"{of_medians:.2f}x of the medians, {paired:.2f}x paired -> "
+                f"{verdict(min(paired, of_medians) >= TARGET_HTTP_VS_FLOOR)}"
+            )
     for key in ("http-c16", "http-c64", "ml-P16"):
         if key in by and by[key].runs:
             cpu_us = med([cpu_per_request_us(r) for r in by[key].runs])
