@@ -140,9 +140,11 @@ def test_an_owner_that_has_not_rejoined_answers_forwards_from_its_degraded_quota
     link.life("c", boot_id=3, rng_seed=3)
     link.crash("c")
     b = link.life("b", seeds="c", boot_id=4)
-    link.check("a", client)
     assert not b.ready
+    link.check("a", client)
     assert [path for path, _ in log_of(link, "b", client)] == ["degraded"], "full capacity"
+    # The forward told b where the cluster is: it joined through a, a stranger to it.
+    assert b.ready and b.membership.stats["stranger_joins"] == 1
 
 
 # --- the same identity, a new life (bug 2) ----------------------------------------------
