@@ -149,61 +149,19 @@ def _pack(
     limits: Limits,
     share: bool,
 ) -> Packed:
-    """:func:`pack_datagrams`, once the kit (None: no validation) and head are known."""
+    """:func:`pack_datagrams`, once the kit (None: no validation) and head are known. With
+    ``share`` (a kit needed), each datagram whose messages are all canonical is shelved with
+    its envelope; the datagrams, their order and the counts are the same either way."""
     if kit is not None and type(messages) is list and len(messages) == 1:
         return _pack_one(kit, head, sender, sender_addr, messages[0], budget, share)
-    if share:
-        assert kit is not None
-        return _pack_shared(kit, head, sender, sender_addr, messages, budget)
+    assert kit is not None or not share
     base, most, largest = len(head), limits.max_messages, limits.max_datagram_bytes
     out: list[bytes] = []
     oversized = invalid = 0
     batch: list[bytes] = []
+    kept: list[Message] = []  # the batch's messages (shared: while every one is canonical)
+    whole = share  # every message of the batch is canonical
     size = 0  # bytes in batch
-    for msg in messages:
-        piece = to_msgpack(TO_WIRE[type(msg)](msg)) if kit is None else _screened(kit, msg)
-        if piece is None:
-            invalid += 1
-            continue
-        alone = base + 1 + len(piece)
-        if alone > largest:
-            oversized += 1
-            continue
-        n = len(batch)
-        if n and n < most and base + _header_size(n + 1) + size + len(piece) <= budget:
-            batch.append(piece)
-            size += len(piece)
-            continue
-        if batch:
-            out.append(_envelope(head, batch))
-        batch, size = [piece], len(piece)
-        if alone > budget:  # too big to share a datagram: it goes alone
-            out.append(_envelope(head, batch))
-            batch, size = [], 0
-    if batch:
-        out.append(_envelope(head, batch))
-    return Packed(out, oversized, invalid)
-
-
-def _pack_shared(
-    kit: _Kit,
-    head: bytes,
-    sender: str,
-    sender_addr: Address,
-    messages: Iterable[Message],
-    budget: int,
-) -> Packed:
-    """:func:`pack_datagrams` with ``share``: the same datagrams, in the same order, with
-    the same counts; each datagram of canonical messages is shelved with its envelope."""
-    limits = kit.limits
-    base, most, largest = len(head), limits.max_messages, limits.max_datagram_bytes
-    canonical = kit.canonical
-    out: list[bytes] = []
-    oversized = invalid = 0
-    batch: list[bytes] = []
-    kept: list[Message] = []  # the batch's messages, while every one of them is canonical
-    whole = True  # every message of the batch is canonical
-    size = 0
 
     def flush() -> None:
         datagram = _envelope(head, batch)
@@ -212,7 +170,13 @@ def _pack_shared(
             shelve(datagram, limits, _new_envelope(sender, sender_addr, tuple(kept)))
 
     for msg in messages:
-        piece, fit = _canonical_piece(kit, canonical, msg)
+        if share:
+            assert kit is not None
+            piece, fit = _canonical_piece(kit, kit.canonical, msg)
+        elif kit is None:
+            piece, fit = to_msgpack(TO_WIRE[type(msg)](msg)), False
+        else:
+            piece, fit = _screened(kit, msg), False
         if piece is None:
             invalid += 1
             continue
@@ -232,7 +196,7 @@ def _pack_shared(
         batch, kept, whole, size = [piece], [msg], fit, len(piece)
         if alone > budget:  # too big to share a datagram: it goes alone
             flush()
-            batch, kept, whole, size = [], [], True, 0
+            batch, kept, whole, size = [], [], share, 0
     if batch:
         flush()
     return Packed(out, oversized, invalid)
