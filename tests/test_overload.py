@@ -16,7 +16,9 @@ loopback, with every runtime stopped by its context manager.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -59,15 +61,21 @@ def test_a_timeout_on_a_slow_owner_is_overloaded_not_degraded() -> None:
     assert asker.stats["late_replies"] == 1 and asker.stats["late_replies_counted_twice"] == 0
 
 
-def test_a_timeout_on_an_owner_that_answered_at_once_is_overloaded_too() -> None:
-    # The first stall of a 2x overload: the owner answered every check at once until it
-    # stopped running for longer than the forward timeout. Busy, not gone.
+def _answered_once() -> tuple[SlowRepliesLink, str, Node]:
+    """A cluster whose owner ``a`` of ``client`` answered the asker ``b`` at once."""
     link = cluster("abc", kind=SlowRepliesLink)
     client = client_owned_by(link, "a")
     asker = link.nodes["b"]
     first = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
     link.advance(NS_PER_MS)
     assert link.decided("b", first).path == "forwarded"  # type: ignore[arg-type]
+    return link, client, asker
+
+
+def test_a_timeout_on_an_owner_that_answered_at_once_is_overloaded_too() -> None:
+    # The first stall of a 2x overload: the owner answered every check at once until it
+    # stopped running for longer than the forward timeout. Busy, not gone.
+    link, client, asker = _answered_once()
     link.slow = "a"  # now it stalls
     ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
     link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
@@ -80,12 +88,7 @@ def test_a_timeout_on_an_owner_that_answered_at_once_is_overloaded_too() -> None
 def test_a_node_that_itself_stalled_past_a_deadline_does_not_take_it_for_silence() -> None:
     # The asker is descheduled for longer than a probe interval with a check pending: when
     # it runs again, the owner's silence is judged as of the check's deadline.
-    link = cluster("abc", kind=SlowRepliesLink)
-    client = client_owned_by(link, "a")
-    asker = link.nodes["b"]
-    first = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
-    link.advance(NS_PER_MS)
-    assert link.decided("b", first).path == "forwarded"  # type: ignore[arg-type]
+    link, client, asker = _answered_once()
     link.slow = "a"
     ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
     link.settle()  # the check leaves
@@ -99,12 +102,7 @@ def test_a_node_that_itself_stalled_past_a_deadline_does_not_take_it_for_silence
 
 
 def test_an_owner_silent_for_a_probe_interval_is_taken_for_crashed() -> None:
-    link = cluster("abc", kind=SlowRepliesLink)
-    client = client_owned_by(link, "a")
-    asker = link.nodes["b"]
-    first = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
-    link.advance(NS_PER_MS)
-    assert link.decided("b", first).path == "forwarded"  # type: ignore[arg-type]
+    link, client, asker = _answered_once()
     link.slow = "a"  # silent from now on
     link.advance(asker.config.membership.probe_interval_ns)
     assert asker.membership.is_suspect("a") is False, "the test needs a not-yet-suspected owner"
@@ -215,15 +213,22 @@ def test_degraded_admissions_are_reported_at_a_bounded_pace() -> None:
     assert sent == [budget] and budget < len(clients), f"resend: {sent} in one round"
 
 
+@contextlib.asynccontextmanager
+async def two_runtimes() -> AsyncIterator[Any]:
+    """Runtimes ``a`` and ``b`` joined through ``a``, ``b`` with room for 2 forwards."""
+    async with (
+        started_runtime("a", default_rule="1000/hour") as a,
+        started_runtime("b", seeds=[a.node.config.addr], default_rule="1000/hour") as b,
+    ):
+        assert await b.wait_ready(5.0)
+        await asyncio.sleep(0.3)
+        b.max_inflight = 2
+        yield b
+
+
 def test_checks_wait_for_room_when_too_many_are_in_flight() -> None:
     async def main() -> None:
-        async with (
-            started_runtime("a", default_rule="1000/hour") as a,
-            started_runtime("b", seeds=[a.node.config.addr], default_rule="1000/hour") as b,
-        ):
-            assert await b.wait_ready(5.0)
-            await asyncio.sleep(0.3)
-            b.max_inflight = 2
+        async with two_runtimes() as b:
             clients = [f"user-{i}" for i in range(400) if b.node.owner(f"user-{i}") == "a"]
             decisions = await asyncio.gather(*(b.check(c) for c in clients[:40]))
             assert all(isinstance(d, Decision) for d in decisions)
@@ -241,13 +246,7 @@ def test_a_batch_is_decided_at_once_where_owned_and_waits_in_line_where_forwarde
     forwarded one is timed (``on_forwarded``)."""
 
     async def main() -> None:
-        async with (
-            started_runtime("a", default_rule="1000/hour") as a,
-            started_runtime("b", seeds=[a.node.config.addr], default_rule="1000/hour") as b,
-        ):
-            assert await b.wait_ready(5.0)
-            await asyncio.sleep(0.3)
-            b.max_inflight = 2
+        async with two_runtimes() as b:
             timed: list[str] = []
             b.on_forwarded = lambda _ns, path: timed.append(path)
             clients = [f"user-{i}" for i in range(40)]
