@@ -177,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         choices=PRESETS,
-        help="timings: lan, local (loopback, faster) or wan (default: the config file's, else lan)",
+        help="timings: lan, local (loopback: faster gossip and forward timeout, probes as patient as lan) or wan (default: the config file's, else lan)",
     )
     parser.add_argument(
         "--expected-members",
