@@ -212,8 +212,8 @@ REFUSED = {
     "client id of 258 utf-8 bytes": (envelope(CheckBatch(((1, "é" * 129, 1),))), "too_long"),
     "sender of 65 bytes": (envelope(Ack(1, 2, 3), sender="n" * 65), "too_long"),
     "ping target of 65 bytes": (envelope(Ping(1, "n" * 65, 2)), "too_long"),
-    "slot node of 65 bytes": (
-        envelope(CounterDeltas((CounterSlot("c", "s", 1, (("n" * 65, 1),)),))),
+    "slot name of 72 bytes (a node id and a reset tag: 71)": (
+        envelope(CounterDeltas((CounterSlot("c", "s", 1, (("n" * 72, 1),)),))),
         "too_long",
     ),
     "rule of 513 bytes": (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from test_node_links import NS_PER_MS, NS_PER_S, Link
+from test_node_links import NS_PER_MS, NS_PER_S, Link, cluster
 
 from meshlimit.cluster.node import Node
 from meshlimit.cluster.node.config import NodeConfig
@@ -200,3 +200,28 @@ def test_finding_the_counters_due_is_paced_too() -> None:
     clients = [f"user-{i}" for i in range(3000)]
     held_by_b = sum("b" in ring.preference_list(c, 2) for c in clients)
     assert stats["handover_queued"] == held_by_b, "hand-over: b did not get its share"
+
+
+def test_a_reset_windows_slots_are_named_for_the_reset() -> None:
+    """After a reset, a node's slot of the window the reset fell in is sent under a name
+    made for it, and only such slots of that window merge: a peer's plain slot mixes counts
+    from before the reset, while its named one holds what it admitted since."""
+    from meshlimit.cluster.node.replication import epoch_name
+
+    link = cluster("abc")
+    client = "acme"
+    a = link.nodes["a"]
+    link.set_rule("a", f"reset:{client}", None)
+    link.settle()
+    reset_ms = a.registry.reset_wall_ms(client)
+    assert reset_ms >= 0
+    rule = a.rule_for(client)
+    window = link.wall("a") // rule.window_ns
+    assert window == reset_ms * 1_000_000 // rule.window_ns, "the test needs the same window"
+    a.counters.check(client, rule, 2, now_ns=link.wall("a"))
+    sent = a.replication.slots_of((rule.series, client), link.wall("a"), own_only=True)
+    assert [s.slots for s in sent if s.window == window] == [((epoch_name("a", reset_ms), 2),)]
+    stale = CounterSlot(client, rule.series, window, (("b", 5), (epoch_name("b", reset_ms), 1)))
+    a.replication.merge(CounterDeltas((stale,)), link.wall("a"))
+    counter = a.counters.get(rule.series, client)
+    assert counter is not None and counter.cur.total == 2 + 1  # b's plain 5 stays out

@@ -305,7 +305,10 @@ def test_a_misdelivered_datagram_does_not_cross_a_partition() -> None:
 #: reading and held the relived window to one share (``Checkers.on_clock_step``).
 #: 777002355: a reset issued in one window reached a paused node in the next, after it
 #: had admitted there, and cleared those admissions too (``CounterStore.reset``).
-ONCE_FAILED = [(777002515, False), (777002355, False)]
+#: 31337094097 (and long 4242012734, 4242012736): in local mode, after a reset, each node
+#: saw only its own admissions for the rest of the window (41 admitted for 5 by 7 nodes);
+#: slots of that window are now named for the reset (``replication.epoch_name``).
+ONCE_FAILED = [(777002515, False), (777002355, False), (31337094097, False)]
 
 
 @pytest.mark.parametrize(("seed", "long"), ONCE_FAILED)

@@ -63,6 +63,9 @@ MAX_HANDOVER_BYTES = 2**62
 SLOT_OVERHEAD_BYTES = 16
 #: Encoded size of one (node, count) item beyond the node id.
 ITEM_OVERHEAD_BYTES = 11
+#: Separates a node id from a reset's tag in a slot name (``epoch_name``): node ids are
+#: printable, so it never occurs in one.
+EPOCH_SEP = "\x1f"
 #: Most series learned from peers' deltas (beyond it, unknown series are dropped).
 MAX_SERIES = 1024
 
@@ -176,12 +179,15 @@ class Replication:
             return [CounterSlot(client, series, counter.tat, ())]
         slots = []
         me = self._node_id
+        reset_ms = self._registry.reset_wall_ms(client)
+        reset_window = reset_ms * 1_000_000 // window_ns if reset_ms >= 0 else -1
         for window, gcounter in ((counter.window, counter.cur), (counter.window - 1, counter.prev)):
+            name = epoch_name(me, reset_ms) if window == reset_window else me
             if own_only:  # one slot: a non-empty one is above 0, so ``get`` tells
                 own = gcounter.get(me)
-                items: tuple[tuple[str, int], ...] = ((me, own),) if own else ()
+                items: tuple[tuple[str, int], ...] = ((name, own),) if own else ()
             else:
-                items = tuple(gcounter.items())
+                items = tuple((name if n == me else n, c) for n, c in gcounter.items())
             if items and window >= 0:
                 slots.append(CounterSlot(client, series, window, items))
         return slots
@@ -358,8 +364,10 @@ class Replication:
                 continue
             reset_ms = self._registry.reset_wall_ms(slot.client)
             if reset_ms >= 0 and not _after_reset(slot, window_ns, reset_ms):
-                self._stats["stale_after_reset"] += 1
-                continue
+                slot = self._since_reset(slot, window_ns, reset_ms)
+                if not slot.slots:
+                    self._stats["stale_after_reset"] += 1
+                    continue
             if slot.series.startswith("token_bucket"):
                 self._counters.merge_tat(slot.client, slot.series, slot.window)
             else:
@@ -371,6 +379,19 @@ class Replication:
                     wall // window_ns,
                     self._numbers,
                 )
+
+    def _since_reset(self, slot: CounterSlot, window_ns: int, reset_ms: int) -> CounterSlot:
+        """Of a slot for a window begun before the client's reset, what counts since it:
+        in the window the reset fell in, peers' slots named for it (``epoch_name``), made
+        after they applied it; nothing older, and never our own (we hold it unnamed)."""
+        if slot.series.startswith("token_bucket") or slot.window != reset_ms * 1_000_000 // (
+            window_ns
+        ):
+            return CounterSlot(slot.client, slot.series, slot.window, ())
+        tag = epoch_name("", reset_ms)
+        mine = self._node_id + tag
+        kept = tuple((n, c) for n, c in slot.slots if n.endswith(tag) and n != mine)
+        return CounterSlot(slot.client, slot.series, slot.window, kept)
 
     def _numbers(self, series: str, client: str) -> tuple[int, int]:
         """``(limit, burst)`` that the rule in force for ``client`` gives ``series``."""
@@ -433,7 +454,17 @@ def handed_over(slots: Iterable[CounterSlot], sender: str) -> int:
     """How many of ``slots`` from ``sender`` only a hand-over sends: those naming another
     node's count (replication and degraded reports carry the sender's own alone). The
     receiver of a ``HandoverDone`` counts the same way."""
-    return sum(1 for slot in slots if any(node != sender for node, _ in slot.slots))
+    own = sender + EPOCH_SEP
+    return sum(
+        1 for slot in slots if any(n != sender and not n.startswith(own) for n, _ in slot.slots)
+    )
+
+
+def epoch_name(node: str, reset_ms: int) -> str:
+    """``node``'s slot name in the window an operator reset at ``reset_ms`` fell in: the
+    counts a node sends of that window are those it made since it applied the reset (it
+    forgot the rest), and only slots so named merge there (``Replication.merge``)."""
+    return f"{node}{EPOCH_SEP}{reset_ms & 0xFFFFFF:x}"
 
 
 def _slot_bytes(slot: CounterSlot) -> int:

@@ -323,6 +323,9 @@ _I64 = _int(-(2**63), lambda _: 2**63 - 1)  # instants since the epoch and windo
 _COUNT = _int(0, attrgetter("max_count"))  # counts, costs, limits, durations in ms
 _RETRY = _int(-1, attrgetter("max_count"))  # ms, or -1 for never (a cost above the limit)
 _NODE = _str(attrgetter("max_node_id_bytes"))
+#: A counter slot's name: a node id, or one named for a reset's window (a separator and six
+#: hex digits more: ``replication.epoch_name``).
+_SLOT_NODE = _str(lambda limits: limits.max_node_id_bytes + 7)
 _CLIENT = _str(attrgetter("max_client_bytes"))
 _RULE = _str(attrgetter("max_rule_bytes"))
 _ADDR = _tuple(_str(attrgetter("max_host_bytes")), _int(0, lambda _: PORT_MAX))
@@ -345,7 +348,7 @@ FIELDS: dict[type[Message], tuple[_Kind, ...]] = {
         ),
     ),
     CounterDeltas: (  # deltas: client, series, window, slots of (node_id, count)
-        _items(_record(CounterSlot, _CLIENT, _RULE, _I64, _items(_tuple(_NODE, _COUNT)))),
+        _items(_record(CounterSlot, _CLIENT, _RULE, _I64, _items(_tuple(_SLOT_NODE, _COUNT)))),
     ),
     RuleEntries: (  # entries: key, value or None, stamp of (wall, logical, node_id)
         _items(_record(RuleEntry, _RULE, _optional(_RULE), _tuple(_I64, _U64, _NODE))),
