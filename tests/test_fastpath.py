@@ -203,7 +203,10 @@ def test_a_token_series_at_its_cap_evicts_and_sweeps_as_the_full_path_does():
             assert fast.check(client, 1, now_ns=now) == full.check(client, 1, now_ns=now)
             assert state(fast) == state(full)
     table = next(iter(fast.series.values())).table
-    assert table.evicted_live + table.evicted_dead > 0 and table.expired > 0
+    # Past the cap every insert evicts, dead records first; whether the sweep then finds any
+    # left depends on the table's per-process hash layout, so only the total is certain.
+    assert table.evicted_live + table.evicted_dead > 0
+    assert table.evicted_dead + table.expired >= 250  # dead records went, one way or the other
 
 
 # --- the cluster's counters (``admit_counter``) -----------------------------------------
