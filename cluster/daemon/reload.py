@@ -75,6 +75,20 @@ FILE_STAMP_NODE = "config-file"
 Value = Rule | str | None  # a registry value: a rule, "@tier" for a client, None removes
 
 
+async def watch_polling(
+    poll: Callable[[], object], interval_s: float, failed: str, what: str
+) -> None:
+    """Call ``poll`` every ``interval_s`` until cancelled; an exception is logged as
+    ``failed`` (naming ``what``) and never ends the watching. Shared by the config file's
+    reloader and the Envoy rate limit YAML's loader."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            poll()
+        except Exception:  # never let a surprise end the watching
+            log.exception(failed, extra={"file": what})
+
+
 class FileWrite(NamedTuple):
     """One rule write from a config file: a registry key, its value (None removes it)
     and the file's version (modification time, ns) it is stamped with."""
@@ -236,12 +250,7 @@ class Reloader:
 
     async def watch(self) -> None:
         """Poll the file every ``poll_interval_s`` until cancelled."""
-        while True:
-            await asyncio.sleep(self.poll_interval_s)
-            try:
-                self.poll()
-            except Exception:  # never let a surprise end the watching
-                log.exception("config watch failed", extra={"file": str(self.path)})
+        await watch_polling(self.poll, self.poll_interval_s, "config watch failed", str(self.path))
 
     # --- helpers ----------------------------------------------------------------------
 

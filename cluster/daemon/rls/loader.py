@@ -19,7 +19,6 @@ YAML files, reloads. The daemon calls :meth:`ConfigLoader.reload` on SIGHUP.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshlimit.cluster.daemon.reload import watch_polling
 from meshlimit.cluster.daemon.rls.yaml_config import (
     MAX_FILE_BYTES,
     RateLimitConfig,
@@ -101,15 +101,7 @@ class ConfigLoader:
                 },
             )
             return False
-        log.info(
-            "ratelimit config loaded",
-            extra={
-                "files": len(config.files),
-                "domains": ",".join(sorted(config.domains)) or "-",
-                "rules": len(config.describe()),
-                "reason": reason,
-            },
-        )
+        log_loaded(config, reason)
         return True
 
     def poll(self) -> bool | None:
@@ -120,12 +112,8 @@ class ConfigLoader:
 
     async def watch(self) -> None:
         """:meth:`poll` every ``poll_interval_s`` until cancelled."""
-        while True:
-            await asyncio.sleep(self.poll_interval_s)
-            try:
-                self.poll()
-            except Exception:  # never let a surprise end the watching
-                log.exception("ratelimit config watch failed")
+        files = ",".join(str(path) for path in self.paths)
+        await watch_polling(self.poll, self.poll_interval_s, "ratelimit config watch failed", files)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -171,3 +159,16 @@ class ConfigLoader:
             return self._read()[1]
         except RlsConfigError as error:
             return str(error)
+
+
+def log_loaded(config: RateLimitConfig, reason: str = "start") -> None:
+    """The one line a loaded ratelimit config is logged with: files, domains, rules."""
+    log.info(
+        "ratelimit config loaded",
+        extra={
+            "files": len(config.files),
+            "domains": ",".join(sorted(config.domains)) or "-",
+            "rules": len(config.describe()),
+            "reason": reason,
+        },
+    )

@@ -29,7 +29,7 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from meshlimit.cluster.daemon.rls.loader import POLL_INTERVAL_S, ConfigLoader
+from meshlimit.cluster.daemon.rls.loader import POLL_INTERVAL_S, ConfigLoader, log_loaded
 from meshlimit.cluster.daemon.rls.service import RateLimitServicer, RlsConfig
 from meshlimit.cluster.daemon.rls.stats import DescriptorStats, StatsCollector
 
@@ -146,14 +146,7 @@ class EnvoyFrontend:
         """Load the files now (``RlsConfigError`` names file, line, path and key)."""
         config = self.loader.load() if self.loader.paths else None
         if config is not None:
-            log.info(
-                "ratelimit config loaded",
-                extra={
-                    "files": len(config.files),
-                    "domains": ",".join(sorted(config.domains)) or "-",
-                    "rules": len(config.describe()),
-                },
-            )
+            log_loaded(config)
 
     async def bind(self, host: str, port: int) -> tuple[str, int]:
         """Bind the gRPC server (not yet serving); its address."""
