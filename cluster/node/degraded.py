@@ -35,6 +35,7 @@ from collections import Counter, OrderedDict
 import mmh3
 
 from meshlimit.cluster.membership import Membership
+from meshlimit.cluster.membership.members import LIVE
 from meshlimit.cluster.node.config import NodeConfig, degraded_share, per_round
 from meshlimit.cluster.node.forwarding import PendingCheck
 from meshlimit.cluster.node.replication import Replication, SeriesKey, mark_dirty
@@ -50,7 +51,6 @@ DEGRADED_RESENDS = 3
 #: several rounds rather than in one flood that delays the probes.
 DEGRADED_RESENDS_PER_S = 10_000
 DEGRADED_RESEND_MIN = 100
-_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class DegradedMode:
@@ -88,7 +88,7 @@ class DegradedMode:
             self.position = quorum.index(self._node_id)
         else:
             self.members, self.position = self._unknown_place(len(membership.seeds))
-        live = sum(1 for n in quorum if states.get(n) in _LIVE)
+        live = sum(1 for n in quorum if states.get(n) in LIVE)
         # A node that has not yet heard back from the cluster it is joining sees only
         # itself: it must not take itself for the whole cluster (after a restart it
         # would otherwise own every client, from zero, until the join completes).

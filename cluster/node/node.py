@@ -51,6 +51,7 @@ import random
 from collections import Counter
 
 from meshlimit.cluster.membership import Membership
+from meshlimit.cluster.membership.members import LIVE
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.deciding import Deciding, DecisionLog
 from meshlimit.cluster.node.degraded import DegradedMode
@@ -81,9 +82,6 @@ from meshlimit.core.engine import check_cost
 from meshlimit.core.registry import MAX_CLIENT_BYTES, RuleRegistry, check_client_id
 from meshlimit.core.ring import HashRing
 from meshlimit.core.rules import MAX_COUNT, Rule
-
-#: Member states that are on the ring and probed (alive or suspect).
-LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class Node(Deciding):
@@ -486,7 +484,7 @@ class Node(Deciding):
     def _resync(self, states: dict[str, int], now_ns: int) -> None:
         """A life that found an earlier one of itself in the cluster waits for its counts
         from every peer it holds live (``resync.py``), after telling each of them at once."""
-        live = [n for n, s in states.items() if s in LIVE_STATES and n != self.node_id]
+        live = [n for n, s in states.items() if s in LIVE and n != self.node_id]
         if self.resync.begun:
             self.resync.keep_only(live)
         elif self.membership.earlier_life and self._knows_ring:
