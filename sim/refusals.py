@@ -10,7 +10,8 @@ against the tally of every admission reported before it:
 - **under-admission** (measured; a verdict in windows judged exact): the cluster-wide count
   of the window (and, for a sliding window, the previous one weighted by its overlap)
   plus the cost fits the capacity. Judged for window rules without a burst (the carry
-  needs the whole history), and not in windows a stepped-back clock made uncertain;
+  needs the whole history), and not in windows a stepped-back clock made uncertain (for
+  a sliding window, nor in the window after one: it weighs that one's count in);
 - **reset kept** (``reset_not_kept``): once an operator reset of the client surely
   reached the refusing node (the node it was written at; or one its writer held alive, so
   sent it at once, up since before the write and running, over a link that stayed clean
@@ -113,8 +114,11 @@ class Refusals:
         window_ns = rule.window_ns
         index, elapsed = divmod(wall, window_ns)
         key = (client, rule.series, index)
-        if key in self.uncertain:
-            return
+        uncertain = self.uncertain
+        if key in uncertain or (
+            rule.algo == "sliding_window" and (client, rule.series, index - 1) in uncertain
+        ):
+            return  # a sliding window weighs the previous window's count in too
         self.judged += 1
         if self._fits(rule, key, cost, elapsed, since=None):
             self.under.append(key)
