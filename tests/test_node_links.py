@@ -17,6 +17,8 @@ membership (join), routing and forwarding, replication, rule sync, timeouts.
 
 from __future__ import annotations
 
+import pytest
+
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -383,6 +385,33 @@ def test_a_lost_forward_times_out_into_a_degraded_decision() -> None:
     assert log_of(link, "a", client) == [], "owner: decided a check it never received"
     assert log_of(link, "b", client) == [("degraded", quota >= 1)], "degraded: not counted here"
     assert link.check("b", client).path == "forwarded", "forwarding: did not recover"
+
+
+@pytest.mark.parametrize("lost", ["check", "reply"])
+def test_a_lost_forward_is_sent_again_when_its_owner_answers_others(lost: str) -> None:
+    """A forward (or its reply) lost while the owner answers later checks promptly: the
+    owner is reachable, so at the timeout the check is sent once more under the same id,
+    not decided degraded (which a healthy cluster under load must never do). The owner
+    de-duplicates: a check it counted is answered from its cache, counted once."""
+    link = cluster("abc")
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    if lost == "check":
+        link.drop_next("b", "a")
+    else:
+        link.drop_next("a", "b")
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    assert isinstance(ticket, int), "forwarding: a non-owner decided at once"
+    link.settle()
+    assert link.check("b", client).path == "forwarded"  # a later check, answered promptly
+    link.advance(asker.config.forward_timeout_ns)
+    decision = link.decided("b", ticket)
+    assert decision.path == "forwarded", f"forwarding: {decision.path} for a lost check"
+    assert asker.stats["forward_retries"] == 1 and asker.stats["forward_timeouts"] == 1
+    assert log_of(link, "b", client) == [], "asker: counted a check its owner decided"
+    counted = [True] * 2  # the later check and the lost one, each once
+    assert log_of(link, "a", client) == [("forwarded", True) for _ in counted]
+    assert link.nodes["a"].stats["duplicate_checks"] == (lost == "reply")
 
 
 def test_a_seedless_owner_restarted_at_once_meets_whoever_forwards_to_it() -> None:

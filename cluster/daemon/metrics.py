@@ -53,8 +53,13 @@ STAT_FAMILIES = {
     ),
     "forward_timeouts": (
         "meshlimit_forward_timeouts",
-        "Forwarded checks the owner did not answer in time (then decided degraded, or "
-        "overloaded when the owner was answering slowly).",
+        "Forwarded checks the owner did not answer in time (then sent once more if the "
+        "owner was answering others promptly, else decided overloaded or degraded).",
+    ),
+    "forward_retries": (
+        "meshlimit_forward_retries",
+        "Forwarded checks sent a second time: they timed out while their owner answered "
+        "others promptly (lost on the way); the owner de-duplicates, so none counts twice.",
     ),
     "checks_waited": (
         "meshlimit_checks_waited",

@@ -124,6 +124,8 @@ class PendingCheck:
     owner: str
     sent_ns: int
     deadline_ns: int
+    retried: bool = False
+    """Sent a second time (``retry``): its next timeout is final."""
 
 
 class Forwarding:
@@ -247,6 +249,29 @@ class Forwarding:
         ticket = self._life << SEQ_BITS | self._seq
         self._seq = (self._seq + 1) & _SEQ_MASK
         self.pending[ticket] = PendingCheck(client, cost, owner, now_ns, now_ns + self.timeout_ns())
+        self._queue(ticket, client, cost, owner, now_ns)
+        return ticket
+
+    def lost_in_transit(self, request: PendingCheck) -> bool:
+        """Whether a check that timed out was lost rather than its owner gone: the owner
+        answered after the check left (so it is reachable and was not silent), promptly (not
+        ``owner_slow``), and the check was not sent twice yet. Such a check is sent again
+        (``retry``) before anything is decided: the owner de-duplicates request ids, so a
+        check it did count is answered from its cache, never counted twice."""
+        return not request.retried and self._replied_at.get(request.owner, -1) >= request.sent_ns
+
+    def retry(self, ticket: int, request: PendingCheck, now_ns: int) -> None:
+        """Send a timed-out check (``expire``) once more under the same ticket, from now
+        (round trips, silence and lateness are measured from this sending): an answer to
+        either sending resolves it, the other is not pending."""
+        request.retried = True
+        request.sent_ns, request.deadline_ns = now_ns, now_ns + self.timeout_ns()
+        self.pending[ticket] = request  # at the end: the latest deadline
+        self._stats["forward_retries"] += 1
+        self._queue(ticket, request.client, request.cost, request.owner, now_ns)
+
+    def _queue(self, ticket: int, client: str, cost: int, owner: str, now_ns: int) -> None:
+        """Put a pending check in its owner's batch."""
         self._per_owner[owner] += 1
         batch = self._batches.setdefault(owner, [])
         batch.append((ticket, client, cost))
@@ -259,7 +284,6 @@ class Forwarding:
             self._flush_batch(owner)
         else:
             self._batch_bytes[owner] = size
-        return ticket
 
     def flush_due(self, now_ns: int) -> None:
         """Send the batches if their window has closed."""

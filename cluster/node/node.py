@@ -270,9 +270,15 @@ class Node(Deciding):
         self._after_membership_input(now_ns)
         self.forwarding.flush_due(now_ns)
         for ticket, request in self.forwarding.expire(now_ns):
-            # Answered once, here: a late reply from the owner is counted, not used. A slow
-            # or stalled owner is busy, not unreachable: overloaded (counted nowhere), not
-            # degraded.
+            # A check lost on the way (its owner answers, promptly) is sent once more.
+            # Otherwise it is answered once, here: a late reply from the owner is counted,
+            # not used. A slow or stalled owner is busy, not unreachable: overloaded
+            # (counted nowhere), not degraded.
+            if self.forwarding.lost_in_transit(request) and not self.forwarding.owner_slow(
+                request.owner, now_ns
+            ):
+                self.forwarding.retry(ticket, request, now_ns)
+                continue
             if self.forwarding.owner_slow(request.owner, now_ns):
                 decision = self.overloaded(request.client, "slow_owner")
             elif self.forwarding.owner_stalled(request.owner, request.sent_ns, request.deadline_ns):
