@@ -378,7 +378,7 @@ class Checkers:
         )
         subject = event.node
         if event.new_state in (MemberState.ALIVE, MemberState.SUSPECT):
-            self.history.heard(subject, now)
+            self.history.heard(subject, now, observer)
         if event.new_state in (MemberState.DEAD, MemberState.LEFT):
             self._expect_dead = [  # met in time; a late verdict stays, to be judged
                 e

@@ -134,6 +134,10 @@ class History:
         self.disturbances: list[int] = []
         """Every such instant, in time order."""
         self._minority_since: dict[str, int | None] = {}
+        #: Members first heard of (joined, or rejoined after leaving) while a cut was open,
+        #: and who has heard of them since: a node cut off from every such hearer cannot
+        #: know of them (``_update_minorities``).
+        self._heard_behind: dict[str, set[str]] = {}
         self._auto_resume: list[tuple[int, str]] = []
         self.now = 0
         absent = getattr(scenario, "absent", ())  # nodes that join later, if any
@@ -213,12 +217,18 @@ class History:
         if not seeded:
             self.members.add(name)  # a cluster of its own: it needs no one to hear of it
 
-    def heard(self, name: str, now: int) -> None:
-        """Another member reported ``name`` alive at ``now``: if its current life is up,
-        the cluster now counts it."""
+    def heard(self, name: str, now: int, hearer: str = "") -> None:
+        """``hearer`` reported ``name`` alive at ``now``: if its current life is up, the
+        cluster now counts it (for nodes cut off from ``hearer``, only once they can know)."""
         self.advance(now)
-        if name not in self.members and self.life(name) is not None:
+        behind = self._heard_behind.get(name)
+        if behind is not None and hearer not in behind:
+            behind.add(hearer)  # more nodes know of it now
+            self._update_minorities(now)
+        elif name not in self.members and self.life(name) is not None:
             self.members.add(name)
+            if hearer and any(c.start <= now < c.end for c in self._cuts):
+                self._heard_behind[name] = {hearer}
             self._update_minorities(now)
 
     def _disturbed(self, now: int) -> None:
@@ -327,6 +337,14 @@ class History:
         return out
 
     def _update_minorities(self, now: int) -> None:
+        """Who is cut off from a majority of the cluster as it can know it: a member that
+        joined, or rejoined after a graceful leave, on the far side of a cut is news that
+        cannot reach a node cut off from the member that heard it, so it does not count for
+        that node until they are connected (the near side takes itself for a majority of
+        the cluster it knows: ``docs/design.md``, what remains)."""
+        behind = self._heard_behind
+        if behind and not any(c.start <= now < c.end for c in self._cuts):
+            behind.clear()
         for name in self.lives:
             life = self.life(name)
             if life is None or life.paused_during(now, now):
@@ -335,8 +353,11 @@ class History:
             if name not in self.members:
                 self._minority_since.pop(name, None)  # not joined: it decides degraded
                 continue
-            connected = self.connected(name, now) & self.members
-            minority = 2 * len(connected) <= len(self.members)
+            connected = self.connected(name, now)
+            members = self.members
+            if behind:
+                members = {m for m in members if not connected.isdisjoint(behind.get(m, connected))}
+            minority = 2 * len(connected & members) <= len(members)
             if not minority:
                 self._minority_since[name] = None
             elif self._minority_since.get(name) is None:

@@ -551,7 +551,10 @@ class World:
         """``restart`` kills a running node first (kill -9, then boot); ``join`` starts a
         node that is down and leaves a running one alone. The new life joins through the
         ``via`` nodes if named (up or not: a seed that is down never answers), else
-        through every node that is up, at once or ``serve_before_join`` later; the network
+        through every node that is up -- or, with none up, through every other node (a
+        daemon restarted with the flags that seed it with its peers: it stays joining, on
+        its degraded quota, until one is back; never a cluster of one that takes itself for
+        all of it) -- at once or ``serve_before_join`` later; the network
         puts it on the side of a partition that names it (or, unnamed, in the remainder),
         as it does any node."""
         same_seed = verb == "restart" and args[1] == "same_seed"
@@ -562,8 +565,10 @@ class World:
             return
         if via is not None:
             seeds = [self.nodes[name].addr for name in via if name != sim.name]
-        else:
-            seeds = [s.addr for s in self.nodes.values() if s.node is not None]
+        else:  # with none up, every other node: its flags name them, up or not
+            seeds = [s.addr for s in self.nodes.values() if s.node is not None] or [
+                s.addr for s in self.nodes.values() if s is not sim
+            ]
         self._start_node(sim.name, seeds=seeds, same_seed=same_seed, join_after_ns=join_after_ns)
 
     def _reschedule_requests(self) -> None:

@@ -574,7 +574,7 @@ def test_no_false_suspicion_in_a_healthy_cluster_over_120s() -> None:
     assert net.events[start:] == []
     for n in net.up():
         assert net.nodes[n].stats["suspicions"] == 0
-        assert net.nodes[n].false_suspicions == 0
+        assert net.nodes[n].stats["false_suspicions"] == 0
         assert net.nodes[n].stats["probes"] >= 110
 
 
@@ -596,7 +596,7 @@ def test_false_suspicion_is_refuted_with_a_higher_incarnation() -> None:
             victim.incarnation
         ]
     assert net.events_about("n4", (DEAD, LEFT)) == []
-    assert net.nodes["n1"].false_suspicions == 1
+    assert net.nodes["n1"].stats["false_suspicions"] == 1
 
 
 def test_suspicion_of_ourselves_in_a_direct_update_is_refuted() -> None:

@@ -216,3 +216,32 @@ def test_a_healed_partition_that_outlived_reaping_merges_again() -> None:
     for name, node in link.up():
         assert table(node) == set("abcde"), f"membership: {name} holds {sorted(table(node))}"
         assert node.degraded.majority, f"majority rule: {name} still in a minority"
+
+
+def test_a_member_back_from_the_dead_over_a_one_way_link_makes_no_majority() -> None:
+    """c can hear a and b but not reach them (a one-way cut), so it holds them dead, in
+    a minority. A new life of a comes back and its news reaches c over the working
+    direction: c must not count it live (it cannot hear c) until it acks c's ping, which
+    it can only do once the cut heals; then confirmation pings restore c's majority
+    within a few probe intervals, not a round of the cluster. Before, c counted a live
+    on the news alone and decided at full capacity in a minority (long fuzz seeds
+    31415094246, 31415094372, 31415094402)."""
+    link = partition_cluster("abc")
+    link.cut |= {("c", "a"), ("c", "b")}
+    link.advance(PAST_REAPING_NS)
+    c = link.nodes["c"]
+    assert quorum(c) == set("abc") and not c.degraded.majority
+    link.restart("a", seeds=["b"])
+    heard = False
+    for _ in range(2 * PUSH_PULLS_NS // NS_PER_S):
+        link.advance(NS_PER_S)
+        heard = heard or "a" in c.membership.alive_nodes()
+        assert not c.degraded.majority, "majority rule: c counted news over a one-way link"
+    assert heard, "the test needs c to hear of a's new life"
+    assert "a" in c.membership.unconfirmed or "a" not in c.membership.alive_nodes()
+    link.cut.clear()
+    probe_ns = c.config.membership.probe_interval_ns
+    link.advance(3 * probe_ns)
+    assert c.degraded.majority or set(c.membership.alive_nodes()) != set("abc")
+    link.advance(PUSH_PULLS_NS)  # whatever news is still owed has merged by now
+    assert c.degraded.majority and not c.membership.unconfirmed

@@ -17,12 +17,12 @@ membership (join), routing and forwarding, replication, rule sync, timeouts.
 
 from __future__ import annotations
 
-import pytest
-
 import random
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, TypeVar
+
+import pytest
 
 from meshlimit.cluster.node import Decided, Node
 from meshlimit.cluster.node.config import NodeConfig, local_quota

@@ -148,6 +148,13 @@ class MemberTable:
         self._stats = stats
         self._dropped = dropped
         self._on_live = on_live
+        #: Members back from the dead or from a departure (held DEAD or LEFT, in the table
+        #: or the roster) that have not acked a probe of ours since: the news may have come
+        #: over a one-way link, from a side that cannot hear us, so they do not count as
+        #: live for the majority rule until they answer us (``acked``). Members never held
+        #: before are not here: a cluster forming or growing would otherwise lose its
+        #: majority until every node had probed every newcomer.
+        self.unconfirmed: set[str] = set()
         #: This life has had no join reply yet, nor answered a Join (which tells the joiner
         #: of it): a record of us in the first reply is an earlier life's (``_about_self``).
         self.fresh = True
@@ -168,8 +175,11 @@ class MemberTable:
             return
         m = self.members.get(u.node)
         if m is None:
+            remembered = self._roster.get(u.node)
             if not self._roster.merge(u, now):
                 self._add(u, sender, now)
+                if remembered is not None and u.node in self.members:
+                    self.unconfirmed.add(u.node)  # remembered dead or gone: back
         elif u.incarnation > m.incarnation or (
             u.incarnation == m.incarnation and u.state > m.state
         ):
@@ -252,6 +262,9 @@ class MemberTable:
             self._stats["false_suspicions"] += 1
         if old_state not in LIVE and u.state in LIVE:
             self._on_live(m.node)
+            self.unconfirmed.add(m.node)  # back from the dead, or from a departure
+        elif u.state not in LIVE:
+            self.unconfirmed.discard(m.node)
         if old_state != u.state:
             m.state_changed_ns = now
             self.live_count += (u.state in LIVE) - (old_state in LIVE)
@@ -263,6 +276,12 @@ class MemberTable:
         renewed = old_state == ALIVE and u.state == ALIVE and u.incarnation > old_inc
         if old_state != u.state or old_addr != u.addr or renewed:
             self._emit(m, old_state)
+
+    def acked(self, node: str) -> None:
+        """``node`` acked a probe of ours directly: it hears us, and counts as live again."""
+        if node in self.unconfirmed:
+            self.unconfirmed.discard(node)
+            self.generation += 1  # the majority may change (``Node._after_membership_input``)
 
     def _start_suspicion(self, node: str, accuser: str, now: int) -> None:
         n = self.live_count
@@ -342,5 +361,6 @@ class MemberTable:
             for n, m in self.members.items():
                 assert m.state != SUSPECT or n in self.suspicions, n
         assert self.live_count == sum(1 for m in self.members.values() if m.state in LIVE)
+        assert all(self.members[n].state in LIVE for n in self.unconfirmed), "unconfirmed dead"
         for m in self.gone():
             assert self.reap_at <= m.state_changed_ns + self.config.dead_reap_ns

@@ -35,11 +35,11 @@ told so, and refutes.
 Reaped dead members stay in the :mod:`~meshlimit.cluster.membership.roster` and count in
 :meth:`Membership.quorum` until they come back, are forgotten or ``forget_after_ns`` passes;
 a join reply carries the roster (and the joiner's earlier life, if any, see ``members``).
+One back from the dead in news alone counts as live in the quorum only once it acks a ping
+of ours (``MemberTable.unconfirmed``: the news may have crossed a one-way cut).
 
-Nothing here reads a clock or a global random source: ``now_ns`` (wall clock) is passed to
-every entry point, for durations and Ping/Ack clock-skew estimates; randomness is the
-injected ``random.Random``. Outputs are ``(address, message)`` pairs; garbage from peers is
-dropped and counted in ``dropped``.
+Sans-IO: ``now_ns`` comes with every entry point, randomness is the injected
+``random.Random``; outputs are ``(address, message)`` pairs; garbage is dropped, counted.
 """
 
 from __future__ import annotations
@@ -67,7 +67,14 @@ from meshlimit.cluster.membership.members import (
     is_valid_update,
     update_of,
 )
-from meshlimit.cluster.membership.probes import PeerClocks, Probe, ProbeOrder, Relay
+from meshlimit.cluster.membership.probes import (
+    Confirmations,
+    PeerClocks,
+    Probe,
+    ProbeOrder,
+    Relay,
+    Relays,
+)
 from meshlimit.cluster.membership.roster import Roster
 from meshlimit.cluster.membership.timing import (
     NEVER,
@@ -90,8 +97,6 @@ from meshlimit.cluster.wire.messages import (
 if TYPE_CHECKING:
     import random
 
-_ECHO_WINDOW = range(-1_000_000_000, 1_000_000_000)
-"""An Ack echoes the wall-clock send time of our Ping: within 1 s of it, or it is not ours."""
 
 Outputs = list[tuple[Address, Message]]
 
@@ -150,10 +155,10 @@ class Membership:
         )
         self._self = self._table.me
         self._members = self._table.members  # the table's dict, never rebound
-        self._relays: dict[int, Relay] = {}
+        self._relays = Relays(config.max_relays)
         self._probe: Probe | None = None
         self._seq = 0
-        self._clocks = PeerClocks()
+        self._clocks, self._confirming = PeerClocks(), Confirmations(self._table)
         self.wall_offset_ns = 0
         """Wall clock minus the ``now_ns`` clock, set by the driver: probes carry wall time
         (to measure clock offsets); timeouts run on ``now_ns`` and survive wall jumps."""
@@ -197,11 +202,6 @@ class Membership:
         me = update_of(self._self)
         return [(m.addr, me) for n in nodes if (m := self._members.get(n)) is not None]
 
-    @property
-    def false_suspicions(self) -> int:
-        """Suspicions later refuted: each is a member wrongly suspected (seen from here)."""
-        return self.stats["false_suspicions"]
-
     def members(self) -> list[Member]:
         return [replace(m) for m in self._members.values()]
 
@@ -233,6 +233,12 @@ class Membership:
             kept = [n for n, m in self._members.items() if m.state != LEFT]
             self._quorum = (generation, tuple(sorted(kept + self._roster.counted())))
         return self._quorum[1]
+
+    @property
+    def unconfirmed(self) -> set[str]:
+        """Members back from the dead or a departure, not acked us since (not live for a
+        majority: ``MemberTable.unconfirmed``)."""
+        return self._table.unconfirmed
 
     def remembered(self) -> list[MemberUpdate]:
         """The roster: reaped members still counted (DEAD) and tombstones (LEFT)."""
@@ -347,7 +353,7 @@ class Membership:
         late = self.config.probe_timeout_ns // 2
         if now_ns < self.next_deadline() and now_ns - self._next_probe_at < late:
             if self._relays:  # nothing due, no stall (the node ticks for its own timers)
-                self._expire_relays(now_ns)
+                self._relays.expire(now_ns)
             return []
         self._deadline, self.changes = None, self.changes + 1  # timers, states may move
         out: Outputs = []
@@ -357,13 +363,14 @@ class Membership:
             out += self._indirect_probe(now_ns)
             if now_ns >= self._next_probe_at:
                 out += self._probe_step(now_ns)
+                out += self._confirming.pings(now_ns + self.wall_offset_ns, self._next_seq)
             self._table.expire_suspicions(now_ns)
             out += self._push_pull(now_ns)
         self._roster.expire(now_ns)  # before gossip: forgetting is news to send
         out += self._gossip(now_ns)
         for node in self._table.reap(now_ns):
             self._clocks.forget(node)
-        self._expire_relays(now_ns)
+        self._relays.expire(now_ns)
         return out
 
     def next_deadline(self) -> int:
@@ -399,12 +406,14 @@ class Membership:
             if not p.acked:
                 p.acked = True
                 self._measure(sender, p.sent_ns, msg, now)
+                self._table.acked(sender)
             return []
-        relay = self._relays.get(msg.seq)
-        if relay is None or sender != relay.target:
+        if self._confirming.acked(msg.seq, sender):
+            return []
+        relay = self._relays.take(msg.seq, sender)
+        if relay is None:
             self.stats["late_acks"] += 1
             return []
-        del self._relays[msg.seq]
         self._measure(sender, relay.sent_ns, msg, now)
         return [(relay.requester, IndirectAck(relay.requester_seq, relay.target))]
 
@@ -414,14 +423,12 @@ class Membership:
         if sender not in self._members:
             self.dropped["ping_req_from_stranger"] += 1  # no probing on a stranger's behalf
             return []
-        self._expire_relays(now)
-        if len(self._relays) >= self.config.max_relays:
+        if not self._relays.room(now):
             self.dropped["relay_overflow"] += 1
             return []
         seq = self._next_seq()
-        self._relays[seq] = Relay(
-            addr, msg.seq, msg.target, now, now + self.config.probe_timeout_ns
-        )
+        expires = now + self.config.probe_timeout_ns
+        self._relays.by_seq[seq] = Relay(addr, msg.seq, msg.target, now, expires)
         self.stats["relayed_probes"] += 1
         return [(msg.target_addr, Ping(seq, msg.target, now + self.wall_offset_ns))]
 
@@ -561,10 +568,6 @@ class Membership:
             out += [(addr, u) for u in self.piggyback()]
         return out
 
-    def _expire_relays(self, now: int) -> None:
-        for seq in [s for s, r in self._relays.items() if now >= r.expires_at]:
-            del self._relays[seq]
-
     # -- helpers ---------------------------------------------------------------------------
 
     def _pick(self, k: int, exclude: str = "", only_alive: bool = False) -> list[str]:
@@ -575,15 +578,9 @@ class Membership:
         return self._rng.sample(pool, min(k, len(pool)))
 
     def _measure(self, node: str, sent_ns: int, ack: Ack, now: int) -> None:
-        # ``sent_ns`` and ``now`` are monotonic; the ack's echo and responder fields
-        # are wall clocks (ours when sent, the peer's when it answered).
-        if ack.echo_ns - self.wall_offset_ns - sent_ns not in _ECHO_WINDOW:
+        known = node in self._members
+        if not self._clocks.measure(node, ack, sent_ns, now, self.wall_offset_ns, known=known):
             self.dropped["ack_echo_mismatch"] += 1  # not the probe we sent
-            return
-        if node not in self._members or now < sent_ns:
-            return
-        offset = ack.responder_ns - (ack.echo_ns + now + self.wall_offset_ns) // 2
-        self._clocks.sample(node, now - sent_ns, offset)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -593,7 +590,7 @@ class Membership:
         """Assert the invariants (tests call this after every step)."""
         self._table._check()
         self._roster._check()
-        assert len(self._relays) <= self.config.max_relays
+        assert len(self._relays.by_seq) <= self.config.max_relays
         assert self._deadline in (None, self._next_deadline()), "stale next_deadline"
         clocks = self._clocks
         assert set(clocks.rtts) <= set(self._members) and set(clocks.offsets) <= set(self._members)

@@ -88,7 +88,8 @@ class DegradedMode:
             self.position = quorum.index(self._node_id)
         else:
             self.members, self.position = self._unknown_place(len(membership.seeds))
-        live = sum(1 for n in quorum if states.get(n) in LIVE)
+        unconfirmed = membership.unconfirmed  # heard of, maybe over a one-way link only
+        live = sum(1 for n in quorum if states.get(n) in LIVE and n not in unconfirmed)
         # A node that has not yet heard back from the cluster it is joining sees only
         # itself: it must not take itself for the whole cluster (after a restart it
         # would otherwise own every client, from zero, until the join completes).
