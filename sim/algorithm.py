@@ -15,6 +15,11 @@ did. That replay judges what a per-window tally cannot see (``docs/simulator.md`
   previous one, or rolls it away, admits up to ``2 C`` over a window spanning two fixed
   ones while every fixed window stays within ``C``. Judged at full capacity, for lives whose
   wall clock never stepped back, and for clients never reset.
+- **Token bucket** (``token_bucket_broken``), per admission: GCRA over the life's own
+  full-capacity admissions, the arrival time ``tat`` moved ``cost x ceil(W / limit)`` on from
+  ``max(tat, now)`` by each, must stay within ``(limit + burst)`` intervals of ``now``. A
+  bucket one token deeper, or refilling faster, passes the window tally (a token bucket's
+  window may hold ``2 x limit + burst``) but not this. Judged as the sliding window is.
 - **Burst carry** (``sustained_rate_exceeded``), over consecutive windows: with the carry of
   ``docs/design.md`` any ``k`` consecutive windows admit at most ``k x limit + burst``
   (telescoping ``a_i <= limit + c_(i+1) - c_i``). The carry a life derives from its own
@@ -64,10 +69,13 @@ class _Own:
 
 
 class OwnCounts:
-    """The sliding-window replay (see the module docstring), fed every admission."""
+    """The sliding-window and token-bucket replays (see the module docstring), fed every
+    admission."""
 
     def __init__(self) -> None:
         self._own: dict[tuple[LifeKey, str, str], _Own] = {}
+        #: The token-bucket replay's arrival time per (life, client, series).
+        self._tat: dict[tuple[LifeKey, str, str], int] = {}
         self.stepped_back: set[LifeKey] = set()
         """Lives whose wall clock read an earlier window after a later one."""
         self.findings: list[Violation] = []
@@ -89,7 +97,11 @@ class OwnCounts:
         at or before it (its counts may have been cleared since)."""
         if relived:
             self.stepped_back.add(life)
-        if rule.algo == "token_bucket" or life in self.stepped_back:
+        if life in self.stepped_back:
+            return
+        if rule.algo == "token_bucket":
+            if full and not reset:
+                self._token(life, wall, client, rule, cost)
             return
         window_ns = rule.window_ns
         index, elapsed = divmod(wall, window_ns)
@@ -113,6 +125,25 @@ class OwnCounts:
                     f" {rule.capacity} ({rule})", client, index, (life[0],),
                 ))  # fmt: skip
         own.cur += cost
+
+    def _token(self, life: LifeKey, wall: int, client: str, rule: Rule, cost: int) -> None:
+        """The GCRA replay of a full-capacity token-bucket admission (``token_bucket_broken``):
+        the arrival time ``tat`` of the life's own admissions, each moving it ``cost``
+        emission intervals on from ``max(tat, now)``, stays within ``limit + burst`` intervals
+        of now. The node's own ``tat`` is never earlier (merges only move it later)."""
+        interval = -(-rule.window_ns // rule.limit)
+        key = (life, client, rule.series)
+        tat = max(self._tat.get(key, wall), wall) + cost * interval
+        self._tat[key] = tat
+        self.judged += 1
+        depth = (rule.limit + rule.burst) * interval
+        if tat - wall > depth and len(self.findings) < MAX_FINDINGS:
+            self.findings.append(Violation(
+                "token_bucket_broken",
+                f"{life[0]} (life {life[1]}) admitted {cost} when its own admissions alone"
+                f" put the bucket {tat - wall - depth} ns past its depth of {rule.limit}"
+                f" + {rule.burst} tokens ({rule})", client, wall // rule.window_ns, (life[0],),
+            ))  # fmt: skip
 
 
 class Quiet:

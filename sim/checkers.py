@@ -418,7 +418,7 @@ class Checkers:
         self, node: str, payload: bytes, members: list[tuple[str, Any, str, int]], now: int
     ) -> None:
         """``node`` took ``payload``; ``members`` is its member list right after."""
-        self.news.on_datagram(node, payload, members, now)
+        self.news.on_datagram(node, payload, members, now, self.history.life(node))
 
     def on_exception(self, message: str) -> None:
         """An exception escaped a node (``message`` names the node, instant and error)."""

@@ -118,7 +118,8 @@ class Deciders:
     def share(self, view: View, client: str, rule: Rule, index: int) -> int:
         """The most one degraded decision of this life could let it admit in window
         ``index``: its exact deal once its view of the cluster is the cluster, else the
-        largest share of a cluster the size of what it has seen (``bounds.max_share``)."""
+        largest share of a cluster the size of what it has seen (``bounds.max_share``); one
+        that does not know the ring yet deals over at least two (itself and a seed)."""
         members = self._history.members
         fraction = self._config.degraded_fraction
         if view.knows_ring and view.quorum == members:
@@ -130,7 +131,11 @@ class Deciders:
                 rule.capacity, fraction, members=len(key), position=positions[view.node],
                 client=client, window=index,
             )  # fmt: skip
-        return max_share(rule.capacity, fraction, len(view.quorum) if view.knows_ring else 1)
+        if view.knows_ring:
+            return max_share(rule.capacity, fraction, len(view.quorum))
+        # Not joined (or gone): the node deals the units over its seeds and itself, at least
+        # two and at least ``expected_members`` (``DegradedMode._unknown_place``).
+        return max_share(rule.capacity, fraction, max(2, self._config.expected_members))
 
     def check_forwarded(self) -> None:
         """Forwarded checks answered at full capacity by a node not owning the client: a

@@ -33,6 +33,8 @@ from meshlimit.core.registry import RESET_PREFIX
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED, detection_bound_ns
 from .events import NS_PER_S, SIM_EPOCH_NS
+from .reset_state import stale_after_reset
+from .resync_wait import skipped_resyncs
 from .verdicts import Violation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +83,8 @@ def judge(
     out += [Violation("replica_behind", d) for d in _replicas(checkers, nodes, end)]
     out += [Violation("clock_offset_wrong", d) for d in _offsets(checkers, final, end)]
     out += [Violation("resync_stalled", d) for d in _resyncs(checkers, nodes)]
+    out += [Violation("reset_not_kept", d) for d in stale_after_reset(checkers, nodes, end)]
+    out += [Violation("resync_skipped", d) for d in skipped_resyncs(checkers, nodes)]
     return out
 
 

@@ -7,9 +7,11 @@ that it is suspected or dead at an incarnation no lower than its own refutes at 
 So right after a node takes in a datagram, its record of every member the datagram carried
 news of (piggybacked updates, a join reply's members) is at least as new as that news, and
 its own incarnation is above any suspicion or death of itself it was told of and at least
-any life of itself it was told of. A node that kept an older record (``stale_member_state``)
-ignored a refutation, a restart's new life or a death -- so a live member stays down, or a
-dead one up, for as long as nothing else repairs it.
+any life of itself it was told of; and no record goes back from what the node held after
+the last datagram judged (a dead member revived by old news at its own incarnation). A
+node that kept an older record (``stale_member_state``) ignored a refutation, a restart's
+new life or a death -- so a live member stays down, or a dead one up, for as long as nothing
+else repairs it.
 
 The world hands :meth:`News.on_datagram` the datagram a node just took and the node's
 member list after it (``Node.members()``, what ``meshlimit ctl members`` prints), only while
@@ -26,7 +28,9 @@ from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.messages import JoinReply, MemberState, MemberUpdate
 
 from .events import NS_PER_S
+from .history import Life
 from .verdicts import Violation
+from .windows import LifeKey
 
 _STATES = {name: state for state, name in MemberState.NAMES.items()}
 #: Findings kept.
@@ -43,6 +47,8 @@ class News:
         self.datagrams = 0
         """Datagrams judged."""
         self.findings: list[Violation] = []
+        #: Each life's records after the last datagram judged: ``{member: (inc, state)}``.
+        self._records: dict[LifeKey, dict[str, tuple[int, int]]] = {}
 
     def on_datagram(
         self,
@@ -50,14 +56,18 @@ class News:
         payload: bytes,
         members: list[tuple[str, object, str, int]],
         now: int,
+        life: Life | None = None,
     ) -> None:
-        """``node`` took ``payload``; ``members`` is its member list right after."""
+        """``node`` took ``payload``; ``members`` is its member list right after; ``life`` is
+        the node's life (its records are compared with those it held before)."""
         if self._sealed or len(self.findings) >= MAX_FINDINGS:
             return
         try:
             envelope = codec.decode(payload)
         except codec.DecodeError:
             return
+        if life is not None:
+            self._no_regression(node, life.key, envelope.sender, members, now)
         updates: list[MemberUpdate] = []
         for message in envelope.messages:
             if isinstance(message, MemberUpdate):
@@ -84,6 +94,40 @@ class News:
             if record is not None and record < news:
                 name = MemberState.NAMES.get(record[1], "?")
                 self._find(node, envelope.sender, update, f"{name} at incarnation {record[0]}", now)
+
+    def _no_regression(
+        self,
+        node: str,
+        life: LifeKey,
+        sender: str,
+        members: list[tuple[str, object, str, int]],
+        now: int,
+    ) -> None:
+        """No record of another member may go back (to a lower incarnation, or a milder
+        state at the same one) from what this life held after the last datagram judged: the
+        table merges news by that order alone, so a dead member is revived only by a new
+        incarnation. A member reaped since (missing) is not judged; the roster then holds
+        its record, and a return to the table is at a higher incarnation."""
+        held = {name: (inc, _STATES.get(state, -1)) for name, _, state, inc in members}
+        before = self._records.get(life)
+        self._records[life] = held
+        if before is None:
+            return
+        for member, record in held.items():
+            was = before.get(member)
+            if (
+                member != node
+                and was is not None
+                and record < was
+                and len(self.findings) < MAX_FINDINGS
+            ):
+                self.findings.append(Violation(
+                    "stale_member_state",
+                    f"{node} took a datagram from {sender} at {now / NS_PER_S:.6f} s and went"
+                    f" back from {MemberState.NAMES.get(was[1], '?')} at incarnation {was[0]}"
+                    f" to {MemberState.NAMES.get(record[1], '?')} at incarnation {record[0]}"
+                    f" for {member}", nodes=(node, member),
+                ))  # fmt: skip
 
     def _find(self, node: str, sender: str, update: MemberUpdate, kept: str, now: int) -> None:
         if len(self.findings) >= MAX_FINDINGS:

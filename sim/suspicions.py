@@ -14,6 +14,17 @@ SUSPECT, without a break, since ``t - min_suspicion`` or earlier -- or by news: 
 justified DEAD of ``S`` at some life. An observer whose clock drifts by up to ``p`` ppm
 runs its timers that much faster: it is held to ``min_suspicion x (1 - p / 10^6)``.
 
+**No suspicion too long** (``slow_suspicion``). Where Lifeguard expects no confirmations
+(``K = min(suspicion_confirmations, n - 3) = 0``: at most three live members, self and the
+suspect included, when the suspicion began) a suspicion runs exactly its shortest timeout,
+the base ``suspicion_mult x max(1, log10 n) x probe_interval`` widened by the observer's
+local health (``awareness.py``: ``score + 1`` times). An observer whose score never rose --
+no view ever held it suspect or dead, it never paused -- therefore ends a suspicion (a DEAD
+at the deadline, or the suspect's refutation before it) within the base timeout, stretched
+by its timers' slack (:func:`~meshlimit.sim.bounds.with_timer_slack`); a suspicion of such an
+observer that outlived it ran a longer timer than the protocol's. Judged when the suspicion
+ends, for lives that ran unpaused through it.
+
 The merge of news itself (a higher incarnation wins, then the more severe state; a member
 refutes news of its own suspicion or death) is judged per datagram by
 :mod:`~meshlimit.sim.news`.
@@ -22,8 +33,10 @@ refutes news of its own suspicion or death) is judged per datagram by
 from __future__ import annotations
 
 from meshlimit.cluster.membership import MembershipConfig
+from meshlimit.cluster.membership.timing import expected_confirmations, suspicion_timeout_ns
 from meshlimit.cluster.wire.messages import MemberState
 
+from .bounds import with_timer_slack
 from .events import NS_PER_S
 from .history import History, Life
 from .verdicts import Violation
@@ -31,6 +44,7 @@ from .views import View
 
 #: Findings kept.
 MAX_FINDINGS = 20
+_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 def min_suspicion_ns(config: MembershipConfig) -> int:
@@ -44,15 +58,29 @@ class Suspicions:
 
     def __init__(self, history: History, config: MembershipConfig) -> None:
         self._history = history
+        self._config = config
         self._min_ns = min_suspicion_ns(config)
         self._justified: dict[str, int] = {}  # subject -> first justified DEAD
+        self._accused: dict[str, int] = {}  # node -> first instant some view held it down
+        #: (observer life, subject) -> live members in the observer's view when it began
+        #: suspecting the subject (``n`` of the suspicion's timeout).
+        self._began_with: dict[tuple[tuple[str, int], str], int] = {}
         self.findings: list[Violation] = []
 
     def on_event(self, life: Life, view: View, subject: str, new_state: int, now: int) -> None:
         """``life`` reports ``subject`` now ``new_state``; ``view`` is its view before."""
+        if new_state in (MemberState.SUSPECT, MemberState.DEAD):
+            self._accused.setdefault(subject, now)
+        view.advance(now)
+        was = view.states.get(subject)
+        if new_state == MemberState.SUSPECT and was != MemberState.SUSPECT:
+            others = (m for m, st in view.states.items() if st in _LIVE)
+            live = sum(1 for m in others if m not in (life.node, subject))
+            self._began_with[(life.key, subject)] = live + 2  # self and the suspect
+        elif was == MemberState.SUSPECT and new_state != MemberState.SUSPECT:
+            self._suspicion_ended(life, view, subject, now)
         if new_state != MemberState.DEAD:
             return
-        view.advance(now)
         suspected = view.changed_at.get(subject, now)
         suspect = view.states.get(subject) == MemberState.SUSPECT
         drift_ppm = self._history.max_drift_ppm.get(life.node, 0.0)
@@ -74,4 +102,27 @@ class Suspicions:
             f"{life.node} (life {life.number}) declared {subject} dead at {now / NS_PER_S:.6f} s"
             f" {held}, with no earlier death of it declared anywhere (no suspicion runs under"
             f" {self._min_ns / NS_PER_S:g} s)", nodes=(life.node, subject),
+        ))  # fmt: skip
+
+    def _suspicion_ended(self, life: Life, view: View, subject: str, now: int) -> None:
+        """``life``'s suspicion of ``subject`` ends now: the slow_suspicion verdict."""
+        began = view.changed_at.get(subject, now)
+        n = self._began_with.pop((life.key, subject), 0)
+        config = self._config
+        if n <= 0 or expected_confirmations(config, n) or life.paused_during(began, now):
+            return
+        accused = self._accused.get(life.node)
+        if (accused is not None and accused <= began) or any(p <= began for p, _ in life.pauses):
+            return  # its local health may have risen: a longer timer is allowed
+        if self._history.max_drift_ppm.get(life.node, 0.0) >= 1_000_000:
+            return
+        longest = with_timer_slack(suspicion_timeout_ns(config, n))
+        if now - began <= longest or len(self.findings) >= MAX_FINDINGS:
+            return
+        self.findings.append(Violation(
+            "slow_suspicion",
+            f"{life.node} (life {life.number}) held {subject} suspect from {began / NS_PER_S:.6f}"
+            f" s to {now / NS_PER_S:.6f} s, longer than the {longest / NS_PER_S:.3f} s a"
+            f" suspicion runs with {n} live members (no confirmations expected) at a healthy"
+            f" observer", nodes=(life.node, subject),
         ))  # fmt: skip

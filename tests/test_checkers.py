@@ -504,9 +504,9 @@ def test_a_crash_must_be_detected_within_the_bound() -> None:
             observer, MemberEvent("n3", ("n3", 7400), ALIVE, SUSPECT), 3 * S,
             subject_liveness=Liveness.DOWN,
         )  # fmt: skip
-    for observer in ("n1", "n2"):
+    for observer in ("n1", "n2"):  # the base timeout later: three members expect no confirmations
         quick.on_membership(
-            observer, MemberEvent("n3", ("n3", 7400), SUSPECT, DEAD), 6 * S,
+            observer, MemberEvent("n3", ("n3", 7400), SUSPECT, DEAD), 5 * S,
             subject_liveness=Liveness.DOWN,
         )  # fmt: skip
     assert finish(quick, 30 * S) == []
