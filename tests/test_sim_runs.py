@@ -73,7 +73,7 @@ def test_the_shipped_scenarios_are_there() -> None:
         "lossy_then_clean", "restart_before_reap", "operator_reset", "reset_during_partition",
         "token_bucket_hot", "concurrent_rule_writes", "join_under_load", "misdelivery",
         "rule_restart", "weighted_costs", "rule_races", "slow_links", "three_node_crash",
-        "restart_replica_paused",
+        "restart_replica_paused", "one_way_comeback",
     }  # fmt: skip
     assert expected <= set(SHIPPED)
     for name, path in SHIPPED.items():

@@ -424,7 +424,25 @@ def _plant_joining_forgets_itself(node: Node) -> None:
     degraded.members, degraded.position = unknown_place(0)
 
 
+class _NeverHeldBack(set[str]):
+    """A set that takes nothing in: no member is ever held back as unconfirmed."""
+
+    def add(self, element: str) -> None:
+        pass
+
+
+def _plant_news_counts_live(node: Node) -> None:
+    """A member back from the dead counts live for the majority on the news alone (no ack
+    of ours needed): news over a one-way cut makes a cut-off node take itself for a
+    majority."""
+    node.membership._table.unconfirmed = _NeverHeldBack()
+
+
 ADVERSARY_MUTANTS: tuple[Mutant, ...] = (
+    Mutant("news_counts_live", "majority rule",
+           "a member back from the dead counts live for the majority on the news alone",
+           ("one_way_comeback",),
+           plant=_plant_news_counts_live),
     Mutant("retry_fresh_id", "forwarding",
            "a timed-out check is sent again under a fresh request id",
            ("loss_20pct", "duplication_reordering", "flapping_link"),
