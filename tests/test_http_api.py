@@ -18,10 +18,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 from runtimes import DAY_RULE, started_runtime
+from test_http_check import CheckServer
 
 from meshlimit.cluster.daemon.http_api import (
     decision_body,
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.loopback
 
 @asynccontextmanager
 async def api_client(runtime: Runtime, **app_options: Any) -> AsyncIterator[TestClient]:
-    client = TestClient(TestServer(make_app(runtime, **app_options), host="127.0.0.1"))
+    # The daemon's runner: checks on the fast path (``http_check.py``), the rest by the app.
+    client = TestClient(CheckServer(make_app(runtime, **app_options), host="127.0.0.1"))
     try:
         await client.start_server()
         yield client

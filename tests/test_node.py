@@ -216,3 +216,38 @@ def test_check_many_decides_as_check_does_and_leaves_the_rest() -> None:
     with pytest.raises(ValueError):
         alone.check_many(["ok", ""], 1, now_ns=6, wall_ns=6)
     assert alone.stats["owner_allowed"] + alone.stats["owner_refused"] == len(clients)
+
+
+def test_check_many_in_local_mode_decides_as_check_does() -> None:
+    """Local mode (and a node alone) decides a batch in one loop (``_decide_batch``): the
+    same decisions, stats, counters marked for replication and decision log as ``check``
+    one by one, under a one-limit rule (fused admissions, refusals) and a multi-limit one."""
+    import random
+
+    def local(seed: int, log: bool) -> Node:
+        config = NodeConfig.preset("sim", "a", ("a", 1), mode="local")
+        a = Node(config, random.Random(seed), now_ns=0)
+        a.start([], now_ns=0)
+        b = Node(NodeConfig.preset("sim", "b", ("b", 1), mode="local"), random.Random(9), now_ns=0)
+        b.start([("a", 1)], now_ns=0)
+        for datagram, _ in b.datagrams_to_send():
+            a.receive(datagram, ("b", 1), now_ns=1)
+        a.set_rule("default", "3/minute burst 1", now_ns=2)
+        a.set_rule("client:multi", "2/second;4/minute", now_ns=2)
+        a.decision_log = [] if log else None
+        return a
+
+    clients = [f"c{i % 5}" for i in range(30)] + ["multi"] * 6
+    random.Random(3).shuffle(clients)
+    for log in (False, True):
+        batched, single = local(5, log), local(5, log)
+        assert len(batched.members()) == 2  # peers: admissions are marked for replication
+        for start in range(0, len(clients), 7):
+            batch, now = clients[start : start + 7], 10 + start
+            decided = batched.check_many(batch, 1, now_ns=now, wall_ns=now)
+            expected = [single.check(c, 1, now_ns=now, wall_ns=now) for c in batch]
+            assert decided == expected
+        assert batched.stats == single.stats
+        assert batched.stats["local_allowed"] > 0 and batched.stats["local_refused"] > 0
+        assert list(batched.replication._changed) == list(single.replication._changed)
+        assert batched.decision_log == single.decision_log

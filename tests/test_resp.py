@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 from runtimes import free_udp_port, started_runtime
 
+from meshlimit.cluster.daemon import resp as resp_module
 from meshlimit.cluster.daemon.eager import start_eagerly
 from meshlimit.cluster.daemon.resp import RespConfig, RespServer
 from meshlimit.cluster.daemon.resp_commands import THROTTLE_PREFIX, check_reply
@@ -625,6 +626,53 @@ def test_pipelining_answers_in_order() -> None:
         assert "unknown command 'NOPE'" in str(results[3])
 
     run(scenario)
+
+
+@loopback
+def test_replies_of_a_loop_turn_are_written_at_its_end() -> None:
+    """Each connection's replies of a loop turn go out in one write once the turn's reads
+    have all run (``RespServer.write_soon``): writes in a row, as Redis makes them."""
+
+    class Transport:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def write(self, data: bytes) -> None:
+            writes.append((self.name, data))
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            writes.append((self.name, b"closed"))
+
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
+
+    writes: list[tuple[str, bytes]] = []
+    check = b"*2\r\n$8\r\nML.CHECK\r\n$1\r\nx\r\n"
+    ping, quit_ = b"*1\r\n$4\r\nPING\r\n", b"*1\r\n$4\r\nQUIT\r\n"
+
+    async def main() -> None:
+        async with started_runtime(default_rule="100/minute") as runtime:
+            server = RespServer(runtime)
+            a, b, c = (resp_module._Connection(server) for _ in range(3))
+            for connection, name in ((a, "a"), (b, "b"), (c, "c")):
+                connection.connection_made(Transport(name))  # type: ignore[arg-type]
+            a.data_received(check * 3)
+            b.data_received(ping)
+            a.data_received(ping)
+            assert writes == []  # not yet: the turn's other reads first
+            c.data_received(ping + quit_)  # closing: its replies go now, then the close
+            assert writes == [("c", b"+PONG\r\n+OK\r\n"), ("c", b"closed")]
+            await asyncio.sleep(0)
+            assert [name for name, _ in writes[2:]] == ["a", "b"]
+            assert writes[2][1].count(b"*6\r\n:1\r\n:100\r\n") == 3
+            assert writes[2][1].endswith(b"+PONG\r\n") and writes[3][1] == b"+PONG\r\n"
+            for connection in (a, b, c):
+                connection.connection_lost(None)
+
+    asyncio.run(main())
 
 
 @loopback

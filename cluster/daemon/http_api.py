@@ -7,6 +7,10 @@ values, status snapshots). Every body is bounded (``max_body_bytes``, else
 anything unexpected (500) are JSON too; nothing a caller sends escapes a
 handler as an exception, so no request can take the node down.
 
+The daemon serves the app with ``http_check.HttpRunner``, which answers
+``POST /v1/check`` ahead of aiohttp's router and middleware with the same bytes
+(``decide_check`` is the route's work for both).
+
 A check answers 200 whether it was allowed or refused: the decision is the
 payload and the caller decides what to do with it (a 429 is the caller's to
 send to its own clients).
@@ -24,6 +28,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -57,8 +62,8 @@ CHECK_FIELDS = frozenset({"client", "cost"})
 RULE_FIELDS = frozenset({"rule"})
 #: The policy name in the RateLimit headers: a node applies one rule per client.
 
-_RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
-_MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 _METRICS: web.AppKey[CollectorRegistry] = web.AppKey("metrics", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,8 +85,8 @@ def make_app(
     """
     assert max_body_bytes > 0
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
-    app[_RUNTIME] = runtime
-    app[_MAX_BODY] = max_body_bytes
+    app[RUNTIME] = runtime
+    app[MAX_BODY] = max_body_bytes
     app[_METRICS] = metrics if metrics is not None else metrics_registry(runtime)
     app.router.add_post("/v1/check", _check)
     # ``.+``: client ids may hold ``/`` (tenant paths), sent raw or as %2F.
@@ -102,16 +107,31 @@ def make_app(
 
 
 async def _check(request: web.Request) -> web.Response:
-    body = await _json_object(request)
-    if not body.keys() <= CHECK_FIELDS:
-        _refuse_unknown(body, CHECK_FIELDS)
-    client = body.get("client")
+    decision, rule = await decide_check(request.app[RUNTIME], request)
+    headers = ratelimit_headers(decision, rule)
+    headers["Content-Type"] = JSON_TYPE  # what ``json_response`` sets
+    return web.Response(body=decision_body(decision), headers=headers)
+
+
+async def decide_check(runtime: Runtime, request: web.BaseRequest) -> tuple[Decision, Rule | None]:
+    """A check request's decision (capped) and this node's rule for its client: the route's
+    work, shared with its fast path (``http_check.py``). Raises :class:`BadRequest` (400) or
+    aiohttp's ``HTTPRequestEntityTooLarge`` (413)."""
+    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    common = _CHECK_BODY.fullmatch(raw)
+    if common is not None:  # ``{"client": "...", "cost": N}``: what json.loads would give
+        client = common[1].decode("ascii")
+        cost = 1 if common[2] is None else int(common[2])
+    else:
+        body = _json_body(raw)
+        if not body.keys() <= CHECK_FIELDS:
+            _refuse_unknown(body, CHECK_FIELDS)
+        client = body.get("client")
+        cost = body.get("cost", 1)
     if type(client) is not str or not client.isascii() or not 0 < len(client) <= MAX_CLIENT_BYTES:
         client = _client(client, "'client'")  # the full checks, and their messages
-    cost = body.get("cost", 1)
     if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
         cost = _cost(cost)
-    runtime = request.app[_RUNTIME]
     try:
         decided = runtime.check_now(client, cost)  # no coroutine for a check decided here
         decision = capped(await decided if isinstance(decided, asyncio.Future) else decided)
@@ -119,14 +139,21 @@ async def _check(request: web.Request) -> web.Response:
         raise BadRequest(str(error)) from None
     # ``q`` comes from the decision (the owner's rule); the window from this node's view
     # of the rule, which agrees with the owner's once a rule change has spread.
-    headers = ratelimit_headers(decision, runtime.node.rule_for(client))
-    headers["Content-Type"] = _JSON_TYPE  # what ``json_response`` sets
-    return web.Response(body=decision_body(decision), headers=headers)
+    return decision, runtime.node.rule_for(client)
+
+
+#: The common check body, read without the json module: a client id of printable ASCII with
+#: no escapes, then an optional cost that is a JSON integer, JSON white space anywhere
+#: between. Anything else (escapes, other fields or orders, floats) goes to ``json.loads``.
+_CHECK_BODY = re.compile(
+    rb'[ \t\n\r]*\{[ \t\n\r]*"client"[ \t\n\r]*:[ \t\n\r]*"([\x20\x21\x23-\x5b\x5d-\x7e]*)"'
+    rb'[ \t\n\r]*(?:,[ \t\n\r]*"cost"[ \t\n\r]*:[ \t\n\r]*(0|[1-9][0-9]{0,17})[ \t\n\r]*)?\}[ \t\n\r]*'
+)
 
 
 async def _get_rule(request: web.Request) -> web.Response:
     client = _path_client(request)
-    return web.json_response(rule_json(request.app[_RUNTIME], client))
+    return web.json_response(rule_json(request.app[RUNTIME], client))
 
 
 async def _put_rule(request: web.Request) -> web.Response:
@@ -134,7 +161,7 @@ async def _put_rule(request: web.Request) -> web.Response:
     body = await _json_object(request)
     _refuse_unknown(body, RULE_FIELDS)
     value = _rule_value(body.get("rule"))
-    runtime = request.app[_RUNTIME]
+    runtime = request.app[RUNTIME]
     if isinstance(value, str) and value[1:] not in runtime.node.registry.tiers():
         raise BadRequest(f"no tier {value[1:]!r} is defined on this node (a typo?)")
     try:
@@ -146,7 +173,7 @@ async def _put_rule(request: web.Request) -> web.Response:
 
 async def _delete_rule(request: web.Request) -> web.Response:
     client = _path_client(request)
-    runtime = request.app[_RUNTIME]
+    runtime = request.app[RUNTIME]
     runtime.set_rule(CLIENT_PREFIX + client, None)
     return web.json_response(rule_json(runtime, client))
 
@@ -155,17 +182,17 @@ async def _reset_counters(request: web.Request) -> web.Response:
     """Forget a client's counts cluster-wide: a stamped reset entry that spreads like a
     rule; gossip from before it cannot bring the old counts back (docs/design.md)."""
     client = _path_client(request)
-    request.app[_RUNTIME].set_rule(RESET_PREFIX + client, None)
+    request.app[RUNTIME].set_rule(RESET_PREFIX + client, None)
     return web.json_response({"client": client, "reset": True})
 
 
 async def _owner(request: web.Request) -> web.Response:
     client = _path_client(request)
-    return web.json_response({"client": client, "owner": request.app[_RUNTIME].node.owner(client)})
+    return web.json_response({"client": client, "owner": request.app[RUNTIME].node.owner(client)})
 
 
 async def _cluster(request: web.Request) -> web.Response:
-    return web.json_response(cluster_json(request.app[_RUNTIME]))
+    return web.json_response(cluster_json(request.app[RUNTIME]))
 
 
 #: What ``Node.forget`` answers, as ``(HTTP status, message)``; ``{}`` is the node id.
@@ -184,18 +211,18 @@ async def _forget_member(request: web.Request) -> web.Response:
     (``docs/design.md``, "Degraded mode and the majority rule")."""
     node_id = request.match_info["node"]
     if len(node_id.encode()) > 256:
-        return _error(400, "node id longer than 256 bytes")
-    runtime = request.app[_RUNTIME]
+        return json_error(400, "node id longer than 256 bytes")
+    runtime = request.app[RUNTIME]
     result = runtime.node.forget(node_id, now_ns=time.monotonic_ns())
     status, message = _FORGET_ANSWERS[result]
     if status != 200:
-        return _error(status, message.format(node_id))
+        return json_error(status, message.format(node_id))
     body = {"node": node_id, "result": result, "message": message.format(node_id)}
     return web.json_response(body)
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    runtime = request.app[_RUNTIME]
+    runtime = request.app[RUNTIME]
     node = runtime.node
     return web.json_response(
         {
@@ -208,7 +235,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    runtime = request.app[_RUNTIME]
+    runtime = request.app[RUNTIME]
     ready, reason = runtime.readiness()
     body = {
         "status": "ready" if ready else "not ready",
@@ -231,20 +258,21 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except BadRequest as error:
-        return _error(400, str(error))
+        return json_error(400, str(error))
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"request body larger than {request.app[_MAX_BODY]} bytes")
+        return json_error(413, f"request body larger than {request.app[MAX_BODY]} bytes")
     except web.HTTPException as error:
         if error.status < 400:
             raise
         headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
-        return _error(error.status, error.reason, headers)
+        return json_error(error.status, error.reason, headers)
     except Exception:
         log.exception("unexpected error method=%s path=%s", request.method, request.path)
-        return _error(500, "internal error (logged by the node)")
+        return json_error(500, "internal error (logged by the node)")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A refusal: ``{"error": message}`` with ``status``."""
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
@@ -253,7 +281,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; 413 past the size bound, 400 for anything else."""
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    return _json_body(await request.read())  # raises HTTPRequestEntityTooLarge past the bound
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    """A body as a JSON object; 400 for anything else."""
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -371,7 +403,7 @@ _DECISION_BODY = (
     b'"path": %b}'
 )
 _PATHS_JSON = {path: json.dumps(path) for path in PATHS}
-_JSON_TYPE = "application/json; charset=utf-8"
+JSON_TYPE = "application/json; charset=utf-8"
 
 
 def rule_json(runtime: Runtime, client: str) -> dict[str, Any]:

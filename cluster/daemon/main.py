@@ -321,6 +321,7 @@ async def _serve(
     from aiohttp import web
 
     from meshlimit.cluster.daemon.http_api import make_app
+    from meshlimit.cluster.daemon.http_check import HttpRunner
     from meshlimit.cluster.resolve import resolve_address
     from meshlimit.cluster.runtime import Runtime
 
@@ -380,7 +381,7 @@ async def _serve(
             return _cannot_bind("UDP", bind, error)
         if http_socket is not None:
             # access_log=None: one line per check would drown the membership events.
-            runner = web.AppRunner(
+            runner = HttpRunner(  # web.AppRunner, with POST /v1/check ahead of the app
                 make_app(runtime, metrics=operator.registry),
                 access_log=None,
                 shutdown_timeout=HTTP_SHUTDOWN_S,

@@ -278,18 +278,21 @@ class RespCommands:
         if len(clients) < len(raws):  # some need the full argument checks and their errors
             return [self._run([b"ML.CHECK", raw], None) for raw in raws]
         replies: list[Reply] = []
+        append = replies.append
         allowed = _ALLOWED_REPLY
+        reset, reset_ms = None, 0  # checks of one window in a batch share their reset
         for decision in self.runtime.check_many(clients, 1):
             if type(decision) is Decision and decision[0] and decision[5] in allowed:
                 # ``check_reply`` inlined for its common case: the same bytes.
-                limit, remaining = decision[1], decision[2]
-                reset_ms = -(-round(decision[3] * NS_PER_S) // NS_PER_MS)
-                replies.append(
-                    allowed[decision[5]]
-                    % (limit, remaining if remaining <= limit else limit, reset_ms)
+                _, limit, remaining, reset_after, _, path, _, _ = decision
+                if reset_after != reset:
+                    reset = reset_after
+                    reset_ms = -(-round(reset_after * NS_PER_S) // NS_PER_MS)
+                append(
+                    allowed[path] % (limit, remaining if remaining <= limit else limit, reset_ms)
                 )
             else:
-                replies.append(self._reply(decision, False))
+                append(self._reply(decision, False))
         return replies
 
     def _check(self, client: str, cost: int, with_window: bool) -> Reply:

@@ -234,7 +234,7 @@ class Node(Deciding):
         wall = self._advance(now_ns, wall_ns)
         path = "local" if self.config.mode == "local" else "owner"
         if path == "local" or self._alone:
-            return [self._decide_here(client, cost, wall, path) for client in clients]
+            return self._decide_batch(clients, cost, wall, path)
         owner, me, decide = self.ring.owner, self.node_id, self._decide_here
         return [decide(c, cost, wall, path) if owner(c) == me else None for c in clients]
 
