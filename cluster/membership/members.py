@@ -151,10 +151,16 @@ class MemberTable:
         #: Members back from the dead or from a departure (held DEAD or LEFT, in the table
         #: or the roster) that have not acked a probe of ours since: the news may have come
         #: over a one-way link, from a side that cannot hear us, so they do not count as
-        #: live for the majority rule until they answer us (``acked``). Members never held
-        #: before are not here: a cluster forming or growing would otherwise lose its
-        #: majority until every node had probed every newcomer.
+        #: live for the majority rule until they answer us (``acked``). So are the members a
+        #: fresh life first hears of in its join reply (but its sender): a peer's view, stale
+        #: if that peer was paused; confirmation pings go out at once. Members never held
+        #: before and heard of in gossip are not here: a cluster forming or growing would
+        #: otherwise lose its majority until every node had probed every newcomer.
         self.unconfirmed: set[str] = set()
+        #: Members a join reply (a peer's whole view: a push-pull after a partition) made
+        #: DEAD while we held them live: each is told at once, so that it refutes if it is
+        #: alive (``take_rumoured_dead``), rather than at its next push-pull. At most 64.
+        self.rumoured_dead: list[Member] = []
         #: This life has had no join reply yet, nor answered a Join (which tells the joiner
         #: of it): a record of us in the first reply is an earlier life's (``_about_self``).
         self.fresh = True
@@ -178,12 +184,17 @@ class MemberTable:
             remembered = self._roster.get(u.node)
             if not self._roster.merge(u, now):
                 self._add(u, sender, now)
-                if remembered is not None and u.node in self.members:
-                    self.unconfirmed.add(u.node)  # remembered dead or gone: back
+                if (remembered is not None or (transfer and self.fresh and u.node != sender)) and (
+                    u.node in self.members
+                ):  # remembered dead or gone: back; or, joining, another's view, maybe stale
+                    self.unconfirmed.add(u.node)
         elif u.incarnation > m.incarnation or (
             u.incarnation == m.incarnation and u.state > m.state
         ):
+            was_live = m.state in LIVE
             self.change(m, u, sender, now)
+            if transfer and was_live and u.state == DEAD and len(self.rumoured_dead) < 64:
+                self.rumoured_dead.append(m)
         elif u.state == SUSPECT and m.state == SUSPECT and u.incarnation == m.incarnation:
             self.confirm(u.node, sender)
 
@@ -276,6 +287,12 @@ class MemberTable:
         renewed = old_state == ALIVE and u.state == ALIVE and u.incarnation > old_inc
         if old_state != u.state or old_addr != u.addr or renewed:
             self._emit(m, old_state)
+
+    def take_rumoured_dead(self) -> list[tuple[Address, MemberUpdate]]:
+        """The news of each member a join reply made DEAD, addressed to it."""
+        told = [(m.addr, update_of(m)) for m in self.rumoured_dead]
+        self.rumoured_dead.clear()
+        return told
 
     def acked(self, node: str) -> None:
         """``node`` acked a probe of ours directly: it hears us, and counts as live again."""

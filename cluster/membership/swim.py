@@ -453,6 +453,7 @@ class Membership:
         return [(addr, self._table.join_reply(msg.node, before, self._roster.updates()))]
 
     def _on_join_reply(self, sender: str, addr: Address, msg: JoinReply, now: int) -> Outputs:
+        fresh = self._table.fresh  # a fresh life confirms at once what it learns
         for update in msg.members[: self.config.max_members]:
             if is_valid_update(update):
                 self._table.apply(update, sender, now, transfer=True)
@@ -460,7 +461,8 @@ class Membership:
                 self.dropped["bad_MemberUpdate"] += 1
         self._table.fresh = False  # later replies name this life, not an earlier one
         self.dropped["join_reply_overflow"] += max(0, len(msg.members) - self.config.max_members)
-        return []
+        pings = self._confirming.pings(now + self.wall_offset_ns, self._next_seq) if fresh else []
+        return self._table.take_rumoured_dead() + pings
 
     def _tell_the_dead(self, sender: str, addr: Address, msg: object) -> Outputs:
         """A member we hold DEAD (or still count, or forgot) probes: tell it, so it can
