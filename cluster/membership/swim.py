@@ -236,8 +236,7 @@ class Membership:
 
     @property
     def unconfirmed(self) -> set[str]:
-        """Members back from the dead or a departure, not acked us since (not live for a
-        majority: ``MemberTable.unconfirmed``)."""
+        """Members not live for a majority until they ack us (``MemberTable.unconfirmed``)."""
         return self._table.unconfirmed
 
     def remembered(self) -> list[MemberUpdate]:
@@ -461,8 +460,10 @@ class Membership:
                 self.dropped["bad_MemberUpdate"] += 1
         self._table.fresh = False  # later replies name this life, not an earlier one
         self.dropped["join_reply_overflow"] += max(0, len(msg.members) - self.config.max_members)
-        pings = self._confirming.pings(now + self.wall_offset_ns, self._next_seq) if fresh else []
-        return self._table.take_rumoured_dead() + pings
+        out: Outputs = list(self._table.take_rumoured_dead())
+        if fresh:
+            out += self._confirming.pings(now + self.wall_offset_ns, self._next_seq)
+        return out
 
     def _tell_the_dead(self, sender: str, addr: Address, msg: object) -> Outputs:
         """A member we hold DEAD (or still count, or forgot) probes: tell it, so it can
