@@ -73,13 +73,14 @@ def judge(
     rules_due = max(clean_since, checkers.last_rule_at) + RULE_ROUNDS * (
         config.anti_entropy_interval_ns
     )
-    if clean and end >= rules_due:
-        out += [Violation("rules_diverged", d) for d in _rules(checkers, nodes, writes, end)]
     membership = config.membership
     members_due = clean_since + MEMBERSHIP_EXTRA_ROUNDS * membership.push_pull_interval_ns
     members_due += detection_bound_ns(membership, len(history.members))
+    apart = _membership(nodes)  # sides that reaped each other meet at a push-pull
+    if clean and end >= rules_due and (not apart or end >= members_due):
+        out += [Violation("rules_diverged", d) for d in _rules(checkers, nodes, writes, end)]
     if clean and end >= members_due:
-        out += [Violation("membership_diverged", d) for d in _membership(nodes)]
+        out += [Violation("membership_diverged", d) for d in apart]
     out += [Violation("replica_behind", d) for d in _replicas(checkers, nodes, end)]
     out += [Violation("clock_offset_wrong", d) for d in _offsets(checkers, final, end)]
     out += [Violation("resync_stalled", d) for d in _resyncs(checkers, nodes)]
@@ -254,11 +255,17 @@ def _replicas(checkers: Checkers, nodes: dict[str, Node], end: int) -> list[str]
             else:
                 continue
             for target in (t for t in targets if t in nodes):
+                want = expected
+                if kind == "gossip" and tally.degraded and target not in prefs:
+                    # Degraded admissions are reported to the owner and replicas only; the
+                    # others have the slot as of the last full admission gossiped.
+                    last = max((t for t in tally.full_at if t <= cutoff), default=None)
+                    want = 0 if last is None else tally.total - tally.since(last + 1)
                 held = _held(nodes[target], series, client, index, name)
                 peer = history.lives[target][-1]
                 if (
                     held is None
-                    or held >= expected
+                    or held >= want
                     or peer.started_at > first
                     or history.clock_touched(target, end)
                     or not life.running_through(first, end)
@@ -267,7 +274,7 @@ def _replicas(checkers: Checkers, nodes: dict[str, Node], end: int) -> list[str]
                 ):
                     continue
                 out.append(
-                    f"{target} holds {held} of {name}'s {expected} admissions of {client}"
+                    f"{target} holds {held} of {name}'s {want} admissions of {client}"
                     f" ({series}, window {index}) made before {cutoff / NS_PER_S:.3f} s"
                     f" ({kind})"
                 )

@@ -69,6 +69,8 @@ class LifeTally:
     """The most its degraded decisions in this window let it admit."""
     degraded_at: list[tuple[int, int]] = field(default_factory=list)
     """``(instant, cost)`` of each degraded admission (re-sent once a gossip round)."""
+    full_at: list[int] = field(default_factory=list)
+    """The instant of each full-capacity admission (local mode gossips the slot then)."""
     relived: bool = False
     """Its wall clock had been later than this window's before it admitted here."""
 
@@ -77,6 +79,7 @@ class LifeTally:
         self.costs.append(cost)
         if full:
             self.full += cost
+            self.full_at.append(at)
         else:
             self.degraded += cost
             self.degraded_at.append((at, cost))
