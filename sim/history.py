@@ -138,6 +138,8 @@ class History:
         #: and who has heard of them since: a node cut off from every such hearer cannot
         #: know of them (``_update_minorities``).
         self._heard_behind: dict[str, set[str]] = {}
+        self.resync_begun: dict[tuple[str, int], int] = {}
+        """When each life that resynced began (``resync_began``; ``sim/resync_wait.py``)."""
         self._auto_resume: list[tuple[int, str]] = []
         self.now = 0
         absent = getattr(scenario, "absent", ())  # nodes that join later, if any
@@ -216,6 +218,12 @@ class History:
         lives.append(Life(name, len(lives) + 1, now, seeded))
         if not seeded:
             self.members.add(name)  # a cluster of its own: it needs no one to hear of it
+
+    def resync_began(self, name: str, now: int) -> None:
+        """``name``'s current life began its resync at ``now`` (the world saw it)."""
+        life = self.life(name)
+        if life is not None:
+            self.resync_begun.setdefault(life.key, now)
 
     def heard(self, name: str, now: int, hearer: str = "") -> None:
         """``hearer`` reported ``name`` alive at ``now``: if its current life is up, the

@@ -13,10 +13,10 @@ wait (``resync_skipped``), and the counts that
 peer holds for it (the replica's) were never back.
 
 Judged at the end, for the final life of each running node in strict mode that did begin
-a resync (``Node.stats["resyncs"]``, read, never changed), over the peers its view learnt of
-with its join (the first instant of its view: the join reply names the members it waits
-for), from the admissions the checkers tallied (``LifeTally``: full ones are those not
-degraded).
+a resync (``Node.stats["resyncs"]``, read, never changed), from the instant it began
+(``History.resync_begun``: the world sees it; a later join reply may be the first to name
+the earlier life), over the peers its view held by then, from the admissions the checkers
+tallied at or after it (``LifeTally``: full ones are those not degraded).
 """
 
 from __future__ import annotations
@@ -46,15 +46,16 @@ def _silent(history: History, node: str, start: int, end: int) -> bool:
     return True
 
 
-def _first_full(checkers: Checkers, key: tuple[str, int]) -> int | None:
-    """The instant of the life's first admission at full capacity (None: none)."""
+def _first_full(checkers: Checkers, key: tuple[str, int], since: int) -> int | None:
+    """The instant of the life's first admission at full capacity at or after ``since``
+    (None: none)."""
     first = None
     for window in checkers.windows.values():
         tally = window.lives.get(key)
         if tally is None or not tally.full:
             continue
         degraded = {at for at, _ in tally.degraded_at}
-        at = next((t for t in tally.times if t not in degraded), None)
+        at = next((t for t in tally.times if t not in degraded and t >= since), None)
         if at is not None and (first is None or at < first):
             first = at
     return first
@@ -73,11 +74,14 @@ def skipped_resyncs(checkers: Checkers, nodes: dict[str, Node]) -> list[str]:
         stats = getattr(node, "stats", None)  # the checkers' tests pass stand-ins
         if life is None or view is None or not stats or not stats["resyncs"] or not view.log:
             continue
-        first = _first_full(checkers, life.key)
-        begun = view.log[0][0]
+        joined = view.log[0][0]
+        # A life begins its resync when a join reply names its earlier life: the first,
+        # or a later one (a first seed that never knew it); the world saw the instant.
+        begun = history.resync_begun.get(life.key, joined)
+        first = _first_full(checkers, life.key, begun)
         if first is None or first >= begun + with_timer_slack(node.config.resync_wait_ns):
             continue
-        awaited = {who for at, who, _ in view.log if at == begun and who != name}
+        awaited = {who for at, who, _ in view.log if at <= begun and who != name}
         for peer in sorted(awaited):
             if view.live_throughout(peer, begun, first) and _silent(
                 history, peer, life.started_at, first

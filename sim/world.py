@@ -71,6 +71,8 @@ class SimNode:
     runtime_up: bool = True
     """False while a node booted ``serve_before_join`` has no cluster runtime yet: it
     decides checks, but neither sends, receives nor ticks (its socket is not open)."""
+    resync_seen: int = 0
+    """The last life whose resync the checkers were told of (``History.resync_begun``)."""
 
 
 class NodeCrashed(Exception):
@@ -335,6 +337,9 @@ class World:
         events = node.events()
         if events:
             self._report(sim, events, received)
+        if sim.resync_seen != sim.generation and node.resync.begun:
+            sim.resync_seen = sim.generation  # the instant a restarted life began waiting
+            self.checkers.history.resync_began(sim.name, now)
         log = node.decision_log
         if log:
             self.checkers.on_admissions(sim.name, log, now, received)
