@@ -274,12 +274,11 @@ class Node(Deciding):
             # Otherwise it is answered once, here: a late reply from the owner is counted,
             # not used. A slow or stalled owner is busy, not unreachable: overloaded
             # (counted nowhere), not degraded.
-            if self.forwarding.lost_in_transit(request) and not self.forwarding.owner_slow(
-                request.owner, now_ns
-            ):
+            slow = self.forwarding.owner_slow(request.owner, now_ns)
+            if not slow and self.forwarding.lost_in_transit(request):
                 self.forwarding.retry(ticket, request, now_ns)
                 continue
-            if self.forwarding.owner_slow(request.owner, now_ns):
+            if slow:
                 decision = self.overloaded(request.client, "slow_owner")
             elif self.forwarding.owner_stalled(request.owner, request.sent_ns, request.deadline_ns):
                 decision = self.overloaded(request.client, "stalled_owner")
