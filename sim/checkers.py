@@ -241,7 +241,7 @@ class Checkers:
         )  # fmt: skip
         tally.relived |= relived
         if not full:
-            share = self.deciders.share(view, client, rule, wall // window_ns)
+            share = self.deciders.share(view, client, rule, wall // window_ns, now)
             tally.share = max(tally.share, share)
 
     def on_clock_step(self, node: str, wall_before: int) -> None:

@@ -115,10 +115,11 @@ class Deciders:
                 " its view",
             )  # fmt: skip
 
-    def share(self, view: View, client: str, rule: Rule, index: int) -> int:
+    def share(self, view: View, client: str, rule: Rule, index: int, now: int) -> int:
         """The most one degraded decision of this life could let it admit in window
         ``index``: its exact deal once its view of the cluster is the cluster, else the
-        largest share of a cluster the size of what it has seen (``bounds.max_share``); one
+        largest share of a cluster the size of the fewest members its quorum may hold
+        (``bounds.max_share``: a member it reaped may have left, unseen); one
         that does not know the ring yet deals over at least two (itself and a seed)."""
         members = self._history.members
         fraction = self._config.degraded_fraction
@@ -132,7 +133,7 @@ class Deciders:
                 client=client, window=index,
             )  # fmt: skip
         if view.knows_ring:
-            return max_share(rule.capacity, fraction, len(view.quorum))
+            return max_share(rule.capacity, fraction, view.quorum_floor(now, self._history.left_by(now)))
         # Not joined (or gone): the node deals the units over its seeds and itself, at least
         # two and at least ``expected_members`` (``DegradedMode._unknown_place``).
         return max_share(rule.capacity, fraction, max(2, self._config.expected_members))

@@ -287,6 +287,14 @@ class History:
 
     # --- lives ------------------------------------------------------------------------
 
+    def left_by(self, now: int) -> set[str]:
+        """The nodes some life of which left gracefully at or before ``now``."""
+        return {
+            name
+            for name, lives in self.lives.items()
+            if any(life.left and life.stopped_at <= now for life in lives)
+        }
+
     def life(self, name: str) -> Life | None:
         """The node's current life, if it is up (running or paused)."""
         lives = self.lives.get(name)

@@ -81,6 +81,9 @@ class View:
         """Members in the table: reaped ones leave it (they may still count, see quorum)."""
         self.changed_at: dict[str, int] = {node: started_at}
         self.quorum: set[str] = {node}
+        #: Members reaped from ``states``, with their last change (the roster's clock).
+        self.reaped: dict[str, int] = {}
+        self._forget_after_ns = config.forget_after_ns
         self.events = 0
         self.last_event_at = -1
         self._reap_early_ns = 2 * config.dead_reap_ns - with_timer_slack(config.dead_reap_ns)
@@ -107,6 +110,31 @@ class View:
         """The fewest members the node's quorum may hold (reaped ones may have left)."""
         return len(self.quorum) - len(self.quorum - self.states.keys())
 
+    def quorum_floor(self, now: int, may_have_left: set[str]) -> int:
+        """The fewest members the node's quorum may hold at ``now``, given the members that
+        may have left gracefully by then. The node counts a member it reaped (in its
+        roster) until news of its departure reaches it, which comes without an event; its
+        timer may reap a dead member before the view's latest instant for it. So each
+        member the node may have reaped and that may have left may be out."""
+        self.advance(now)
+        early = self._reap_early_ns
+        forget_ns = self._forget_after_ns
+        out = 0
+        for member in self.quorum:
+            if member == self.node:
+                continue
+            if member in self.states:
+                if self.states[member] != MemberState.DEAD:
+                    continue
+                changed = self.changed_at[member]
+                if now < changed + early:
+                    continue
+            else:
+                changed = self.reaped.get(member, -1)
+            if member in may_have_left or now >= changed + forget_ns:
+                out += 1
+        return len(self.quorum) - out
+
     def advance(self, now: int) -> None:
         """Reap, as the table does, the dead and departed members kept long enough."""
         if now < self._next_reap:
@@ -117,6 +145,7 @@ class View:
             if state in _GONE and self.changed_at[m] + self.reap_late_ns <= now
         )
         for at, member in due:
+            self.reaped[member] = self.changed_at[member]
             del self.states[member], self.changed_at[member]
             self._note_ring(at)
         self._changed()
@@ -139,6 +168,7 @@ class View:
         self.events += 1
         self.knows_ring = True
         self.log.append((now, member, new_state))
+        self.reaped.pop(member, None)
         if self.states.get(member) != new_state:
             self.changed_at[member] = now
         self.states[member] = new_state

@@ -736,3 +736,23 @@ def test_a_pause_ends_by_itself_and_with_it_the_minority() -> None:
     assert run("1s") == []  # n1 is back: n2 sees the whole cluster again
     found = run("40s")
     assert any("minority_decided_at_full" in v and "cut off" in v for v in found), found
+
+
+def test_a_reaped_member_leaves_the_quorum_floor_only_if_it_may_have_left() -> None:
+    """The node's quorum keeps a reaped dead member (its roster) until news of the member's
+    departure, which comes without an event: the view's floor drops it only then."""
+    from meshlimit.cluster.membership import MembershipConfig
+    from meshlimit.cluster.wire.messages import MemberState
+    from meshlimit.sim.views import View
+
+    config = MembershipConfig()
+    view = View("n1", 0, knows_ring=True, config=config)
+    for member in ("n2", "n3"):
+        view.apply(member, MemberState.ALIVE, 1)
+    view.apply("n3", MemberState.DEAD, NS_PER_S)
+    before_reap = NS_PER_S + config.dead_reap_ns // 2
+    after_reap = NS_PER_S + 2 * config.dead_reap_ns
+    assert view.quorum_floor(before_reap, {"n3"}) == 3  # not reaped yet: the table holds it
+    assert view.quorum_floor(after_reap, set()) == 3  # reaped, but still in the roster
+    assert view.quorum_floor(after_reap, {"n3"}) == 2  # reaped and gone: may be out
+    assert view.quorum_floor(after_reap + config.forget_after_ns, set()) == 2  # forgotten
