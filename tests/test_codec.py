@@ -85,7 +85,7 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     CounterDeltas: st.builds(CounterDeltas, small(counter_slots)),
     RuleEntries: st.builds(RuleEntries, small(rule_entries)),
     RuleDigest: st.builds(RuleDigest, u64, counts, st.booleans()),
-    HandoverDone: st.builds(HandoverDone, u64, counts),
+    HandoverDone: st.builds(HandoverDone, node_ids, u64, counts),
 }
 messages = st.one_of(*MESSAGES.values())
 envelopes = st.builds(Envelope, node_ids, addrs, small(messages, 8))

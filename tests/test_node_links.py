@@ -455,3 +455,21 @@ def test_a_resyncing_owner_leaves_its_batches_to_check() -> None:
     wall = link.wall("b")
     assert restarted.check_many([client], 1, now_ns=link.now_ns, wall_ns=wall) == [None]
     assert restarted.check(client, now_ns=link.now_ns, wall_ns=wall).path == "degraded"
+
+
+def test_a_handover_done_for_another_node_ends_no_wait() -> None:
+    """``HandoverDone`` names the life it is for: one that reaches another node (a
+    misdelivered datagram) is dropped and counted, and ends no resync wait there."""
+    from meshlimit.cluster.wire.messages import HandoverDone
+
+    link = cluster("abc")
+    link.crash("b")
+    restarted = link.add("b", seeds=["a"])  # at once, same name: a new life
+    restarted.resync.begin(["a"], incarnation=99, now_ns=link.now_ns)  # waits for "a"
+    link.nodes["a"]._link.send("b", HandoverDone("c", 99, 0))  # meant for "c"
+    link.settle()
+    assert restarted.resync.active
+    assert restarted.dropped["misaddressed_HandoverDone"] == 1
+    link.nodes["a"]._link.send("b", HandoverDone("b", 99, 0))
+    link.settle()
+    assert not restarted.resync.active

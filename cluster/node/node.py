@@ -423,7 +423,10 @@ class Node(Deciding):
             if self.resync.active:
                 self.resync.on_slots(sender, handed_over(message.deltas, sender))
         elif isinstance(message, HandoverDone):
-            self.resync.on_done(sender, message)
+            if message.member == self.node_id:
+                self.resync.on_done(sender, message)
+            else:  # meant for another node (a datagram that reached the wrong address)
+                self.dropped["misaddressed_HandoverDone"] += 1
         elif isinstance(message, RuleEntries):
             self.rules.on_entries(message, wall)
         elif isinstance(message, RuleDigest):
@@ -501,7 +504,7 @@ class Node(Deciding):
         self.replication.continue_handover(wall, self.ring)
         for node, slots in self.replication.finished_syncs():
             held = (m.incarnation for m in self.membership.members() if m.node == node)
-            self._link.send(node, HandoverDone(next(held, 0), slots))
+            self._link.send(node, HandoverDone(node, next(held, 0), slots))
 
     def _gossip_counters(self, wall: int) -> None:
         """One gossip round of counters: replication, then degraded admissions."""

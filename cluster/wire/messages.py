@@ -198,11 +198,13 @@ class RuleDigest:
 class HandoverDone:
     """Every counter the sender held for the receiver's new life has been sent: ``slots``
     counter slots naming some other node's count (only a hand-over sends those) since it
-    learned of the life at ``incarnation`` (a restart announced over an earlier life, or a
-    new member). The new life decides its clients at full
-    capacity once each peer it waits for said so and that many slots came in."""
+    learned of the life at ``incarnation`` of ``member`` (a restart announced over an
+    earlier life, or a new member). The new life decides its clients at full
+    capacity once each peer it waits for said so and that many slots came in. ``member``
+    names the receiver, so a datagram that reaches another node ends no wait of its."""
 
     TAG: ClassVar[int] = 15
+    member: str
     incarnation: int
     slots: int
 

@@ -354,7 +354,7 @@ FIELDS: dict[type[Message], tuple[_Kind, ...]] = {
         _items(_record(RuleEntry, _RULE, _optional(_RULE), _tuple(_I64, _U64, _NODE))),
     ),
     RuleDigest: (_U64, _COUNT, _BOOL),  # digest, count, reply
-    HandoverDone: (_U64, _COUNT),  # incarnation, slots
+    HandoverDone: (_NODE, _U64, _COUNT),  # member, incarnation, slots
 }
 """Each message's field kinds, in dataclass field order. The tag comes from the class."""
 
