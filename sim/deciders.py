@@ -133,7 +133,9 @@ class Deciders:
                 client=client, window=index,
             )  # fmt: skip
         if view.knows_ring:
-            return max_share(rule.capacity, fraction, view.quorum_floor(now, self._history.left_by(now)))
+            return max_share(
+                rule.capacity, fraction, view.quorum_floor(now, self._history.left_by(now))
+            )
         # Not joined (or gone): the node deals the units over its seeds and itself, at least
         # two and at least ``expected_members`` (``DegradedMode._unknown_place``).
         return max_share(rule.capacity, fraction, max(2, self._config.expected_members))
