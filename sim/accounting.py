@@ -18,8 +18,9 @@ waiting, and every decision a node logged (with the datagram that caused it, if 
   per node and path for the checks a node decided itself, per client for all answers;
 - ``unanswered``: a forwarded check still unanswered at the end by a life that ran, unpaused,
   from its asking to past its forward deadline (``forward_timeout``, stretched by
-  :data:`~meshlimit.sim.bounds.TIMER_SLACK_PPM` and a late tick): at the deadline a node
-  answers it itself, from its degraded quota.
+  :data:`~meshlimit.sim.bounds.TIMER_SLACK_PPM` and a late tick; twice that, as a check
+  may be sent once more under the same ticket): at the deadline a node answers it itself,
+  from its degraded quota.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class Accounting:
     def unanswered(
         self, left: list[tuple[str, int, int]], lives: dict[str, list[Life]], end: int, timeout: int
     ) -> None:
-        """The checks still waiting at ``end``: ``(node, life number, asked at)``."""
-        bound = with_timer_slack(timeout)
+        """The checks still waiting at ``end``: ``(node, life number, asked at)``. A check
+        may time out once and go out again under the same ticket (``Forwarding.retry``,
+        when its owner answered later checks promptly), waiting a second timeout."""
+        bound = 2 * with_timer_slack(timeout)
         for node, number, asked in sorted(left, key=lambda item: item[2]):
             life = lives[node][number - 1] if 0 < number <= len(lives.get(node, ())) else None
             due = asked + bound
