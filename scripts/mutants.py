@@ -35,13 +35,16 @@ from mutation.adversary import ADVERSARY_MUTANTS
 from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
 from mutation.catalogue import MUTANTS as FIRST_MUTANTS
 from mutation.more import MORE_MUTANTS
+from mutation.stale_state import STALE_STATE_MUTANTS
 
 from meshlimit.sim.runner import SCENARIO_DIR, fuzz_scenario, fuzz_seed, run_scenario
 from meshlimit.sim.scenario import Scenario, load_scenario
 
 #: Every planted bug: the first catalogue, the ones added with the stricter verdicts, then
 #: those written as an adversary would (``mutation/adversary.py``).
-MUTANTS: tuple[Mutant, ...] = FIRST_MUTANTS + MORE_MUTANTS + ADVERSARY_MUTANTS
+MUTANTS: tuple[Mutant, ...] = (
+    FIRST_MUTANTS + MORE_MUTANTS + ADVERSARY_MUTANTS + STALE_STATE_MUTANTS
+)
 
 # --- running -----------------------------------------------------------------------------
 

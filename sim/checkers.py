@@ -32,7 +32,8 @@ Each of these is a verdict that fails the run:
   ``unanswered``, a check left waiting past its forward deadline;
 - each decider against its own algorithm (:mod:`~meshlimit.sim.algorithm`):
   ``sliding_window_broken`` (the previous window's weight) and ``sustained_rate_exceeded``
-  (``k`` consecutive windows over ``k x limit + burst``);
+  (``k`` consecutive windows over ``k x limit + burst``); ``sliding_overweight``: the weight
+  over what it must have counted of other lives too (:mod:`~meshlimit.sim.sliding`);
 - ``under_admission``: in windows judged at the exact bound, refusals that the cluster-wide
   count would have admitted, beyond 1% (floor 3); ``reset_not_kept``: a refusal, after an
   operator reset surely reached the refusing node, that the admissions since it would not
@@ -43,7 +44,8 @@ Each of these is a verdict that fails the run:
   (:mod:`~meshlimit.sim.suspicions`); ``stale_member_state``: a node that kept a member's
   record older than the news a datagram just brought it (:mod:`~meshlimit.sim.news`);
 - at the end (:mod:`~meshlimit.sim.endstate`): rules, membership, replicated counts and
-  clock-offset estimates each within their stated bound;
+  clock-offset estimates each within their stated bound; ``stale_rule``, a decision under
+  a rule its registry no longer held (:mod:`~meshlimit.sim.rules_in_force`);
 - ``exception``: an exception escaped a node.
 
 Measured, not judged: detection times, false suspicions in faulty runs, under-admission
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from meshlimit.cluster.node import replication
@@ -73,9 +74,12 @@ from .deciders import Deciders
 from .events import NS_PER_S
 from .history import History, Life
 from .knowledge import Knowledge
+from .liveness import Liveness
 from .news import News
 from .refusals import Refusals
+from .rules_in_force import RulesInForce
 from .scenario import Action, Scenario
+from .sliding import judge_sliding
 from .suspicions import Suspicions
 from .verdicts import Findings, Violation
 from .views import Rings, View
@@ -97,17 +101,6 @@ _MAX_UNCERTAIN_WINDOWS = 100
 #: the node id: the node's own pacing figures (``cluster/node/replication.py``) if any.
 _SLOT_BYTES: int = getattr(replication, "SLOT_OVERHEAD_BYTES", 16)
 _ITEM_BYTES: int = getattr(replication, "ITEM_OVERHEAD_BYTES", 16)
-
-
-class Liveness(Enum):
-    """What the world knows of a node at the instant it reports news about that node."""
-
-    RUNNING = "running"
-    """Up and taking input."""
-    PAUSED = "paused"
-    """Up, but its process is stopped: datagrams wait in its socket buffer."""
-    DOWN = "down"
-    """Crashed or left (no node runs under that name), or not a node of this world."""
 
 
 class Checkers:
@@ -159,6 +152,7 @@ class Checkers:
         )  # fmt: skip
         self.refusals = Refusals(self.history, self.windows, self._findings.add)
         self.own = OwnCounts()
+        self.rules_used = RulesInForce()
         self.suspicions = Suspicions(self.history, self.config.membership)
         self.news = News(sealed=scenario.authenticated)
         self._event_times: list[int] = []  # every membership event, in time order
@@ -171,9 +165,10 @@ class Checkers:
         log: list[tuple[int, str, Rule, int, bool, str]],
         now: int,
         delivery: Delivery | None = None,
+        rules_digest: int = 0,
     ) -> None:
         """Decisions made at ``node``, each with the wall time it decided at; ``delivery``:
-        the datagram whose receipt made them, if one did."""
+        the datagram that made them, if one did; ``rules_digest``: its registry's before."""
         self.history.advance(now)
         life = self._life(node)
         if delivery is not None:
@@ -181,7 +176,9 @@ class Checkers:
         view = self._view(life)
         decisions, decided, tally = self.decisions, self.accounting.decided, self._tally
         deciders = self.deciders
+        note_rule = self.rules_used.note
         for wall, client, rule, cost, allowed, path in log:
+            note_rule(life.key, client, rule, rules_digest)
             decisions[path] += 1
             decided(node, client, path, cost, allowed)
             full = path != "degraded"
@@ -492,7 +489,7 @@ class Checkers:
             counter_bytes=self._counter_bytes(), replicas=getattr(self.config, "replicas", 0),
             resync_wait_ns=getattr(self.config, "resync_wait_ns", 0),
         )  # fmt: skip
-        end = self.history.now
+        end, verdicts = self.history.now, {}
         for key, window in self.windows.items():
             client, series, index = key
             first = window.first_at
@@ -505,6 +502,7 @@ class Checkers:
                 resets=self.refusals.touches(client, window, end), known=known,
                 resend_ns=self.config.gossip_interval_ns)  # fmt: skip
             self.judged[verdict.label] += 1
+            verdicts[key] = verdict
             self._labels[key] = verdict.label
             nodes = tuple(sorted({life[0] for life in window.lives}))
             if window.admitted > verdict.bound:
@@ -522,6 +520,8 @@ class Checkers:
                     f"{node} (life {number}) alone admitted {admitted} >"
                     f" {'capacity' if full else 'its share'} {allowed}", client, index, (node,),
                 ))  # fmt: skip
+        self.violations += judge_sliding(self.windows, verdicts, self._window_ns,
+                                         self.history.clock_touched, knowledge.known_before)  # fmt: skip
 
     def _counter_bytes(self) -> int:
         """The most one counter of this run can take in a hand-over: two windows' slots,

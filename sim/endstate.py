@@ -86,6 +86,8 @@ def judge(
     out += [Violation("resync_stalled", d) for d in _resyncs(checkers, nodes)]
     out += [Violation("reset_not_kept", d) for d in stale_after_reset(checkers, nodes, end)]
     out += [Violation("resync_skipped", d) for d in skipped_resyncs(checkers, nodes)]
+    lives = {n: (life.key, node) for n, node in nodes.items() if (life := history.life(n))}
+    out += [Violation("stale_rule", d) for d in checkers.rules_used.judge(lives)]
     return out
 
 

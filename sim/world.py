@@ -72,6 +72,8 @@ class SimNode:
     """False while a node booted ``serve_before_join`` has no cluster runtime yet: it
     decides checks, but neither sends, receives nor ticks (its socket is not open)."""
     resync_seen: int = 0
+    rules_digest: int = 0
+    """The node's registry digest when its output was last collected (before its next input)."""
     """The last life whose resync the checkers were told of (``History.resync_begun``)."""
 
 
@@ -263,7 +265,7 @@ class World:
         node.decision_log = []
         if self._plant is not None:
             self._plant(node)
-        sim.node = node
+        sim.node, sim.rules_digest = node, node.registry.digest
         sim.paused_until = None
         sim.backlog.clear()
         sim.timer_at = -1  # the last life's timer is stale: arm this life's own
@@ -341,8 +343,9 @@ class World:
             sim.resync_seen = sim.generation  # the instant a restarted life began waiting
             self.checkers.history.resync_began(sim.name, now)
         log = node.decision_log
+        rules_before, sim.rules_digest = sim.rules_digest, node.registry.digest
         if log:
-            self.checkers.on_admissions(sim.name, log, now, received)
+            self.checkers.on_admissions(sim.name, log, now, received, rules_before)
             log.clear()
         if not sim.runtime_up:
             return  # no runtime, no timer: it is armed when the node starts to join
