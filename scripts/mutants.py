@@ -41,10 +41,9 @@ from meshlimit.sim.runner import SCENARIO_DIR, fuzz_scenario, fuzz_seed, run_sce
 from meshlimit.sim.scenario import Scenario, load_scenario
 
 #: Every planted bug: the first catalogue, the ones added with the stricter verdicts, then
-#: those written as an adversary would (``mutation/adversary.py``).
-MUTANTS: tuple[Mutant, ...] = (
-    FIRST_MUTANTS + MORE_MUTANTS + ADVERSARY_MUTANTS + STALE_STATE_MUTANTS
-)
+#: those written as an adversary would (``mutation/adversary.py``), then those that keep state
+#: stale (``mutation/stale_state.py``).
+MUTANTS: tuple[Mutant, ...] = FIRST_MUTANTS + MORE_MUTANTS + ADVERSARY_MUTANTS + STALE_STATE_MUTANTS
 
 # --- running -----------------------------------------------------------------------------
 
