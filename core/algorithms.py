@@ -25,8 +25,10 @@ Complexity: O(1) time and O(1) space per call for every algorithm.
 
 from __future__ import annotations
 
+from typing import Final
+
 #: Window indexes are stored in 32 bits; gaps are computed modulo 2**32.
-WINDOW_MASK = 0xFFFFFFFF
+WINDOW_MASK: Final = 0xFFFFFFFF
 #: A gap this close to 2**32 is the clock stepping back into an earlier window
 #: (up to 1,024 windows back): the request is then charged to the newer window.
 BACKWARDS_GAP = WINDOW_MASK - 1024

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-NS_PER_S = 1_000_000_000
+NS_PER_S: Final = 1_000_000_000
 
 #: A decision made by no limiter: the daemon client could not reach any daemon and
 #: answered from its ``on_error`` policy (``allow`` or ``deny``).

@@ -30,43 +30,63 @@ DEFAULT_MAX_CLIENTS = 10_000_000
 class Engine:
     """Rules and per-series client state; decides checks at the ``now_ns`` given."""
 
-    __slots__ = ("registry", "series", "max_clients", "fast_path")
+    __slots__ = ("registry", "series", "max_clients", "fast_path", "_last_rule", "_last_series")
 
     def __init__(
         self,
         default: Rule | str = "100/minute",
         *,
-        max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_clients: object = DEFAULT_MAX_CLIENTS,
         max_rules: int = 1_000_000,
         fast_path: bool = True,
     ) -> None:
-        check_max_clients(max_clients)
+        # ``object``, checked here: compiled, an ``int`` parameter would let ``True`` in
+        # and refuse ``1.5`` with mypyc's message instead of this one (``check``'s note).
+        max_clients = check_max_clients(max_clients)
         self.registry = RuleRegistry(default, max_entries=max_rules)
         #: One series per (algo, window): ``Rule.series`` -> state.
         self.series: dict[str, Series] = {}
-        self.max_clients = max_clients
+        self.max_clients: int = max_clients
         #: Take the fused path (``fastpath``) where it applies; False: always the full
         #: path, its reference (tests compare the two).
         self.fast_path = fast_path
+        #: The single-limit rule of the last check and its series: the next check under
+        #: the same rule object (rules are immutable and series never replaced) skips
+        #: the ``also`` test and the series lookup.
+        self._last_rule: Rule | None = None
+        self._last_series: Series | None = None
         # Note the default's burst now: a series another rule creates first would
         # otherwise keep its records too briefly for the default's carry to drain.
         for limit in self.registry.default.limits:
             self.series_for(limit)
 
-    def check(self, client: str, cost: int, *, now_ns: int, path: str = "local") -> Decision:
-        """Decide one request of ``cost`` for ``client`` at ``now_ns``.
+    def check(self, client: object, cost: object, *, now_ns: int, path: str = "local") -> Decision:
+        """Decide one request of ``cost`` (an ``int``) for ``client`` (a ``str``) at ``now_ns``.
 
-        ``remaining`` is capped at the limit (a burst is spendable, not shown)."""
+        ``remaining`` is capped at the limit (a burst is spendable, not shown). The
+        arguments are typed ``object`` because this method checks them itself, with
+        errors that name them; compiled (``docs/design.md``, "The native build"),
+        ``str`` and ``int`` here would be checked first, with mypyc's own message, and
+        ``True`` would pass as a cost."""
         if type(client) is not str or not client or len(client) > 64:
-            check_client_id(client)
+            client = check_client_id(client)
         if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
-            check_cost(cost)
-        rule = self.registry.resolve(client)
-        if rule.also:
-            return self._check_all(client, rule, cost, now_ns, path)
-        series = self.series.get(rule.series)
-        if series is None:
-            series = self.series_for(rule)
+            cost = check_cost(cost)
+        registry = self.registry
+        if registry._clients or registry._calls:
+            rule = registry.resolve(client)
+        else:  # no client overrides (the common case): ``resolve``'s answer, without a call
+            rule = registry._default_rule
+        if rule is self._last_rule:
+            series = self._last_series
+            assert series is not None
+        else:
+            if rule.also:
+                return self._check_all(client, rule, cost, now_ns, path)
+            series = self.series.get(rule.series)
+            if series is None:
+                series = self.series_for(rule)
+            self._last_rule, self._last_series = rule, series
         if self.fast_path:
             if isinstance(series, WindowSeries):
                 decision = check_window(series, hash(client), rule, cost, now_ns, path)
@@ -142,20 +162,23 @@ class Engine:
         return dead, sum(s.table.evicted_live for s in self.series.values())
 
 
-def check_cost(cost: object) -> None:
-    """Refuse a cost that is no ``int`` (``TypeError``) or out of range (``ValueError``)."""
+def check_cost(cost: object) -> int:
+    """Refuse a cost that is no ``int`` (``TypeError``) or out of range (``ValueError``);
+    return it."""
     if type(cost) is not int:
         raise TypeError(f"cost must be an int, got {type(cost).__name__} {cost!r}")
     if not 0 <= cost <= MAX_COUNT:
         raise ValueError(f"cost must be an integer from 0 to {MAX_COUNT}, got {cost!r}")
+    return cost
 
 
-def check_max_clients(max_clients: object) -> None:
-    """Refuse a client bound that is no ``int`` or below 1 (0 would track nobody)."""
+def check_max_clients(max_clients: object) -> int:
+    """Refuse a client bound that is no ``int`` or below 1 (0 would track nobody); return it."""
     if type(max_clients) is not int:
         raise TypeError(f"max_clients must be an int, got {max_clients!r}")
     if max_clients < 1:
         raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+    return max_clients
 
 
 __all__ = ["DEFAULT_MAX_CLIENTS", "Engine", "ZERO", "check_cost", "check_max_clients"]

@@ -128,9 +128,9 @@ class Entry:
         return f"Entry({self.value!r}, {self.stamp!r})"
 
 
-def check_client_id(client: str) -> None:
+def check_client_id(client: object) -> str:
     """Refuse client ids that are not text (``TypeError``), empty or longer than 256 UTF-8
-    bytes (``ValueError``)."""
+    bytes (``ValueError``); return the id."""
     if not isinstance(client, str):
         raise TypeError(f"client id must be a str, got {type(client).__name__} {client!r}")
     if not client:
@@ -141,6 +141,7 @@ def check_client_id(client: str) -> None:
         raise ValueError("client id is not valid Unicode text (lone surrogate)") from None
     if size > MAX_CLIENT_BYTES:
         raise ValueError(f"client id longer than {MAX_CLIENT_BYTES} bytes")
+    return client
 
 
 def check_tier_name(name: str) -> None:

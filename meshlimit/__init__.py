@@ -4,17 +4,24 @@
 enforces them across many. ``Rule`` is the notation (``"100/minute burst 20"``)
 and ``Decision`` the answer to a check.
 
-The four names load on first use (PEP 562), and this module imports nothing at
-import time. Why: every layer is imported through this package (``meshlimit.core``,
-``meshlimit.cluster``, ``meshlimit.sim`` all run this file first), and ``Node``
-brings asyncio, msgpack and the runtime, which an in-process ``Limiter`` user,
-or the pure core, must not pay for. ``tests/test_layout.py`` holds this.
+The four names load on first use (PEP 562), and this module imports nothing of
+meshlimit's at import time but the native build's guard. Why: every layer is imported
+through this package (``meshlimit.core``, ``meshlimit.cluster``, ``meshlimit.sim`` all
+run this file first), and ``Node`` brings asyncio, msgpack and the runtime, which an
+in-process ``Limiter`` user, or the pure core, must not pay for. ``tests/test_layout.py``
+holds this. The guard (``_native``) runs first for the same reason: before any module
+of the core loads, it decides whether the compiled ones may (their sources unedited,
+``MESHLIMIT_PURE`` unset).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from meshlimit import _native
+
+_native.install()
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
     from meshlimit.core.decision import Decision

@@ -111,6 +111,10 @@ def child_time(spec: str, n: int, reps: int, hot: int) -> Result:
     """
     n, hot = sizes_for(spec, n, hot)
     out: Result = {"spec": spec, "keys": n, "hot_checks": hot}
+    if not spec.startswith(("base:", "limits:")):
+        from meshlimit import _native  # what ran: the native build or pure Python
+
+        out["native"] = _native.state()
     admitted = True
 
     # Warm-up on a throw-away instance: insert and hit paths, and the hot key.
@@ -120,6 +124,9 @@ def child_time(spec: str, n: int, reps: int, hot: int) -> Result:
         run(warm)
     close()
     del run, close, warm
+
+    if "native" in out:
+        out["compiled"] = _native.compiled_modules()
 
     # Distinct keys: one fresh instance, pass 1 (inserts) then pass 2 (hits),
     # each timed in `reps` slices.

@@ -2,7 +2,7 @@
 
 Theory of operation. The node (``node.py``) routes; this part decides. On the merged
 counts (paths ``owner``, ``forwarded``, ``local``) the common case goes through the fused
-fast path (``core/fastpath.py``: one table slot, admitted), the rest through
+fast path (``core/counter_fastpath.py``: one counter, admitted), the rest through
 ``CounterStore.check``; an admission marks the counter for replication. Degraded (path
 ``degraded``), the node's local quota of the client's degraded units decides, and an
 admission is queued for reporting to the owner. A rule of several limits is checked limit
@@ -21,9 +21,9 @@ from collections import Counter
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.degraded import DegradedMode
 from meshlimit.cluster.node.replication import Replication
+from meshlimit.core.counter_fastpath import admit_counter
 from meshlimit.core.counters import CounterStore, Outcome
 from meshlimit.core.decision import Decision, make_decision, most_restrictive
-from meshlimit.core.fastpath import admit_counter
 from meshlimit.core.registry import RuleRegistry
 from meshlimit.core.rules import Rule
 
@@ -51,7 +51,7 @@ class Deciding:
         if rule.also:
             return self._decide_all(client, rule, cost, wall, path)
         decision = admit_counter(self.counters, client, rule, cost, wall, path)
-        if decision is not None:  # the common case, fused (``core/fastpath.py``)
+        if decision is not None:  # the common case, fused (``core/counter_fastpath.py``)
             if cost and not self._alone:  # alone: nobody to replicate to (``gossip``)
                 self.replication.mark_changed(rule.series, client)
             self.stats[_ALLOWED[path]] += 1

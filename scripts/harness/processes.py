@@ -103,18 +103,22 @@ def start_redis(port: int, cpu: int | None = None) -> subprocess.Popen[bytes]:
     return start_server(pinned(cpu) + argv, port, "redis-server", probe=_redis_pong)
 
 
-def run_json_child(argv: list[str], what: str, *, capture_stderr: bool) -> dict[str, Any]:
+def run_json_child(
+    argv: list[str], what: str, *, capture_stderr: bool, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run a child to completion and decode the JSON object on its last stdout line.
 
     ``capture_stderr`` keeps the child's stderr quiet unless it fails (then it is shown);
-    otherwise the child's progress lines go straight to ours. A failed child ends the
-    script with a message naming ``what``."""
+    otherwise the child's progress lines go straight to ours. ``env``: the child's
+    environment (default: ours). A failed child ends the script with a message naming
+    ``what``."""
     proc = subprocess.run(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture_stderr else None,
         text=True,
         check=False,
+        env=env,
     )
     if proc.returncode != 0:
         if capture_stderr:
