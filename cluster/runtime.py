@@ -23,6 +23,11 @@ to a quarter (TCP then pushes back on the clients), so a loop turn never holds m
 than a few hundred checks and the answers that free room are read promptly. The
 front-ends add their own bounds per connection.
 
+Batches: a front-end's batch of checks (``check_batch``, the commands of one read) is
+one future however many of its checks are forwarded, and waits for room as one. The
+forward batches of a loop turn leave at its end, from the flush (``Node.flush_batches``),
+not from a timer.
+
 Late timers: libuv runs due timers before it polls the sockets, so after a long turn of
 the loop a timer would judge a deadline (a forward timeout, a probe's ack) while the
 answer sits unread in the socket. A timer that fires more than ``LATE_TIMER_S`` late
@@ -50,6 +55,7 @@ from functools import partial
 
 from meshlimit.cluster.node import Decided, MembershipChanged, Node, SeedsWanted
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.node import check_args
 from meshlimit.cluster.resolve import format_address, is_ip_literal, resolve_seeds
 from meshlimit.cluster.wire.messages import Address
 from meshlimit.core.decision import Decision
@@ -93,6 +99,22 @@ class _Protocol(asyncio.DatagramProtocol):
         self.runtime.node.dropped["socket_error"] += 1
 
 
+class _Batch:
+    """The forwarded checks of one front-end batch (``Runtime.check_batch``): the batch's
+    decisions, filled in as the owners answer, and the one future done when the last is.
+    One object and one future for the batch, never one per forwarded check."""
+
+    __slots__ = ("decisions", "left", "future", "sent_ns")
+
+    def __init__(
+        self, decisions: list[Decision | int], future: asyncio.Future[list[Decision]], sent_ns: int
+    ) -> None:
+        self.decisions = decisions
+        self.left = 0  # forwarded checks not decided yet
+        self.future = future
+        self.sent_ns = sent_ns
+
+
 class Runtime:
     """Runs one node on an asyncio loop (uvloop when installed)."""
 
@@ -114,8 +136,10 @@ class Runtime:
             raise ValueError("max_inflight must be >= 1 and max_waiting >= 0")
         self.max_inflight = max_inflight
         self.max_waiting = max_waiting
-        #: Checks waiting for room (``check``), oldest first.
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        #: Waiting for room (``check``, ``check_batch``), oldest first: each a future and
+        #: the checks it stands for (a batch waits as one).
+        self._waiting: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._waiting_checks = 0  # the checks of ``_waiting``
         #: True while as many checks wait for room as may be in flight: front-ends stop
         #: reading new requests (TCP pushes back on the clients) until the queue is down to
         #: a quarter of that, when ``on_not_busy`` callbacks run.
@@ -134,6 +158,8 @@ class Runtime:
         self._ready = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._futures: dict[int, asyncio.Future[Decision]] = {}
+        #: Forwarded checks of front-end batches: ticket -> (its batch, its place in it).
+        self._batched: dict[int, tuple[_Batch, int]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
         self._after_poll = False  # the armed timer is a late tick's second chance
@@ -200,9 +226,9 @@ class Runtime:
         """Decide a check, waiting for the owner when the check is forwarded, and first
         for room when ``max_inflight`` forwarded checks are already in flight."""
         if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
-            if len(self._waiting) >= self.max_waiting:
+            if self._waiting_checks >= self.max_waiting:
                 return self.node.overloaded(client, "waiting_full")
-            await self._room()
+            await self._room(1)
         now_ns = time.monotonic_ns()
         result = self.node.check(client, cost, now_ns=now_ns, wall_ns=time.time_ns())
         if isinstance(result, Decision):
@@ -265,6 +291,49 @@ class Runtime:
             self._schedule_flush()
         return out
 
+    def check_batch(
+        self, clients: list[str], cost: int = 1
+    ) -> list[Decision] | asyncio.Future[list[Decision]]:
+        """A front-end's batch (the commands of one read) at one instant: the decisions in
+        order when the node decides them all now (owner-local, local mode...), else one
+        future of them all, done when the owners have answered every forwarded check of the
+        batch. One future for the batch, however many of its checks are forwarded, and
+        none for the owner-local ones: the front-end answers the batch in one write. While
+        checks wait for room the batch waits as one (one task), counted as its checks.
+        Raises ``ValueError``/``TypeError`` for a bad client or cost, before any check."""
+        if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
+            check_args(clients, cost)  # raised now, as when no check waits
+            if self._waiting_checks + len(clients) > self.max_waiting:
+                return [self.node.overloaded(c, "waiting_full") for c in clients]
+            return asyncio.ensure_future(self._batch_after_room(clients, cost))
+        return self._check_batch_now(clients, cost)
+
+    async def _batch_after_room(self, clients: list[str], cost: int) -> list[Decision]:
+        await self._room(len(clients))
+        decided = self._check_batch_now(clients, cost)
+        return decided if type(decided) is list else await decided  # type: ignore[misc]
+
+    def _check_batch_now(
+        self, clients: list[str], cost: int
+    ) -> list[Decision] | asyncio.Future[list[Decision]]:
+        node = self.node
+        now_ns, wall_ns = time.monotonic_ns(), time.time_ns()
+        decided = node.check_batch(clients, cost, now_ns=now_ns, wall_ns=wall_ns)
+        if not self._flush_scheduled:
+            self._schedule_flush()  # forwarded checks made in this loop turn leave together
+        batch: _Batch | None = None
+        batched = self._batched
+        for i, result in enumerate(decided):
+            if type(result) is int:
+                if batch is None:
+                    assert self._loop is not None, "runtime not started"
+                    batch = _Batch(decided, self._loop.create_future(), now_ns)
+                batched[result] = (batch, i)
+                batch.left += 1
+        if batch is None:
+            return decided  # type: ignore[return-value]  # no ticket: every one a Decision
+        return batch.future
+
     def _ticket(self, ticket: int, sent_ns: int) -> asyncio.Future[Decision]:
         """The future of a forwarded check's decision (``_pump`` resolves it)."""
         assert self._loop is not None, "runtime not started"
@@ -279,14 +348,16 @@ class Runtime:
         if self.on_forwarded is not None and not future.cancelled():
             self.on_forwarded(time.monotonic_ns() - sent_ns, future.result().path)
 
-    async def _room(self) -> None:
-        """Wait, in arrival order, until a forwarded check may be sent (``_pump`` lets
-        waiters go as answers free room)."""
+    async def _room(self, checks: int) -> None:
+        """Wait, in arrival order, until ``checks`` forwarded checks may be sent (``_pump``
+        lets waiters go as answers free room; a batch goes once any room is free, so the
+        checks in flight exceed ``max_inflight`` by less than one batch)."""
         assert self._loop is not None, "runtime not started"
         room: asyncio.Future[None] = self._loop.create_future()
-        self._waiting.append(room)
-        self.node.stats["checks_waited"] += 1
-        if not self.busy and len(self._waiting) >= self.max_inflight:
+        self._waiting.append((room, checks))
+        self._waiting_checks += checks
+        self.node.stats["checks_waited"] += checks
+        if not self.busy and self._waiting_checks >= self.max_inflight:
             self.busy = True
             self.node.stats["busy_periods"] += 1
         self._schedule_flush()
@@ -296,11 +367,12 @@ class Runtime:
         free = self.max_inflight - len(self.node.forwarding.pending)
         waiting = self._waiting
         while waiting and free > 0:
-            room = waiting.popleft()
+            room, checks = waiting.popleft()
+            self._waiting_checks -= checks
             if not room.done():  # a cancelled caller's place goes to the next
                 room.set_result(None)
-                free -= 1
-        if self.busy and len(waiting) <= self.max_inflight // 4:
+                free -= checks
+        if self.busy and self._waiting_checks <= self.max_inflight // 4:
             self.busy = False
             for callback in list(self.on_not_busy):
                 callback()
@@ -328,8 +400,13 @@ class Runtime:
             if not future.done():
                 future.cancel()
         self._futures.clear()
+        for batch, _ in self._batched.values():
+            if not batch.future.done():
+                batch.future.cancel()
+        self._batched.clear()
         while self._waiting:
-            self._waiting.popleft().cancel()
+            self._waiting.popleft()[0].cancel()
+        self._waiting_checks = 0
 
     # --- driving the node -------------------------------------------------------------
 
@@ -367,14 +444,25 @@ class Runtime:
         self._flush_scheduled = False
         node = self.node
         if self._transport is not None:
+            # The batches of this turn leave now, not from a timer (a timer costs a tick
+            # of the node, a loop turn, and more when the loop is late: ``_on_timer``).
+            node.flush_batches(now_ns=time.monotonic_ns())
             # In the node's order: datagrams with probes and acks first, then data.
             for datagram, addr in node.datagrams_to_send():
                 try:
                     self._transport.sendto(datagram, addr)
                 except (ValueError, OSError):  # a name, or another family: a peer's bad addr
                     node.dropped["send_unroutable"] += 1
+        batched = self._batched
+        decided_ns = 0
         for event in node.events():
-            if isinstance(event, Decided):
+            if type(event) is Decided:
+                waiter = batched.pop(event.ticket, None)
+                if waiter is not None:
+                    if not decided_ns:
+                        decided_ns = time.monotonic_ns()
+                    self._batch_decided(*waiter, event.decision, decided_ns)
+                    continue
                 future = self._futures.pop(event.ticket, None)
                 if future is not None and not future.done():
                     future.set_result(event.decision)
@@ -388,6 +476,16 @@ class Runtime:
             self._ready.set()
             log.info("joined the cluster", extra={"members": len(node.membership.alive_nodes())})
         self._arm_timer()
+
+    def _batch_decided(self, batch: _Batch, i: int, decision: Decision, now_ns: int) -> None:
+        """A forwarded check of a front-end batch was decided: in its place, timed
+        (``on_forwarded``); the batch's future is done with the last of them."""
+        batch.decisions[i] = decision
+        if self.on_forwarded is not None:
+            self.on_forwarded(now_ns - batch.sent_ns, decision.path)
+        batch.left -= 1
+        if batch.left == 0 and not batch.future.done():
+            batch.future.set_result(batch.decisions)  # type: ignore[arg-type]  # no None left
 
     # --- names ------------------------------------------------------------------------
 

@@ -251,3 +251,27 @@ def test_check_many_in_local_mode_decides_as_check_does() -> None:
         assert batched.stats["local_allowed"] > 0 and batched.stats["local_refused"] > 0
         assert list(batched.replication._changed) == list(single.replication._changed)
         assert batched.decision_log == single.decision_log
+
+
+def test_check_batch_is_check_of_each_client_and_flush_batches_sends_them() -> None:
+    """``check_batch`` answers each client as ``check`` would (a decision where this node
+    decides, a ticket where it forwards; the same stats); the forwarded checks leave
+    when the driver calls ``flush_batches`` (the default window, 0, has closed), not
+    before: nothing but a tick or that call sends them."""
+    clients = [f"c{i}" for i in range(8)] * 3
+    batched, single = _joined(5), _joined(5)
+    results = batched.check_batch(clients, 1, now_ns=10, wall_ns=10)
+    expected = [single.check(c, 1, now_ns=10, wall_ns=10) for c in clients]
+    assert [type(r) for r in results] == [type(e) for e in expected]
+    assert [r for r in results if isinstance(r, Decision)] == [
+        e for e in expected if isinstance(e, Decision)
+    ]
+    tickets = [r for r in results if isinstance(r, int)]
+    assert tickets and batched.stats == single.stats
+    batched.datagrams_to_send()
+    assert batched.stats["batches_sent"] == 0  # still queued: not a tick, not flushed
+    batched.flush_batches(now_ns=10)  # window 0: closed at once
+    assert [a for _, a in batched.datagrams_to_send()] == [("b", 1)]
+    assert batched.stats["batched_checks"] == len(tickets)
+    with pytest.raises(ValueError):
+        batched.check_batch(["ok", ""], 1, now_ns=11, wall_ns=11)

@@ -267,3 +267,39 @@ def test_a_batch_is_decided_at_once_where_owned_and_waits_in_line_where_forwarde
             assert sorted(timed) == ["forwarded"] * (len(clients) - len(owned))
 
     asyncio.run(main())
+
+
+def test_a_front_end_batch_is_one_future_and_waits_for_room_as_one() -> None:
+    """``Runtime.check_batch``: a batch this node decides alone is a list at once; one
+    with forwarded checks is one future of every decision in order (owner-local ones
+    included), done when the owners have answered; while checks wait for room a batch
+    waits as one, counted as its checks; every forwarded check is timed."""
+
+    async def main() -> None:
+        async with two_runtimes() as b:
+            timed: list[str] = []
+            b.on_forwarded = lambda _ns, path: timed.append(path)
+            clients = [f"user-{i}" for i in range(40)]
+            owned = [c for c in clients if b.node.owner(c) == "b"]
+            assert owned and len(owned) < len(clients) - 2
+            alone = b.check_batch(owned)
+            assert isinstance(alone, list) and {d.path for d in alone} == {"owner"}
+            first = b.check_batch(clients)  # more forwarded than max_inflight (2)
+            second = b.check_batch(clients[:5])  # must wait, as one, behind the first
+            assert isinstance(first, asyncio.Future) and isinstance(second, asyncio.Future)
+            await asyncio.sleep(0)  # the waiting batch's task starts waiting
+            assert b.node.stats["checks_waited"] == 5
+            decided = await first
+            assert [d.path == "owner" for d in decided] == [c in owned for c in clients]
+            assert {d.path for d in decided} == {"owner", "forwarded"}
+            assert len(await second) == 5
+            forwarded = [c for c in clients + clients[:5] if c not in owned]
+            assert sorted(timed) == ["forwarded"] * len(forwarded)
+            assert not b.busy and not b._batched
+            with pytest.raises(ValueError):
+                b.check_batch(["ok", ""])
+            b.max_inflight = 0  # as while checks wait: still raised at once
+            with pytest.raises(ValueError):
+                b.check_batch(["ok", ""])
+
+    asyncio.run(main())

@@ -411,6 +411,9 @@ class StandInRuntime:
     def check_many(self, clients: list[str], cost: int) -> list[Decision]:
         return [self.check_now(client, cost) for client in clients]
 
+    def check_batch(self, clients: list[str], cost: int) -> list[Decision]:
+        return self.check_many(clients, cost)
+
 
 def test_throttle_decided_under_another_rule_is_resent_retried_then_refused() -> None:
     """A forwarded CL.THROTTLE decided by an owner that lacks the key's rule (its limit
@@ -848,8 +851,16 @@ def test_deep_pipeline_is_paced_not_dropped() -> None:
     def check_many(clients: list[str], cost: int) -> list[asyncio.Future[Decision]]:
         return [check_now(client, cost) for client in clients]
 
+    def check_batch(clients: list[str], cost: int) -> asyncio.Future[list[Decision]]:
+        return asyncio.gather(*(check(client, cost) for client in clients))
+
     runtime = SimpleNamespace(
-        check=check, check_now=check_now, check_many=check_many, busy=False, on_not_busy=[]
+        check=check,
+        check_now=check_now,
+        check_many=check_many,
+        check_batch=check_batch,
+        busy=False,
+        on_not_busy=[],
     )
 
     async def main() -> None:

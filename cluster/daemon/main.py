@@ -320,6 +320,7 @@ async def _serve(
 ) -> int:
     from aiohttp import web
 
+    from meshlimit.cluster.daemon import gc_policy
     from meshlimit.cluster.daemon.http_api import make_app
     from meshlimit.cluster.daemon.http_check import HttpRunner
     from meshlimit.cluster.resolve import resolve_address
@@ -413,6 +414,7 @@ async def _serve(
             f"{resp_ready}{grpc_ready}",
             flush=True,
         )
+        gc_policy.settle()  # startup's objects out of the collector's sight; see the module
         signum = await stop.get()
         log.info("draining", extra={"signal": signal.Signals(signum).name, "drain_s": DRAIN_S})
         runtime.leave()  # counts handed over, peers told; checks made now go to new owners

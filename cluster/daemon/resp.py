@@ -7,10 +7,10 @@ once (pipelining) and runs them in order; replies go out in command order, each
 as soon as it and every reply before it are ready, the ready ones of a read in
 one write, made at the end of the loop turn with the other connections' writes
 (``RespServer.write_soon``). Plain ``ML.CHECK client`` commands in a row run as one
-batch of the runtime (``Runtime.check_many``: one clock reading, no coroutine, task or
-future for a check the node decides itself), so a pipelined burst of owner-local checks
-costs one call and one write; a forwarded check's reply is a future that waits
-for the owner without holding back the commands after it.
+batch of the runtime (``Runtime.check_batch``: one clock reading, no coroutine, task or
+future for a check the node decides itself, one future for the batch when any of its
+checks is forwarded), so a pipelined burst of checks costs one call and one write; the
+commands after the batch are not held back by it.
 
 Four modules, one job each: ``resp_protocol.py`` reads commands from the
 byte stream and encodes replies; ``resp_commands.py`` runs the limiter's commands

@@ -26,10 +26,11 @@ Commands (names are case-insensitive):
   commands Redis tooling sends (``resp_session.py``); ``QUIT``: ``+OK``, then the
   connection closes (handled by the connection, ``resp.py``).
 
-A check runs synchronously (``Runtime.check_now``, ``check_many`` for the
+A check runs synchronously (``Runtime.check_now``, ``check_batch`` for the
 connection's batches of plain ``ML.CHECK``): one the node decides itself is
 answered at once; a forwarded one is answered by a future that the connection
-waits on, in command order. CL.THROTTLE's coroutine is stepped eagerly
+waits on, in command order (one future for a whole batch: its replies, joined, then
+an empty reply for each other command of it, so that replies owed count commands). CL.THROTTLE's coroutine is stepped eagerly
 (:func:`~meshlimit.cluster.daemon.eager.start_eagerly`) to the same effect.
 
 CL.THROTTLE and the cluster. The key is checked as client ``cl.throttle:KEY``
@@ -269,7 +270,7 @@ class RespCommands:
     def ml_check_batch(self, raws: list[bytes]) -> list[Reply]:
         """``ML.CHECK client`` (cost 1, six elements) for each client of ``raws``, the
         replies in order: as :meth:`execute` answers each, but checked as one batch of the
-        runtime (``Runtime.check_many``), the connection's hot path. The caller has seen
+        runtime (``Runtime.check_batch``), the connection's hot path. The caller has seen
         to the name and the arity. Never raises."""
         self.stats["commands"] += len(raws)
         clients = [
@@ -277,23 +278,17 @@ class RespCommands:
         ]
         if len(clients) < len(raws):  # some need the full argument checks and their errors
             return [self._run([b"ML.CHECK", raw], None) for raw in raws]
-        replies: list[Reply] = []
-        append = replies.append
-        allowed = _ALLOWED_REPLY
-        reset, reset_ms = None, 0  # checks of one window in a batch share their reset
-        for decision in self.runtime.check_many(clients, 1):
-            if type(decision) is Decision and decision[0] and decision[5] in allowed:
-                # ``check_reply`` inlined for its common case: the same bytes.
-                _, limit, remaining, reset_after, _, path, _, _ = decision
-                if reset_after != reset:
-                    reset = reset_after
-                    reset_ms = -(-round(reset_after * NS_PER_S) // NS_PER_MS)
-                append(
-                    allowed[path] % (limit, remaining if remaining <= limit else limit, reset_ms)
-                )
-            else:
-                append(self._reply(decision, False))
-        return replies
+        try:
+            decided = self.runtime.check_batch(clients, 1)
+        except (TypeError, ValueError):  # the node's last word on an id: each its own error
+            return [self._run([b"ML.CHECK", raw], None) for raw in raws]
+        if isinstance(decided, list):
+            return check_replies(decided)  # type: ignore[return-value]  # bytes are replies
+        # Forwarded checks: one future of every reply of the batch (their bytes, joined),
+        # then an empty reply per other command, so that replies owed count commands.
+        replies: asyncio.Future[bytes] = decided.get_loop().create_future()
+        decided.add_done_callback(partial(_replies_when_decided, replies))
+        return [replies, *[b""] * (len(raws) - 1)]
 
     def _check(self, client: str, cost: int, with_window: bool) -> Reply:
         """The check's reply: now when the node decides it at once, else a future of it."""
@@ -412,6 +407,42 @@ class RespCommands:
         except ValueError as error:  # a CommandError from sending the rule too
             return encode_error(str(error))
         return encode_integers(reply_from_decision(decision, max_burst))
+
+
+def check_replies(decisions: list[Decision]) -> list[bytes]:
+    """``ML.CHECK``'s replies (without the window) to a batch of decisions, in order:
+    ``check_reply`` of each, with its common case inlined (the same bytes)."""
+    replies: list[bytes] = []
+    append = replies.append
+    allowed = _ALLOWED_REPLY
+    reset, reset_ms = None, 0  # checks of one window in a batch share their reset
+    for decision in decisions:
+        if decision[0] and decision[5] in allowed:
+            _, limit, remaining, reset_after, _, path, _, _ = decision
+            if reset_after != reset:
+                reset = reset_after
+                reset_ms = -(-round(reset_after * NS_PER_S) // NS_PER_MS)
+            append(allowed[path] % (limit, remaining if remaining <= limit else limit, reset_ms))
+        else:
+            append(check_reply(decision))
+    return replies
+
+
+def _replies_when_decided(
+    replies: asyncio.Future[bytes], decided: asyncio.Future[list[Decision]]
+) -> None:
+    """Resolve ``replies`` with the joined replies of a batch's decisions (cancelled with
+    it: the node stopped)."""
+    if replies.done():
+        return
+    if decided.cancelled():
+        replies.cancel()
+        return
+    error = decided.exception()
+    if error is None:
+        replies.set_result(b"".join(check_replies(decided.result())))
+    else:
+        replies.set_exception(error)
 
 
 def _reply_when_decided(

@@ -203,6 +203,13 @@ class Node(Deciding):
             if self.resync.active:  # restarted: our counts are still coming back
                 return self._decide_degraded(client, cost, wall)
             return self._decide_here(client, cost, wall, "owner")
+        return self._check_elsewhere(client, cost, owner, now_ns, wall)
+
+    def _check_elsewhere(
+        self, client: str, cost: int, owner: str, now_ns: int, wall: int
+    ) -> Decision | int:
+        """:meth:`check` of a client another node owns: forwarded (its ticket), or decided
+        here when the owner is unreachable or too busy."""
         if self.degraded.owner_unreachable(owner):
             return self._decide_degraded(client, cost, wall)
         if self.forwarding.full:
@@ -220,15 +227,7 @@ class Node(Deciding):
         mode), with what the checks share done once; None where it would not (owned
         elsewhere, not ready, a minority): nothing done, :meth:`check` it. Raises as
         :meth:`check` for a bad cost or client, before any check."""
-        for client in clients:
-            if (
-                type(client) is not str
-                or not client.isascii()
-                or not 0 < len(client) <= MAX_CLIENT_BYTES
-            ):
-                check_client_id(client)
-        if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
-            check_cost(cost)
+        check_args(clients, cost)
         if not self._knows_ring or not self.degraded.majority or self.resync.active:
             return [None] * len(clients)  # :meth:`check` decides these, one by one
         wall = self._advance(now_ns, wall_ns)
@@ -237,6 +236,40 @@ class Node(Deciding):
             return self._decide_batch(clients, cost, wall, path)
         owner, me, decide = self.ring.owner, self.node_id, self._decide_here
         return [decide(c, cost, wall, path) if owner(c) == me else None for c in clients]
+
+    def check_batch(
+        self, clients: list[str], cost: int, *, now_ns: int, wall_ns: int
+    ) -> list[Decision | int]:
+        """:meth:`check` of each client at one instant, in order: its decision, or the
+        ticket of a check forwarded to its owner (a front-end's batch), with what the checks
+        share done once (as :meth:`check_many`; the owner is looked up once a check).
+        Raises as :meth:`check` for a bad cost or client, before any check."""
+        if (
+            not self._knows_ring
+            or not self.degraded.majority
+            or self.resync.active
+            or self._alone
+            or self.config.mode == "local"
+        ):
+            decided = self.check_many(clients, cost, now_ns=now_ns, wall_ns=wall_ns)
+            check = self.check
+            return [
+                check(c, cost, now_ns=now_ns, wall_ns=wall_ns) if d is None else d
+                for c, d in zip(clients, decided, strict=True)
+            ]
+        check_args(clients, cost)
+        wall = self._advance(now_ns, wall_ns)
+        owner_of, me = self.ring.owner, self.node_id
+        decide, elsewhere = self._decide_here, self._check_elsewhere
+        out: list[Decision | int] = []
+        append = out.append
+        for client in clients:
+            owner = owner_of(client)
+            if owner == me:
+                append(decide(client, cost, wall, "owner"))
+            else:
+                append(elsewhere(client, cost, owner, now_ns, wall))
+        return out
 
     def receive(
         self, datagram: bytes, addr: Address, *, now_ns: int, wall_ns: int | None = None
@@ -326,6 +359,13 @@ class Node(Deciding):
         # drains go to the new owners.
         self._membership_dirty = True
         self._after_membership_input(now_ns)
+
+    def flush_batches(self, *, now_ns: int) -> None:
+        """Send the forward batches whose window has closed, as :meth:`tick` does, and do
+        nothing else: a driver calls it at the end of each loop turn, so that with the
+        default window (0) the checks of a turn leave at its end without a timer, while
+        timeouts stay judged by :meth:`tick` alone."""
+        self.forwarding.flush_due(now_ns)
 
     # --- outputs ----------------------------------------------------------------------
 
@@ -523,3 +563,16 @@ class Node(Deciding):
         self._wall_offset = self.membership.wall_offset_ns = wall - now_ns
         self._last_wall_ns = wall
         return wall
+
+
+def check_args(clients: list[str], cost: int) -> None:
+    """Raise as :meth:`Node.check` does for a bad client id or cost."""
+    for client in clients:
+        if (
+            type(client) is not str
+            or not client.isascii()
+            or not 0 < len(client) <= MAX_CLIENT_BYTES
+        ):
+            check_client_id(client)
+    if type(cost) is not int or not 0 <= cost <= MAX_COUNT:
+        check_cost(cost)

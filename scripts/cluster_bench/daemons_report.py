@@ -31,6 +31,7 @@ LOAD_TABLE = Table(
         Column("settle s", ">8"),
         Column("node cores", ">10"),
         Column("node runq", ">9"),
+        Column("us/check", ">8"),
     ],
     indent="  ",
 )
@@ -124,7 +125,15 @@ def _load_row(subject: str, name: str, phase: dict[str, Any]) -> None:
         f"{phase['settled_s']:.1f}" if phase.get("settled_s", math.nan) >= 0 else "-",
         "-" if not counts else f"{counts['node_cpu_cores']:.2f}",
         "-" if not counts else f"{counts['node_runq_cores']:.2f}",
+        _us_per_check(counts),
     )
+
+
+def _us_per_check(counts: dict[str, Any]) -> str:
+    """CPU of the three daemons over the phase per client-facing decision, in us."""
+    if not counts or not counts.get("decisions"):
+        return "-"
+    return f"{counts['node_cpu_cores'] * counts['seconds'] / counts['decisions'] * 1e6:.1f}"
 
 
 def _count_row(subject: str, name: str, counts: dict[str, Any]) -> None:
@@ -151,7 +160,8 @@ def print_tables(result: dict[str, Any]) -> None:
     print("their requests; settle s: seconds until the cluster was normal before the phase")
     print("(every member alive, a probe's p50 within 2x the moderate p50; - never, in 30 s);")
     print("node cores: CPU of the three daemons over the phase (cores busy); node runq: cores'")
-    print("worth of time they were runnable but waiting for a CPU (other work on the machine)")
+    print("worth of time they were runnable but waiting for a CPU (other work on the machine);")
+    print("us/check: the daemons' CPU over the phase per decision (microseconds, all three)")
     LOAD_TABLE.print_heading()
     for preset, phases in presets.items():
         for name, phase in phases.items():
