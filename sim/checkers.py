@@ -520,8 +520,8 @@ class Checkers:
                     f"{node} (life {number}) alone admitted {admitted} >"
                     f" {'capacity' if full else 'its share'} {allowed}", client, index, (node,),
                 ))  # fmt: skip
-        self.violations += judge_sliding(self.windows, verdicts, self._window_ns,
-                                         self.history.clock_touched, knowledge.known_before)  # fmt: skip
+        self.violations += judge_sliding(self.windows, verdicts, self._window_ns, self.history
+                                         .clock_touched, knowledge.known_before, self.refusals)  # fmt: skip
 
     def _counter_bytes(self) -> int:
         """The most one counter of this run can take in a hand-over: two windows' slots,

@@ -156,6 +156,17 @@ class Refusals:
         if all(history.link_clean(a, b, reset.at, arrived) for a in nodes for b in nodes if a != b):
             reset.done_at = arrived
 
+    def reset_floor(self, client: str, at: int, end: int) -> int:
+        """The instant before which admissions may have left every node's counts of
+        ``client`` by ``at``: the latest reset made by then, once every node had it (a node
+        drops, applying one, what was counted before; unknown: ``UNBOUNDED``)."""
+        floor = -UNBOUNDED
+        for reset in self.resets.get(client, ()):
+            if reset.at <= at:
+                self._settle(reset, end)
+                floor = max(floor, UNBOUNDED if reset.done_at is None else reset.done_at)
+        return floor
+
     def touches(self, client: str, window: WindowTally, end: int) -> int:
         """How many resets of ``client`` reached nodes while the window was counting."""
         count = 0

@@ -18,16 +18,19 @@ its own full admissions in both windows, and every other life's made before the 
 :class:`~meshlimit.sim.knowledge.Knowledge` proves they reached it (hand-over, gossip,
 resync; nothing otherwise). Degraded admissions are left out (they spend a share, not the
 counts). Judged where the arithmetic is exact: sliding-window series, both windows decided
-under one rule, no reset, admissions before the decider's wall clock was first skewed,
+under one rule, admissions from the last reset on (once every node had it), before the decider's wall clock was first skewed,
 stepped or set drifting (so the elapsed part is the instant's, plus the epoch).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Mapping
+from itertools import accumulate
 
 from .events import NS_PER_S, SIM_EPOCH_NS
+from .refusals import Refusals
 from .verdicts import Violation
 from .windows import NOTHING_KNOWN, RESET, LifeKey, LifeTally, Verdict, WindowKey, WindowTally
 
@@ -42,6 +45,7 @@ def judge_sliding(
     window_ns_of: Mapping[str, int],
     clock_touched: Callable[[str, int], bool],
     known: Known,
+    resets: Refusals,
 ) -> list[Violation]:
     """One ``sliding_overweight`` violation per client window in which some admission
     broke the weighted bound over what its decider must have counted (the first one)."""
@@ -61,7 +65,10 @@ def judge_sliding(
             or getattr(verdicts.get(prev_key), "label", RESET) == RESET
         ):
             continue
-        found = _first_overweight(window, prev, client, window_ns_of[series], clock_touched, known)
+        found = _first_overweight(
+            window, prev, client, window_ns_of[series], clock_touched, known,
+            lambda at, c=client, end=window.last_at: resets.reset_floor(c, at, end),
+        )  # fmt: skip
         if found is not None:
             out.append(Violation(
                 "sliding_overweight", found, client, index,
@@ -77,20 +84,24 @@ def _first_overweight(
     window_ns: int,
     clock_touched: Callable[[str, int], bool],
     known: Known,
+    reset_floor: Callable[[int], int],
 ) -> str | None:
-    full = {life: _full(t) for life, t in window.lives.items() if t.full}
-    before = {} if prev is None else {life: _full(t) for life, t in prev.lives.items() if t.full}
+    full = {life: _Sums(_full(t)) for life, t in window.lives.items() if t.full}
+    before = {} if prev is None else {k: _Sums(_full(t)) for k, t in prev.lives.items() if t.full}
     capacity = window.capacity * window_ns
+    prev_first = prev.first_at if prev is not None else 0
     for b, mine in full.items():
-        cur, own_before = 0, before.get(b, ())
-        prev_first = prev.first_at if prev is not None else 0
-        for at, cost in mine:
-            cur += cost
+        own_before = before.get(b)
+        for at in mine.times:
             if clock_touched(b[0], at):
                 break  # its wall clock was set: elapsed is no longer the instant's
-            seen = cur + _heard(full, b, client, at, window.first_at, known)
-            own_prev = sum(c for t, c in own_before if t <= at)  # a clock set back adds later
-            held = own_prev + _heard(before, b, client, at, prev_first, known)
+            floor = reset_floor(at)  # a reset drops what was counted before
+            seen = mine.within(floor, at) + _heard(
+                full, b, client, at, window.first_at, known, floor
+            )
+            held = _heard(before, b, client, at, prev_first, known, floor)
+            if own_before is not None:
+                held += own_before.within(floor, at)  # a clock set back adds later ones
             rest = window_ns - (at + SIM_EPOCH_NS) % window_ns
             if seen * window_ns + held * rest > capacity:
                 return (
@@ -103,22 +114,37 @@ def _first_overweight(
 
 
 def _heard(
-    admissions: Mapping[LifeKey, list[tuple[int, int]]],
+    admissions: Mapping[LifeKey, _Sums],
     b: LifeKey,
     client: str,
     until: int,
     first: int,
     known: Known,
+    floor: int,
 ) -> int:
-    """What ``b`` must have counted by ``until`` of the other lives' ``admissions``."""
+    """What ``b`` must have counted by ``until`` of the other lives' ``admissions`` made
+    from ``floor`` on."""
     total = 0
     for a, theirs in admissions.items():
         if a == b:
             continue
         instant = known(a, b, client, until, first)
         if instant != NOTHING_KNOWN:
-            total += sum(c for t, c in theirs if t < instant)
+            total += theirs.within(floor, instant - 1)
     return total
+
+
+class _Sums:
+    """One life's admissions in one window, summed over time ranges in O(log n)."""
+
+    def __init__(self, pairs: list[tuple[int, int]]) -> None:
+        self.times = [t for t, _ in pairs]
+        self._prefix = [0, *accumulate(c for _, c in pairs)]
+
+    def within(self, start: int, end: int) -> int:
+        """Admitted at instants ``start <= t <= end``."""
+        lo, hi = bisect_left(self.times, start), bisect_right(self.times, end)
+        return self._prefix[hi] - self._prefix[lo] if hi > lo else 0
 
 
 def _full(tally: LifeTally) -> list[tuple[int, int]]:
