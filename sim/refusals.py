@@ -43,7 +43,7 @@ class Reset:
 
     at: int
     nodes: tuple[str, ...]
-    """The nodes running when it was written."""
+    """The nodes up when it was written (paused or not)."""
     views_agreed: bool
     """Whether every running node held every other one live when it was written."""
     done_at: int | None = None
@@ -71,7 +71,8 @@ class Refusals:
         """The window of each refusal the cluster-wide count would have admitted."""
 
     def on_reset(self, client: str, now: int, *, views_agreed: bool) -> None:
-        nodes = tuple(self._history.running_nodes())
+        history = self._history  # paused ones included: they take it once they resume
+        nodes = tuple(name for name in history.lives if history.life(name) is not None)
         self.resets.setdefault(client, []).append(Reset(now, nodes, views_agreed))
 
     def on_written(
@@ -153,6 +154,22 @@ class Refusals:
         if arrived > now or history.delay_bound(reset.at, arrived) >= UNBOUNDED:
             return
         nodes = reset.nodes
+        # A paused node takes what reached its socket only once it resumes (fuzz seed
+        # 8181024549: a reset that waited out a pause let the window it landed in count twice).
+        later = True
+        while later:
+            later = False
+            for name in nodes:
+                for life in history.lives.get(name, ()):
+                    for paused, resumed in life.pauses:
+                        if (
+                            paused <= arrived
+                            and resumed > reset.at
+                            and resumed + TICK_SLACK_NS > arrived
+                        ):
+                            arrived, later = resumed + TICK_SLACK_NS, True
+        if arrived > now:
+            return
         if all(history.link_clean(a, b, reset.at, arrived) for a in nodes for b in nodes if a != b):
             reset.done_at = arrived
 
