@@ -473,3 +473,23 @@ def test_a_handover_done_for_another_node_ends_no_wait() -> None:
     link.nodes["a"]._link.send("b", HandoverDone("b", 99, 0))
     link.settle()
     assert not restarted.resync.active
+
+
+def test_a_check_is_not_sent_again_to_an_owner_restarted_since() -> None:
+    """A check whose reply was lost is not resent once its owner is alive anew: the new
+    life's answer cache cannot know the killed one counted it, so it would count it again
+    (fuzz seed 9292028142). It is answered here at the timeout instead."""
+    link = cluster("abc")
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    link.drop_next("a", "b")  # the owner counts it; its answer is lost
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    assert isinstance(ticket, int)
+    link.settle()
+    link.crash("a")
+    link.add("a", seeds=["b"])  # at once, same name: a new life
+    link.settle()
+    assert link.check("b", client).path in ("forwarded", "degraded")  # answered promptly
+    link.advance(asker.config.forward_timeout_ns)
+    assert link.decided("b", ticket).path != "forwarded"
+    assert asker.stats["forward_retries"] == 0

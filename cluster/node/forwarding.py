@@ -156,6 +156,8 @@ class Forwarding:
         self._slow_until: dict[str, int] = {}
         #: When each owner's latest reply came (``owner_stalled``); at most ``max_members``.
         self._replied_at: dict[str, int] = {}
+        #: When each member was last seen alive anew (``revived``): no retry across it.
+        self._revived_at: dict[str, int] = {}
         #: The owner's answers by (peer, life), least recently used first.
         self._dedup: OrderedDict[tuple[str, int], OrderedDict[int, CheckResult]] = OrderedDict()
 
@@ -257,8 +259,21 @@ class Forwarding:
         answered after the check left (so it is reachable and was not silent), promptly (not
         ``owner_slow``), and the check was not sent twice yet. Such a check is sent again
         (``retry``) before anything is decided: the owner de-duplicates request ids, so a
-        check it did count is answered from its cache, never counted twice."""
-        return not request.retried and self._replied_at.get(request.owner, -1) >= request.sent_ns
+        check it did count is answered from its cache, never counted twice -- unless the
+        owner is alive anew since (``revived``)."""
+        owner = request.owner
+        return (
+            not request.retried
+            and self._replied_at.get(owner, -1) >= request.sent_ns
+            and self._revived_at.get(owner, -1) < request.sent_ns
+        )
+
+    def revived(self, owner: str, now_ns: int) -> None:
+        """``owner`` is alive anew (new, back, restarted, or refuting at a new incarnation):
+        a check sent it before is not sent again, since a new life's cache cannot tell
+        that it was counted (fuzz seed 9292028142: a check decided by the life killed
+        after, and again by the one restarted at once). Kept per member (bounded by them)."""
+        self._revived_at[owner] = now_ns
 
     def retry(self, ticket: int, request: PendingCheck, now_ns: int) -> None:
         """Send a timed-out check (``expire``) once more under the same ticket, from now

@@ -514,6 +514,8 @@ class Node(Deciding):
             for e in events
             if e.new_state == MemberState.ALIVE  # new, back, or alive at a new incarnation
         ]
+        for node in rejoined:
+            self.forwarding.revived(node, now_ns)
         old_ring = self.ring
         ring_members = tuple(sorted(n for n, s in states.items() if s != MemberState.LEFT))
         ring_members = ring_members or (self.node_id,)  # the last one out keeps its ring
