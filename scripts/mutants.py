@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from mutation.adversary import ADVERSARY_MUTANTS
+from mutation.adversary2 import SECOND_ADVERSARY_MUTANTS
 from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
 from mutation.catalogue import MUTANTS as FIRST_MUTANTS
 from mutation.more import MORE_MUTANTS
@@ -42,8 +43,14 @@ from meshlimit.sim.scenario import Scenario, load_scenario
 
 #: Every planted bug: the first catalogue, the ones added with the stricter verdicts, then
 #: those written as an adversary would (``mutation/adversary.py``), then those that keep state
-#: stale (``mutation/stale_state.py``).
-MUTANTS: tuple[Mutant, ...] = FIRST_MUTANTS + MORE_MUTANTS + ADVERSARY_MUTANTS + STALE_STATE_MUTANTS
+#: stale (``mutation/stale_state.py``), and a second adversary's (``mutation/adversary2.py``).
+MUTANTS: tuple[Mutant, ...] = (
+    FIRST_MUTANTS
+    + MORE_MUTANTS
+    + ADVERSARY_MUTANTS
+    + STALE_STATE_MUTANTS
+    + SECOND_ADVERSARY_MUTANTS
+)
 
 # --- running -----------------------------------------------------------------------------
 

@@ -88,8 +88,10 @@ def run_sim(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
     out = out or sys.stdout
     err = err or sys.stderr
     if args.list:
-        for name, path in shipped_scenarios().items():
-            out.write(f"{name:<24}{_first_line(path)}\n")
+        shipped = shipped_scenarios()
+        width = max(map(len, shipped), default=0) + 2
+        for name, path in shipped.items():
+            out.write(f"{name:<{width}}{_first_line(path)}\n")
         return OK
     problem = _check_args(args)
     if problem:

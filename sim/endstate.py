@@ -35,6 +35,7 @@ from .bounds import TICK_SLACK_NS, UNBOUNDED, detection_bound_ns
 from .events import NS_PER_S, SIM_EPOCH_NS
 from .reset_state import stale_after_reset
 from .resync_wait import skipped_resyncs
+from .rules_in_force import unordered_stamps
 from .verdicts import Violation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,6 +89,7 @@ def judge(
     out += [Violation("resync_skipped", d) for d in skipped_resyncs(checkers, nodes)]
     lives = {n: (life.key, node) for n, node in nodes.items() if (life := history.life(n))}
     out += [Violation("stale_rule", d) for d in checkers.rules_used.judge(lives)]
+    out += [Violation("stamps_not_increasing", d) for d in unordered_stamps(writes)]
     return out
 
 

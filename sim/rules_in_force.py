@@ -8,9 +8,16 @@ the input that made it. At the end, a running life whose registry has not change
 (same digest) must have decided under the rule that registry resolves to -- resolved
 afresh, by a registry rebuilt from its entries, so that no state of the node's own takes
 part. A client with a per-call entry (``CL.THROTTLE``) is not judged.
+
+And ``stamps_not_increasing``: a node's hybrid logical clock stamps each write above every
+stamp it issued before (``core/hlc.py``), whatever its wall clock does, in one millisecond
+too; two writes of one life with stamps out of their order, or equal, let the older (or the
+text of the value) win where the later write must.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from meshlimit.cluster.node import Node
 from meshlimit.core.registry import CLIENT_PREFIX, DEFAULT_KEY, RuleRegistry
@@ -50,6 +57,29 @@ class RulesInForce:
                     f" its registry, unchanged since, resolves it to {expected}"
                 )
         return out
+
+
+def unordered_stamps(writes: dict[str, list[Any]]) -> list[str]:
+    """Writes of one life whose HLC stamps do not rise in the order it made them (``writes``:
+    by registry key, each list in the order written, each with ``stamp``, ``at``, ``writer``)."""
+    by_life: dict[tuple[str, int], list[tuple[int, int, tuple[Any, ...], str]]] = {}
+    order = 0
+    for key, written in writes.items():
+        for write in written:
+            if write.writer is not None:
+                by_life.setdefault(write.writer, []).append((write.at, order, write.stamp, key))
+            order += 1
+    out = []
+    for life, made in sorted(by_life.items()):
+        made.sort(key=lambda w: (w[0], tuple(w[2])))  # an instant's writes: by their stamps
+        for (at_a, _, a, key_a), (at_b, _, b, key_b) in zip(made, made[1:], strict=False):
+            if at_b > at_a and tuple(b) <= tuple(a) or tuple(b) == tuple(a):
+                out.append(
+                    f"{life[0]} (life {life[1]}) stamped {key_b} at {at_b / 1e9:.6f} s with"
+                    f" {tuple(b)}, not above its earlier write of {key_a} ({tuple(a)})"
+                )
+                break
+    return out
 
 
 def _rebuilt(registry: RuleRegistry) -> RuleRegistry:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Mapping
+from functools import partial
 from itertools import accumulate
 
 from .events import NS_PER_S, SIM_EPOCH_NS
@@ -67,7 +68,7 @@ def judge_sliding(
             continue
         found = _first_overweight(
             window, prev, client, window_ns_of[series], clock_touched, known,
-            lambda at, c=client, end=window.last_at: resets.reset_floor(c, at, end),
+            partial(_floor, resets, client, window.last_at),
         )  # fmt: skip
         if found is not None:
             out.append(Violation(
@@ -111,6 +112,10 @@ def _first_overweight(
                     f" {window.capacity}"
                 )
     return None
+
+
+def _floor(resets: Refusals, client: str, end: int, at: int) -> int:
+    return resets.reset_floor(client, at, end)
 
 
 def _heard(
