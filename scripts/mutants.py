@@ -33,6 +33,7 @@ from functools import cache
 
 from mutation.adversary import ADVERSARY_MUTANTS
 from mutation.adversary2 import SECOND_ADVERSARY_MUTANTS
+from mutation.answers import ANSWERS_MUTANTS
 from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
 from mutation.catalogue import MUTANTS as FIRST_MUTANTS
 from mutation.more import MORE_MUTANTS
@@ -43,13 +44,15 @@ from meshlimit.sim.scenario import Scenario, load_scenario
 
 #: Every planted bug: the first catalogue, the ones added with the stricter verdicts, then
 #: those written as an adversary would (``mutation/adversary.py``), then those that keep state
-#: stale (``mutation/stale_state.py``), and a second adversary's (``mutation/adversary2.py``).
+#: stale (``mutation/stale_state.py``), a second adversary's (``mutation/adversary2.py``) and
+#: those in what the client is told (``mutation/answers.py``).
 MUTANTS: tuple[Mutant, ...] = (
     FIRST_MUTANTS
     + MORE_MUTANTS
     + ADVERSARY_MUTANTS
     + STALE_STATE_MUTANTS
     + SECOND_ADVERSARY_MUTANTS
+    + ANSWERS_MUTANTS
 )
 
 # --- running -----------------------------------------------------------------------------

@@ -46,6 +46,9 @@ Each of these is a verdict that fails the run:
 - at the end (:mod:`~meshlimit.sim.endstate`): rules, membership, replicated counts and
   clock-offset estimates each within their stated bound; ``stale_rule``, a decision under
   a rule its registry no longer held (:mod:`~meshlimit.sim.rules_in_force`);
+- what a client is told (:mod:`~meshlimit.sim.answers`): ``remaining_overstated``, more
+  ``remaining`` than the decider's own admissions leave; ``retry_now``, a refusal saying
+  ``retry_after`` 0 (or "never" for a cost that fits);
 - ``exception``: an exception escaped a node.
 
 Measured, not judged: detection times, false suspicions in faulty runs, under-admission
@@ -58,7 +61,6 @@ from bisect import bisect_right
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from meshlimit.cluster.node import replication
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.forwarding import MAX_TIMEOUT_MULT
 from meshlimit.cluster.wire.messages import MemberState
@@ -69,11 +71,12 @@ from meshlimit.core.rules import Rule
 from . import endstate
 from .accounting import Accounting
 from .algorithm import OwnCounts, Quiet, sustained
+from .answers import Answers
 from .bounds import UNBOUNDED, detection_bound_ns
 from .deciders import Deciders
 from .events import NS_PER_S
 from .history import History, Life
-from .knowledge import Knowledge
+from .knowledge import Knowledge, counter_bytes
 from .liveness import Liveness
 from .news import News
 from .refusals import Refusals
@@ -97,10 +100,6 @@ UNDER_ADMISSION_RATE = 0.01
 UNDER_ADMISSION_FLOOR = 3
 #: A clock stepped back makes at most this many of a client's windows uncertain.
 _MAX_UNCERTAIN_WINDOWS = 100
-#: Encoded bytes of a counter slot beyond its strings, and of a (node, count) item beyond
-#: the node id: the node's own pacing figures (``cluster/node/replication.py``) if any.
-_SLOT_BYTES: int = getattr(replication, "SLOT_OVERHEAD_BYTES", 16)
-_ITEM_BYTES: int = getattr(replication, "ITEM_OVERHEAD_BYTES", 16)
 
 
 class Checkers:
@@ -155,6 +154,7 @@ class Checkers:
         self.rules_used = RulesInForce()
         self.suspicions = Suspicions(self.history, self.config.membership)
         self.news = News(sealed=scenario.authenticated)
+        self.answers = Answers(self._findings.add, self.history.life)
         self._event_times: list[int] = []  # every membership event, in time order
 
     # --- observations: decisions ------------------------------------------------------
@@ -187,6 +187,8 @@ class Checkers:
             single = not rule.also  # each limit tallied apart; such a refusal not judged
             for limit in rule.limits:
                 tally(life, view, wall, client, limit, cost, allowed, full, now, single)
+            high = self._high_water[life.key]
+            self.answers.logged(life, wall, client, rule, cost, allowed, path, high, now)
             if allowed and cost and full:
                 deciders.judge_full(life, view, client, path, now)
 
@@ -285,6 +287,7 @@ class Checkers:
         self.accounting.answered(
             node, client, path, decision.allowed, started, now, asked=asked, replied_by=replied_by
         )
+        self.answers.answered(node, client, decision, started, now, replied_by)
         (self.allowed if decision.allowed else self.refused)[path] += 1
         if decision.allowed:
             self.admitted_series[now // NS_PER_S] += 1
@@ -346,6 +349,7 @@ class Checkers:
                 for other in self.history.running_nodes()
             )
             self.refusals.on_reset(args[0], now, views_agreed=agreed)
+            self.answers.reset(args[0])
 
     def _crashed(self, name: str, now: int) -> None:
         """Every running observer that holds ``name`` live must declare it dead in time."""
@@ -486,7 +490,8 @@ class Checkers:
             gossip_interval_ns=self.config.gossip_interval_ns, membership=self.config.membership,
             counters=lambda at: bisect_right(firsts, at),
             round_bytes=getattr(self.config, "handover_bytes_per_round", UNBOUNDED),
-            counter_bytes=self._counter_bytes(), replicas=getattr(self.config, "replicas", 0),
+            counter_bytes=counter_bytes(self._first_seen, self.history.lives),
+            replicas=getattr(self.config, "replicas", 0),
             resync_wait_ns=getattr(self.config, "resync_wait_ns", 0),
         )  # fmt: skip
         end, verdicts = self.history.now, {}
@@ -522,15 +527,6 @@ class Checkers:
                 ))  # fmt: skip
         self.violations += judge_sliding(self.windows, verdicts, self._window_ns, self.history
                                          .clock_touched, knowledge.known_before, self.refusals)  # fmt: skip
-
-    def _counter_bytes(self) -> int:
-        """The most one counter of this run can take in a hand-over: two windows' slots,
-        each the client id, the series, framing, and an item per node (ids, counts)."""
-        client = max((len(key[0]) for key in self._first_seen), default=0)
-        series = max((len(key[1]) for key in self._first_seen), default=0)
-        node = max(len(name) for name in self.history.lives)
-        slot = client + series + _SLOT_BYTES + len(self.history.lives) * (node + _ITEM_BYTES)
-        return 2 * slot
 
     def _check_under_admission(self) -> None:
         """Measure under-admission; in windows judged exact (strict) it must stay rare."""

@@ -39,15 +39,31 @@ receiver drops a window it has not reached) and every delay bounded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from meshlimit.cluster.membership import MembershipConfig
+from meshlimit.cluster.node import replication
 from meshlimit.cluster.node.replication import handover_budget, handover_scan_budget
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED
 from .history import History, Life
 from .views import Rings, View
 from .windows import NOTHING_KNOWN, LifeKey
+
+#: Encoded bytes of a counter slot beyond its strings, and of a (node, count) item beyond
+#: the node id: the node's own pacing figures (``cluster/node/replication.py``) if any.
+_SLOT_BYTES: int = getattr(replication, "SLOT_OVERHEAD_BYTES", 16)
+_ITEM_BYTES: int = getattr(replication, "ITEM_OVERHEAD_BYTES", 16)
+
+
+def counter_bytes(keys: Collection[tuple[str, str]], nodes: Collection[str]) -> int:
+    """The most one counter of a run can take in a hand-over: two windows' slots, each the
+    client id, the series, framing, and an item per node (ids, counts); ``keys``: the
+    ``(client, series)`` counted in the run, ``nodes``: every node's name."""
+    client = max((len(key[0]) for key in keys), default=0)
+    series = max((len(key[1]) for key in keys), default=0)
+    node = max(len(name) for name in nodes)
+    return 2 * (client + series + _SLOT_BYTES + len(nodes) * (node + _ITEM_BYTES))
 
 
 class Knowledge:
