@@ -154,9 +154,14 @@ class MemberTable:
         #: live for the majority rule until they answer us (``acked``). So are the members a
         #: fresh life first hears of in its join reply (but its sender): a peer's view, stale
         #: if that peer was paused; confirmation pings go out at once. Members never held
-        #: before and heard of in gossip are not here: a cluster forming or growing would
-        #: otherwise lose its majority until every node had probed every newcomer.
+        #: before and heard of in gossip or a Join are ``newcomers``, a subset.
         self.unconfirmed: set[str] = set()
+        #: Members never held before (no record, no roster entry), heard of in gossip or in
+        #: their own Join, that have not acked us: they count in the majority rule neither
+        #: as live nor in the quorum, so a cluster forming or growing keeps its majority
+        #: until it has probed them, and a Join over a one-way link (a newcomer that hears
+        #: nothing of ours) makes no majority of a node cut off (long fuzz seed 6000029).
+        self.newcomers: set[str] = set()
         #: Members a join reply (a peer's whole view: a push-pull after a partition) made
         #: DEAD while we held them live: each is told at once, so that it refutes if it is
         #: alive (``take_rumoured_dead``), rather than at its next push-pull. At most 64.
@@ -184,10 +189,14 @@ class MemberTable:
             remembered = self._roster.get(u.node)
             if not self._roster.merge(u, now):
                 self._add(u, sender, now)
-                if (remembered is not None or (transfer and self.fresh and u.node != sender)) and (
-                    u.node in self.members
-                ):  # remembered dead or gone: back; or, joining, another's view, maybe stale
+                if u.node not in self.members:
+                    pass
+                elif remembered is not None or (transfer and self.fresh and u.node != sender):
+                    # remembered dead or gone: back; or, joining, another's view, maybe stale
                     self.unconfirmed.add(u.node)
+                elif not (transfer and self.fresh):  # the seed that answered our Join: heard
+                    self.unconfirmed.add(u.node)
+                    self.newcomers.add(u.node)
         elif u.incarnation > m.incarnation or (
             u.incarnation == m.incarnation and u.state > m.state
         ):
@@ -276,6 +285,7 @@ class MemberTable:
             self.unconfirmed.add(m.node)  # back from the dead, or from a departure
         elif u.state not in LIVE:
             self.unconfirmed.discard(m.node)
+            self.newcomers.discard(m.node)
         if old_state != u.state:
             m.state_changed_ns = now
             self.live_count += (u.state in LIVE) - (old_state in LIVE)
@@ -298,6 +308,7 @@ class MemberTable:
         """``node`` acked a probe of ours directly: it hears us, and counts as live again."""
         if node in self.unconfirmed:
             self.unconfirmed.discard(node)
+            self.newcomers.discard(node)
             self.generation += 1  # the majority may change (``Node._after_membership_input``)
 
     def _start_suspicion(self, node: str, accuser: str, now: int) -> None:
@@ -379,5 +390,6 @@ class MemberTable:
                 assert m.state != SUSPECT or n in self.suspicions, n
         assert self.live_count == sum(1 for m in self.members.values() if m.state in LIVE)
         assert all(self.members[n].state in LIVE for n in self.unconfirmed), "unconfirmed dead"
+        assert self.newcomers <= self.unconfirmed, "a newcomer confirmed"
         for m in self.gone():
             assert self.reap_at <= m.state_changed_ns + self.config.dead_reap_ns

@@ -235,9 +235,9 @@ class Membership:
         return self._quorum[1]
 
     @property
-    def unconfirmed(self) -> set[str]:
-        """Members not live for a majority until they ack us (``MemberTable.unconfirmed``)."""
-        return self._table.unconfirmed
+    def unconfirmed(self) -> tuple[set[str], set[str]]:
+        """Members not live for a majority until they ack us, and the newcomers (``MemberTable``)."""
+        return self._table.unconfirmed, self._table.newcomers
 
     def remembered(self) -> list[MemberUpdate]:
         """The roster: reaped members still counted (DEAD) and tombstones (LEFT)."""

@@ -88,12 +88,16 @@ class DegradedMode:
             self.position = quorum.index(self._node_id)
         else:
             self.members, self.position = self._unknown_place(len(membership.seeds))
-        unconfirmed = membership.unconfirmed  # heard of, maybe over a one-way link only
+        # Heard of, maybe over a one-way link only; and never held before, among them.
+        unconfirmed, newcomers = membership.unconfirmed
         live = sum(1 for n in quorum if states.get(n) in LIVE and n not in unconfirmed)
+        counted = (
+            len(quorum) - sum(1 for n in quorum if n in newcomers) if newcomers else len(quorum)
+        )
         # A node that has not yet heard back from the cluster it is joining sees only
         # itself: it must not take itself for the whole cluster (after a restart it
         # would otherwise own every client, from zero, until the join completes).
-        self.majority = joined and 2 * live > max(len(quorum), expected)
+        self.majority = joined and 2 * live > max(counted, expected)
 
     def _unknown_place(self, seeds: int) -> tuple[int, int]:
         """Members and position while the cluster and our place in it are unknown (not

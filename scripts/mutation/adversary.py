@@ -436,6 +436,7 @@ def _plant_news_counts_live(node: Node) -> None:
     of ours needed): news over a one-way cut makes a cut-off node take itself for a
     majority."""
     node.membership._table.unconfirmed = _NeverHeldBack()
+    node.membership._table.newcomers = _NeverHeldBack()
 
 
 ADVERSARY_MUTANTS: tuple[Mutant, ...] = (
