@@ -328,7 +328,7 @@ class Checkers:
             if key.startswith(RESET_PREFIX) and writer is not None:
                 view = self._view(writer)
                 alive = frozenset(m for m, st in view.states.items() if st == MemberState.ALIVE)
-                self.refusals.on_written(key[len(RESET_PREFIX) :], writer.key, alive, now)
+                self.refusals.on_written(key[len(RESET_PREFIX) :], writer.key, alive, now, stamp[0])
 
     def on_action(self, action: Action, now: int) -> None:
         """A timeline action, before the world carries it out."""
@@ -504,7 +504,8 @@ class Checkers:
 
             verdict = judge(
                 key, window, token_bucket=series.startswith("token_bucket"), local=self.local,
-                resets=self.refusals.touches(client, window, end), known=known,
+                resets=self.refusals.touches(client, window, end, index, self._window_ns[series]),
+                known=known,
                 resend_ns=self.config.gossip_interval_ns)  # fmt: skip
             self.judged[verdict.label] += 1
             verdicts[key] = verdict

@@ -52,6 +52,8 @@ class Reset:
     """The life it was written at, once known (``on_written``)."""
     sent_to: frozenset[str] = frozenset()
     """The peers its writer held alive when it wrote it: it sent it to each at once."""
+    wall_ns: int = -1
+    """Its stamp's wall time (-1: not known): the instant nodes clear the window of."""
 
 
 class Refusals:
@@ -76,12 +78,15 @@ class Refusals:
         self.resets.setdefault(client, []).append(Reset(now, nodes, views_agreed))
 
     def on_written(
-        self, client: str, writer: tuple[str, int], sent_to: frozenset[str], now: int
-    ) -> None:
-        """The reset of ``client`` written at ``now`` at ``writer``, sent to ``sent_to``."""
+        self, client: str, writer: tuple[str, int], sent_to: frozenset[str], now: int,
+        wall_ms: int = -1,
+    ) -> None:  # fmt: skip
+        """The reset of ``client`` written at ``now`` at ``writer`` (its stamp's wall time
+        ``wall_ms``), sent to ``sent_to``."""
         for reset in reversed(self.resets.get(client, ())):
             if reset.at == now and reset.writer is None:
                 reset.writer, reset.sent_to = writer, sent_to
+                reset.wall_ns = wall_ms * 1_000_000 if wall_ms >= 0 else -1
                 return
 
     def reached(self, client: str, life: Life, now: int) -> Reset | None:
@@ -184,11 +189,22 @@ class Refusals:
                 floor = max(floor, UNBOUNDED if reset.done_at is None else reset.done_at)
         return floor
 
-    def touches(self, client: str, window: WindowTally, end: int) -> int:
-        """How many resets of ``client`` reached nodes while the window was counting."""
+    def touches(
+        self, client: str, window: WindowTally, end: int, index: int = -1, window_ns: int = 0
+    ) -> int:
+        """How many resets of ``client`` reached nodes while the window was counting. A
+        life started after a reset learns it later, whenever it syncs its rules, and clears
+        the window the reset fell in (``index`` of ``window_ns``) then, though it counted
+        there only since (fuzz seed 5000199): such a reset touches that window too."""
         count = 0
         for reset in self.resets.get(client, ()):
             self._settle(reset, end)
             done = reset.done_at if reset.done_at is not None else UNBOUNDED
-            count += reset.at <= window.last_at and window.first_at <= done
+            touched = reset.at <= window.last_at and window.first_at <= done
+            if not touched and window_ns and reset.wall_ns // window_ns == index >= 0:
+                lives = self._history.lives
+                touched = any(
+                    lives[node][number - 1].started_at > reset.at for node, number in window.lives
+                )
+            count += touched
         return count
