@@ -179,7 +179,11 @@ def judge(
     if clock:
         label = CLOCK_STEPPED_BACK
     if resets:
-        bound, loose, label = (1 + resets) * bound, (1 + resets) * loose, RESET
+        # Each reset starts an epoch whose deciders know of each other only what reached
+        # them after it: each epoch is held to every full decider's own capacity (fuzz seed
+        # 5000172: the knowledge of the whole window bounds no single epoch).
+        epoch = max(bound, cap * len(full) + shares + clock)
+        bound, loose, label = (1 + resets) * epoch, (1 + resets) * max(loose, epoch), RESET
     over = []
     if not resets:
         for life, tally in window.lives.items():
