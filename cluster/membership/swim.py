@@ -7,30 +7,25 @@ a member raises its own incarnation: to refute a suspicion or death about itself
 leave.
 
 Failure detection runs in probe rounds. Every ``probe_interval_ns`` the next member of a
-shuffled round-robin order gets a Ping. With no Ack after ``probe_timeout_ns``,
-``indirect_checks`` alive members are asked to probe it for us (PingReq, answered by
-IndirectAck). With no answer by the end of the interval the target becomes SUSPECT, unless
-this node was itself stalled meanwhile: a tick that comes more than half a probe timeout
-after its probe was due means the node did not run (an overloaded or paused process), and an
-ack may have sat unread; such a probe is inconclusive (``probes_inconclusive``; at most
-``awareness_max`` in a row, so a node that is always stalled still accuses in the end) and
-the stall raises the node's Lifeguard awareness score, which widens its next waits. A slow
-node refutes; it does not accuse. A suspicion turns into DEAD when its Lifeguard timer runs
-out: the timer starts at ``suspicion_max_mult`` times the base timeout and shrinks towards
-the base as other members confirm the suspicion (see
-:mod:`~meshlimit.cluster.membership.suspicion`).
+shuffled round-robin order gets a Ping; with no Ack after ``probe_timeout_ns``,
+``indirect_checks`` alive members are asked to probe it (PingReq, IndirectAck); with no
+answer by the end of the interval it becomes SUSPECT, unless this node was itself stalled
+meanwhile (a tick more than half a probe timeout late: an ack may have sat unread), which
+makes the probe inconclusive (``probes_inconclusive``, at most ``awareness_max`` in a row)
+and raises the node's Lifeguard awareness score, widening its next waits: a slow node
+refutes, it does not accuse. A suspicion turns DEAD when its Lifeguard timer runs out,
+``suspicion_max_mult`` base timeouts shrinking towards one as members confirm it
+(:mod:`~meshlimit.cluster.membership.suspicion`).
 
-News spreads by piggybacking: the driver calls :meth:`Membership.piggyback` for every
-outgoing datagram and attaches what it returns; each update goes out ``retransmit_limit(n)``
-times, least-sent first (:mod:`~meshlimit.cluster.membership.broadcasts`). A gossip timer
-pushes pending news to a few members when there is no other traffic. Gossip is probabilistic
-and may miss a member; three repairs follow. Join is a state transfer (a seed adds the
-joiner and answers with every member it knows), and a member sends one to a stranger that
+News spreads by piggybacking on outgoing datagrams (:meth:`Membership.piggyback`), each
+update ``retransmit_limit(n)`` times, least-sent first (``broadcasts``); a gossip timer
+pushes pending news when there is no other traffic. Gossip may miss a member; three repairs
+follow. Join is a state transfer (a seed adds the joiner and answers with every member it
+knows; only such a reply makes a node joined), and a member sends one to a stranger that
 pings it by name, so whoever a gossip round missed learns the news within a probe round.
-Push-pull repeats the Join now and then (with a lost seed, a reaped member we still count,
-or a random member), so two sides that declared each other dead during a partition merge
-again, even when no seed is on the other side. A member we hold DEAD that still pings is
-told so, and refutes.
+Push-pull repeats the Join now and then (a lost seed, a reaped member we still count, or a
+random member), so two sides that declared each other dead during a partition merge again.
+A member we hold DEAD that still pings is told so, and refutes.
 
 Reaped dead members stay in the :mod:`~meshlimit.cluster.membership.roster` and count in
 :meth:`Membership.quorum` until they come back, are forgotten or ``forget_after_ns`` passes;
@@ -240,8 +235,7 @@ class Membership:
         return self._table.unconfirmed, self._table.newcomers
 
     def remembered(self) -> list[MemberUpdate]:
-        """The roster: reaped members still counted (DEAD) and tombstones (LEFT)."""
-        return self._roster.updates()
+        return self._roster.updates()  # reaped members still counted (DEAD), tombstones (LEFT)
 
     @property
     def local_health(self) -> int:
@@ -271,8 +265,7 @@ class Membership:
     # -- verbs -----------------------------------------------------------------------------
 
     def join(self, seeds: Sequence[Address], *, now_ns: int) -> Outputs:
-        """Ask each seed for the membership; retried with backoff until answered
-        (``join_retry_delay_ns``)."""
+        """Ask each seed for the membership, again with backoff until one answers."""
         self._deadline, self.changes = None, self.changes + 1
         unique = dict.fromkeys((host, port) for host, port in seeds if (host, port) != self.addr)
         self._seeds = tuple(unique)
@@ -294,12 +287,9 @@ class Membership:
 
     def forget(self, node: str, *, now_ns: int) -> str:
         """An operator says ``node`` is gone for good: it stops counting toward the cluster's
-        size at once, here, and everywhere the news (LEFT at a higher incarnation, as if it
-        had left) spreads. A member that is in fact alive refutes and comes back.
-
-        Returns ``forgotten``; or, changing nothing, ``unknown`` (no such member), ``gone``
-        (it left or was forgotten already), ``alive`` (a live member is never forgotten:
-        stop it first) or ``self``."""
+        size at once, here, and wherever the news (LEFT at a higher incarnation) spreads; a
+        member in fact alive refutes. Returns ``forgotten``; or, changing nothing,
+        ``unknown``, ``gone`` (left or forgotten already), ``alive`` (stop it first), ``self``."""
         self._deadline, self.changes = None, self.changes + 1
         if node == self.node_id:
             return "self"
@@ -340,9 +330,8 @@ class Membership:
         if not _VALID[type(msg)](msg):
             self.dropped[f"bad_{type(msg).__name__}"] += 1
             return []
-        if not self._joined and (type(msg) is JoinReply or sender in self._members):
-            self._joined = True
-        out = handler(sender, sender_addr, msg, now_ns)
+        out = [] if self._joined else self._joining(sender, sender_addr, msg, now_ns)
+        out += handler(sender, sender_addr, msg, now_ns)
         out += self._tell_the_dead(sender, sender_addr, msg)
         return out + self._meet_stranger(sender, sender_addr, msg, now_ns)
 
@@ -479,6 +468,17 @@ class Membership:
     def _meet_stranger(self, sender: str, addr: Address, msg: object, now: int) -> Outputs:
         is_ping = type(msg) is Ping and msg.target == self.node_id
         return self.meet_stranger(sender, addr, now) if is_ping else []
+
+    def _joining(self, sender: str, addr: Address, msg: object, now: int) -> Outputs:
+        """Joined only by a join reply (a peer's whole view, roster included). A member that
+        speaks to us first (our seeds down, or their answer lost) is asked for one, at most
+        once a probe interval: what we heard of is not the cluster (long seed 6000047)."""
+        if type(msg) is JoinReply:
+            self._joined = True
+        elif sender in self._members and now >= self._stranger_join_at:
+            self._stranger_join_at = now + self.config.probe_interval_ns
+            return self._joins_to([addr])
+        return []
 
     def meet_stranger(self, sender: str, addr: Address, now: int) -> Outputs:
         """A stranger that pings us by name, or asks us as an owner, is a member whose news
