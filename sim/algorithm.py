@@ -39,13 +39,14 @@ Nothing here reads a node: the world's decision logs are the input.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from meshlimit.cluster.wire.messages import MemberState
 from meshlimit.core.rules import Rule
 
-from .events import NS_PER_S
+from .events import NS_PER_S, SIM_EPOCH_NS
 from .history import History
 from .verdicts import Violation
 from .views import View
@@ -200,12 +201,21 @@ def sustained(
     quiet: Quiet,
     stepped_back: set[LifeKey],
     window_ns: Callable[[str], int],
+    resets: Mapping[str, Sequence[Any]] | None = None,
 ) -> list[Violation]:
-    """The burst-carry verdict over runs of consecutive windows (see the module docstring)."""
+    """The burst-carry verdict over runs of consecutive windows (see the module docstring).
+    A run ends at an operator reset of the client (``resets``: each with its instant
+    ``at``): it forgives the carry, so the run after it starts afresh (long fuzz seed
+    1357004083); a window within one of a reset's instant (clocks drift) is left out."""
     by_series: dict[tuple[str, str], list[int]] = {}
     for (client, series, index), window in windows.items():
         if labels.get((client, series, index)) != EXACT or series.startswith("token_bucket"):
             continue
+        if resets and client in resets:
+            width = window_ns(series)
+            start = index * width - SIM_EPOCH_NS
+            if any(start - width <= r.at < start + 2 * width for r in resets[client]):
+                continue
         if len(window.lives) != 1 or window.changed or window.capacity <= window.limit:
             continue
         (life, tally), = window.lives.items()  # fmt: skip

@@ -466,12 +466,10 @@ class Checkers:
         self._judge_windows()
         self.violations.extend(self.own.findings)
         if not self.local:
-            quiet = Quiet(
-                self._event_times, sorted(self.history.disturbances), self.views, self.history
-            )
-            self.violations.extend(
-                sustained(self.windows, self._labels, quiet, self.own.stepped_back, self.window_ns)
-            )
+            quiet = Quiet(self._event_times, sorted(self.history.disturbances), self.views,
+                          self.history)  # fmt: skip
+            self.violations += sustained(self.windows, self._labels, quiet, self.own.stepped_back,
+                                         self.window_ns, self.refusals.resets)  # fmt: skip
         self._check_under_admission()
         self._check_detection(end_ns)
         self.violations.extend(self.suspicions.findings)
