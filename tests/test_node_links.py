@@ -493,3 +493,20 @@ def test_a_check_is_not_sent_again_to_an_owner_restarted_since() -> None:
     link.advance(asker.config.forward_timeout_ns)
     assert link.decided("b", ticket).path != "forwarded"
     assert asker.stats["forward_retries"] == 0
+
+
+def test_a_forwarded_refusal_never_says_retry_now() -> None:
+    """The owner sends a refusal's ``retry_after`` in whole milliseconds, rounded up: a wait
+    under one millisecond told as 0 would send the client back before it can be admitted."""
+    link = cluster("ab", default_rule="1000/s algo token_bucket")  # a token every ms
+    client = client_owned_by(link, "a")
+    waits = []
+    for _ in range(40):
+        for _ in range(1100):
+            decision = link.check("b", client)
+            if not decision.allowed:
+                assert decision.path == "forwarded", decision
+                waits.append(decision.retry_after)
+                break
+        link.advance(130_000)  # a fraction of a token's interval
+    assert waits and min(waits) > 0, sorted(waits)[:5]

@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import ceil
 
 from meshlimit.cluster.node.config import NodeConfig
 from meshlimit.cluster.node.events import Decided, decided_event
@@ -420,7 +421,9 @@ class Forwarding:
                 decision.limit,
                 decision.remaining,
                 int(decision.reset_after * 1000),
-                -1 if decision.retry_after == _INF else int(decision.retry_after * 1000),
+                # Rounded up to whole milliseconds: a wait under 1 ms told as 0 sends the
+                # client back before it can be admitted (a float's last bit is no wait).
+                -1 if decision.retry_after == _INF else ceil(decision.retry_after * 1000 - 1e-6),
             )
             seen[request_id] = result
             if len(seen) > self._config.dedup_per_peer:
