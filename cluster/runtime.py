@@ -257,40 +257,6 @@ class Runtime:
             self._schedule_flush()
         return self._ticket(result, now_ns) if isinstance(result, int) else result
 
-    def check_many(
-        self, clients: list[str], cost: int = 1
-    ) -> list[Decision | asyncio.Future[Decision]]:
-        """:meth:`check_now` of each client, at one instant (a front-end's batch: the
-        commands of one read); those the node decides itself in one call of it
-        (``Node.check_many``). A bad client id gives a future holding its error."""
-        if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
-            decided: list[Decision | None] = [None] * len(clients)
-        else:
-            try:
-                now_ns, wall_ns = time.monotonic_ns(), time.time_ns()
-                decided = self.node.check_many(clients, cost, now_ns=now_ns, wall_ns=wall_ns)
-            except (TypeError, ValueError):  # checked one by one below, each error its own
-                decided = [None] * len(clients)
-        if None not in decided:
-            if not self._flush_scheduled:
-                self._schedule_flush()
-            return decided  # type: ignore[return-value]  # no None in it
-        out: list[Decision | asyncio.Future[Decision]] = []
-        for client, decision in zip(clients, decided, strict=True):
-            if decision is None:
-                try:
-                    out.append(self.check_now(client, cost))
-                except (TypeError, ValueError) as error:
-                    assert self._loop is not None, "runtime not started"
-                    failed: asyncio.Future[Decision] = self._loop.create_future()
-                    failed.set_exception(error)
-                    out.append(failed)
-            else:
-                out.append(decision)
-        if not self._flush_scheduled:
-            self._schedule_flush()
-        return out
-
     def check_batch(
         self, clients: list[str], cost: int = 1
     ) -> list[Decision] | asyncio.Future[list[Decision]]:

@@ -239,36 +239,6 @@ def test_checks_wait_for_room_when_too_many_are_in_flight() -> None:
     asyncio.run(main())
 
 
-def test_a_batch_is_decided_at_once_where_owned_and_waits_in_line_where_forwarded() -> None:
-    """``Runtime.check_many`` (the front-ends' batches): the checks this node owns are
-    decisions at once, no future; the forwarded ones futures, the first ``max_inflight``
-    sent, the rest waiting for room; a bad id is a future holding its error. Every
-    forwarded one is timed (``on_forwarded``)."""
-
-    async def main() -> None:
-        async with two_runtimes() as b:
-            timed: list[str] = []
-            b.on_forwarded = lambda _ns, path: timed.append(path)
-            clients = [f"user-{i}" for i in range(40)]
-            owned = [c for c in clients if b.node.owner(c) == "b"]
-            assert owned and len(owned) < len(clients) - 2
-            results = b.check_many(clients)
-            for client, result in zip(clients, results, strict=False):
-                if client in owned:
-                    assert isinstance(result, Decision) and result.path == "owner"
-                else:
-                    assert isinstance(result, asyncio.Future)
-            forwarded = await asyncio.gather(*(r for r in results if isinstance(r, asyncio.Future)))
-            assert {d.path for d in forwarded} == {"forwarded"}
-            assert b.node.stats["checks_waited"] >= len(forwarded) - 2
-            (bad,) = b.check_many([""])
-            with pytest.raises(ValueError):
-                await bad  # type: ignore[misc]  # a future, holding the error
-            assert sorted(timed) == ["forwarded"] * (len(clients) - len(owned))
-
-    asyncio.run(main())
-
-
 def test_a_front_end_batch_is_one_future_and_waits_for_room_as_one() -> None:
     """``Runtime.check_batch``: a batch this node decides alone is a list at once; one
     with forwarded checks is one future of every decision in order (owner-local ones

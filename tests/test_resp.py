@@ -408,11 +408,8 @@ class StandInRuntime:
         assert cost == 1
         return self.answers.pop(0)
 
-    def check_many(self, clients: list[str], cost: int) -> list[Decision]:
-        return [self.check_now(client, cost) for client in clients]
-
     def check_batch(self, clients: list[str], cost: int) -> list[Decision]:
-        return self.check_many(clients, cost)
+        return [self.check_now(client, cost) for client in clients]
 
 
 def test_throttle_decided_under_another_rule_is_resent_retried_then_refused() -> None:
@@ -848,16 +845,12 @@ def test_deep_pipeline_is_paced_not_dropped() -> None:
     def check_now(client: str, cost: int) -> asyncio.Future[Decision]:
         return asyncio.ensure_future(check(client, cost))
 
-    def check_many(clients: list[str], cost: int) -> list[asyncio.Future[Decision]]:
-        return [check_now(client, cost) for client in clients]
-
     def check_batch(clients: list[str], cost: int) -> asyncio.Future[list[Decision]]:
         return asyncio.gather(*(check(client, cost) for client in clients))
 
     runtime = SimpleNamespace(
         check=check,
         check_now=check_now,
-        check_many=check_many,
         check_batch=check_batch,
         busy=False,
         on_not_busy=[],
