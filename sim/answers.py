@@ -153,13 +153,19 @@ class Answers:
         kept = self._decided.get((owner, client))
         if not kept or (len(kept) == kept.maxlen and kept[0][0] >= started):
             return
-        bounds = [bound for at, bound in kept if started <= at <= now]
-        if not bounds or decision.remaining <= max(bounds):
+        # Kept in time order: walk back from the newest to the first decided before the send.
+        most = -math.inf
+        for at, bound in reversed(kept):
+            if at < started:
+                break
+            if at <= now and bound > most:
+                most = bound
+        if most == -math.inf or decision.remaining <= most:
             return
         life = self._life_of(node)
         if life is not None:
             self._finding(
                 "remaining_overstated", life, client, now,
                 f"told remaining {decision.remaining} by {owner}, whose decisions since the"
-                f" check was sent leave at most {max(bounds):g}",
+                f" check was sent leave at most {most:g}",
             )  # fmt: skip
