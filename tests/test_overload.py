@@ -113,14 +113,35 @@ def test_an_owner_silent_for_a_probe_interval_is_taken_for_crashed() -> None:
     assert link.decided("b", ticket).path == "degraded"  # type: ignore[arg-type]
 
 
+def test_a_first_timeout_on_an_owner_heard_from_is_overloaded() -> None:
+    # A cold start under load: the owner has not answered any forward yet, and its first
+    # replies come after the timeout. Its acks and gossip show it is there: busy, not gone
+    # (it was decided degraded, 259 times per asker, on a healthy cluster).
+    link = cluster("abc", kind=SlowRepliesLink)
+    client = client_owned_by(link, "a")
+    asker = link.nodes["b"]
+    link.slow = "a"
+    ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
+    link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
+    decision = link.decided("b", ticket)  # type: ignore[arg-type]
+    assert decision.path == "overloaded" and not decision.allowed, decision
+    assert asker.stats["overloaded_stalled_owner"] == 1
+    link.slow = ""
+    link.release()
+    assert asker.stats["late_replies"] == 1 and asker.stats["late_replies_counted_twice"] == 0
+
+
 def test_a_timeout_on_a_silent_owner_is_still_degraded() -> None:
     link = cluster("abc", kind=SlowRepliesLink)
     client = client_owned_by(link, "a")
     asker = link.nodes["b"]
-    link.slow = "a"  # a lost reply, from an owner never seen slow
+    link.off.add("a")  # it stops running: nothing more comes from it
+    link.advance(asker.config.membership.probe_interval_ns)
+    assert not asker.degraded.owner_unreachable("a"), "the test needs an undetected owner"
     ticket = asker.check(client, 1, now_ns=link.now_ns, wall_ns=link.wall("b"))
     link.advance(asker.forwarding.timeout_ns() + NS_PER_MS)
     assert link.decided("b", ticket).path == "degraded"  # type: ignore[arg-type]
+    assert asker.stats["overloaded_stalled_owner"] == 0
 
 
 def test_the_forward_timeout_adapts_within_its_bounds() -> None:

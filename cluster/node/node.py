@@ -279,6 +279,7 @@ class Node(Deciding):
         envelope = self._link.open(datagram, wall_ns=wall)
         if envelope is None:
             return
+        self.forwarding.heard(envelope.sender, now_ns)
         dispatch = self._dispatch
         for message in envelope.messages:
             # A peer's garbage surfaces as one of these and is dropped with its message;
