@@ -55,6 +55,7 @@ from functools import partial
 
 from meshlimit.cluster.node import Decided, MembershipChanged, Node, SeedsWanted
 from meshlimit.cluster.node.config import NodeConfig
+from meshlimit.cluster.node.forwarding import MAX_TIMEOUT_MULT
 from meshlimit.cluster.node.node import check_args
 from meshlimit.cluster.resolve import format_address, is_ip_literal, resolve_seeds
 from meshlimit.cluster.wire.messages import Address
@@ -136,6 +137,9 @@ class Runtime:
             raise ValueError("max_inflight must be >= 1 and max_waiting >= 0")
         self.max_inflight = max_inflight
         self.max_waiting = max_waiting
+        #: The longest a check waits for room before it is answered ``overloaded``
+        #: (``waited_too_long``): the longest forward timeout (``_room``).
+        self.max_wait_ns = MAX_TIMEOUT_MULT * config.forward_timeout_ns
         #: Waiting for room (``check``, ``check_batch``), oldest first: each a future and
         #: the checks it stands for (a batch waits as one).
         self._waiting: deque[tuple[asyncio.Future[None], int]] = deque()
@@ -228,7 +232,8 @@ class Runtime:
         if self._waiting or len(self.node.forwarding.pending) >= self.max_inflight:
             if self._waiting_checks >= self.max_waiting:
                 return self.node.overloaded(client, "waiting_full")
-            await self._room(1)
+            if not await self._room(1):
+                return self.node.overloaded(client, "waited_too_long")
         now_ns = time.monotonic_ns()
         result = self.node.check(client, cost, now_ns=now_ns, wall_ns=time.time_ns())
         if isinstance(result, Decision):
@@ -275,7 +280,8 @@ class Runtime:
         return self._check_batch_now(clients, cost)
 
     async def _batch_after_room(self, clients: list[str], cost: int) -> list[Decision]:
-        await self._room(len(clients))
+        if not await self._room(len(clients)):
+            return [self.node.overloaded(c, "waited_too_long") for c in clients]
         decided = self._check_batch_now(clients, cost)
         return decided if type(decided) is list else await decided  # type: ignore[misc]
 
@@ -314,11 +320,17 @@ class Runtime:
         if self.on_forwarded is not None and not future.cancelled():
             self.on_forwarded(time.monotonic_ns() - sent_ns, future.result().path)
 
-    async def _room(self, checks: int) -> None:
+    async def _room(self, checks: int) -> bool:
         """Wait, in arrival order, until ``checks`` forwarded checks may be sent (``_pump``
         lets waiters go as answers free room; a batch goes once any room is free, so the
-        checks in flight exceed ``max_inflight`` by less than one batch)."""
+        checks in flight exceed ``max_inflight`` by less than one batch). False if the
+        wait took longer than ``max_wait_ns``, the longest forward timeout
+        (``MAX_TIMEOUT_MULT`` times the configured one): the asker has given up by then, or soon will, and a check that
+        waited so long is answered ``overloaded`` at once rather than sent. Without it the
+        queue a 3 x 300 connections x P64 overload left behind took seconds to drain after
+        the clients stopped, every check of it forwarded for nobody."""
         assert self._loop is not None, "runtime not started"
+        started_ns = time.monotonic_ns()
         room: asyncio.Future[None] = self._loop.create_future()
         self._waiting.append((room, checks))
         self._waiting_checks += checks
@@ -328,6 +340,7 @@ class Runtime:
             self.node.stats["busy_periods"] += 1
         self._schedule_flush()
         await room
+        return time.monotonic_ns() - started_ns <= self.max_wait_ns
 
     def _let_waiters_go(self) -> None:
         free = self.max_inflight - len(self.node.forwarding.pending)

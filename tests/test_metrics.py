@@ -91,6 +91,7 @@ def test_families_read_the_node_counters() -> None:
         ("slow_owner",): 1,
         ("stalled_owner",): 0,
         ("waiting_full",): 1,
+        ("waited_too_long",): 0,
     }
     assert families["meshlimit_forward_timeouts"].samples == (((), 2),)
     events = dict(families["meshlimit_node_events"].samples)

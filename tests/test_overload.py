@@ -260,6 +260,71 @@ def test_checks_wait_for_room_when_too_many_are_in_flight() -> None:
     asyncio.run(main())
 
 
+def test_a_check_that_waited_too_long_for_room_is_overloaded_not_sent() -> None:
+    """A queue left behind by an overload is answered at once, not forwarded for clients
+    that gave up long ago (3 x 300 connections x P64 left seconds of it)."""
+
+    async def main() -> None:
+        async with two_runtimes() as b:
+            clients = [f"user-{i}" for i in range(400) if b.node.owner(f"user-{i}") == "a"]
+            b.max_wait_ns = 0  # any wait is too long
+            first = b.check_batch(clients[:4])  # more than max_inflight (2): in flight
+            late = b.check_batch(clients[4:8])  # waits for room, as one
+            single = asyncio.ensure_future(b.check(clients[8]))
+            assert isinstance(first, asyncio.Future) and isinstance(late, asyncio.Future)
+            assert {d.path for d in await first} == {"forwarded"}
+            assert [d.path for d in await late] == ["overloaded"] * 4
+            assert (await single).path == "overloaded"
+            assert b.node.stats["overloaded_waited_too_long"] == 5
+            assert b.node.stats["batched_checks"] == 4, "checks that waited were sent"
+
+    asyncio.run(main())
+
+
+class _SilentTransport:
+    """A RESP connection's transport that keeps what is written, for a closed client."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def test_a_closed_connections_checks_waiting_for_room_are_never_sent() -> None:
+    """RESP: a client gone while its checks wait for room withdraws them (the queue of an
+    overload's departed clients is not forwarded for nobody)."""
+    from meshlimit.cluster.daemon import resp as resp_module
+
+    async def main() -> None:
+        async with two_runtimes() as b:
+            clients = [f"user-{i}" for i in range(400) if b.node.owner(f"user-{i}") == "a"]
+            server = resp_module.RespServer(b)
+            connection = resp_module._Connection(server)
+            connection.connection_made(_SilentTransport())  # type: ignore[arg-type]
+            frames = [f"*2\r\n$8\r\nML.CHECK\r\n${len(c)}\r\n{c}\r\n" for c in clients]
+            connection.data_received("".join(frames[:4]).encode())  # in flight
+            connection.data_received("".join(frames[4:8]).encode())  # waits for room
+            await asyncio.sleep(0)
+            assert b.node.stats["checks_waited"] == 4
+            connection.connection_lost(None)
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if not b.node.forwarding.pending and not b._waiting:
+                    break
+            assert b.node.stats["batched_checks"] == 4, "a departed client's checks were sent"
+            assert b._waiting_checks == 0 and not b.busy
+
+    asyncio.run(main())
+
+
 def test_a_front_end_batch_is_one_future_and_waits_for_room_as_one() -> None:
     """``Runtime.check_batch``: a batch this node decides alone is a list at once; one
     with forwarded checks is one future of every decision in order (owner-local ones

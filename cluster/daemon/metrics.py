@@ -76,7 +76,13 @@ STAT_FAMILIES = {
     "datagrams_sent": ("meshlimit_datagrams_sent", "UDP datagrams sent."),
 }
 #: Why a check was answered ``overloaded`` (``Node.overloaded``), as ``overloaded_REASON``.
-OVERLOAD_REASONS = ("owner_backlog", "slow_owner", "stalled_owner", "waiting_full")
+OVERLOAD_REASONS = (
+    "owner_backlog",
+    "slow_owner",
+    "stalled_owner",
+    "waiting_full",
+    "waited_too_long",
+)
 _OWN_FAMILY = frozenset(
     {f"{p}_{r}" for p in PATHS for r in RESULTS}
     | set(STAT_FAMILIES)
@@ -210,7 +216,8 @@ def _checks(node: Node) -> list[Family]:
         "Checks answered overloaded, by reason: owner_backlog (too many checks awaiting "
         "the owner), slow_owner (timed out while the owner answered slowly), stalled_owner "
         "(timed out while the owner, answering until then, went silent briefly), waiting_full "
-        "(too many checks waiting for room).",
+        "(too many checks waiting for room), waited_too_long (waited for room longer than "
+        "the longest forward timeout).",
         ("reason",),
         tuple(((r,), stats.get(f"overloaded_{r}", 0)) for r in OVERLOAD_REASONS),
     )

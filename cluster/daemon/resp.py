@@ -252,7 +252,12 @@ class _Connection(asyncio.Protocol):
         self.reading = False
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        self.replies.clear()  # nobody to answer; tasks still running finish on their own
+        # Nobody to answer: checks still waiting for room are withdrawn (cancelling a reply
+        # cancels what it waits for), so a queue of departed clients is not forwarded.
+        for reply in self.replies:
+            if not isinstance(reply, bytes):
+                reply.cancel()
+        self.replies.clear()
         self.outbox.clear()
         self._wake_drain_waiters()
 

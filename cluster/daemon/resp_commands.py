@@ -80,6 +80,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from meshlimit.cluster.daemon.eager import start_eagerly
 from meshlimit.cluster.daemon.resp_protocol import (
@@ -288,6 +289,7 @@ class RespCommands:
         # then an empty reply per other command, so that replies owed count commands.
         replies: asyncio.Future[bytes] = decided.get_loop().create_future()
         decided.add_done_callback(partial(_replies_when_decided, replies))
+        replies.add_done_callback(partial(_withdraw, decided))
         return [replies, *[b""] * (len(raws) - 1)]
 
     def _check(self, client: str, cost: int, with_window: bool) -> Reply:
@@ -305,6 +307,7 @@ class RespCommands:
             return check_reply(decision, with_window=with_window)
         reply: asyncio.Future[bytes] = decision.get_loop().create_future()
         decision.add_done_callback(partial(_reply_when_decided, reply, with_window))
+        reply.add_done_callback(partial(_withdraw, decision))
         return reply
 
     def _ml_rule(self, args: list[bytes]) -> Reply:
@@ -426,6 +429,14 @@ def check_replies(decisions: list[Decision]) -> list[bytes]:
         else:
             append(check_reply(decision))
     return replies
+
+
+def _withdraw(decided: asyncio.Future[Any], reply: asyncio.Future[bytes]) -> None:
+    """A reply cancelled (its connection closed) withdraws the check or batch it awaits:
+    one still waiting for room is never sent (``Runtime._let_waiters_go`` skips it); one
+    in flight is answered by its owner all the same, and the answer dropped."""
+    if reply.cancelled() and not decided.done():
+        decided.cancel()
 
 
 def _replies_when_decided(

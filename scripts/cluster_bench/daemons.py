@@ -53,7 +53,13 @@ SWIM_EVENTS = (
     "probes_inconclusive",
     "stalls",
 )
-OVERLOAD_REASONS = ("owner_backlog", "slow_owner", "stalled_owner", "waiting_full")
+OVERLOAD_REASONS = (
+    "owner_backlog",
+    "slow_owner",
+    "stalled_owner",
+    "waiting_full",
+    "waited_too_long",
+)
 
 Metrics = list[tuple[str, dict[str, str], float]]
 
