@@ -140,9 +140,9 @@ class Runtime:
         #: The longest a check waits for room before it is answered ``overloaded``
         #: (``waited_too_long``): the longest forward timeout (``_room``).
         self.max_wait_ns = MAX_TIMEOUT_MULT * config.forward_timeout_ns
-        #: Waiting for room (``check``, ``check_batch``), oldest first: each a future and
-        #: the checks it stands for (a batch waits as one).
-        self._waiting: deque[tuple[asyncio.Future[None], int]] = deque()
+        #: Waiting for room (``check``, ``check_batch``), oldest first: each a future, the
+        #: checks it stands for (a batch waits as one) and when it began to wait.
+        self._waiting: deque[tuple[asyncio.Future[bool], int, int]] = deque()
         self._waiting_checks = 0  # the checks of ``_waiting``
         #: True while as many checks wait for room as may be in flight: front-ends stop
         #: reading new requests (TCP pushes back on the clients) until the queue is down to
@@ -323,34 +323,38 @@ class Runtime:
     async def _room(self, checks: int) -> bool:
         """Wait, in arrival order, until ``checks`` forwarded checks may be sent (``_pump``
         lets waiters go as answers free room; a batch goes once any room is free, so the
-        checks in flight exceed ``max_inflight`` by less than one batch). False if the
-        wait took longer than ``max_wait_ns``, the longest forward timeout
-        (``MAX_TIMEOUT_MULT`` times the configured one): the asker has given up by then, or soon will, and a check that
-        waited so long is answered ``overloaded`` at once rather than sent. Without it the
-        queue a 3 x 300 connections x P64 overload left behind took seconds to drain after
-        the clients stopped, every check of it forwarded for nobody."""
+        checks in flight exceed ``max_inflight`` by less than one batch). False if it had
+        waited longer than ``max_wait_ns`` when room came, the longest forward timeout
+        (``MAX_TIMEOUT_MULT`` times the configured one): its client has given up by then,
+        or soon will, so it is answered ``overloaded`` at once rather than sent, and the
+        room goes to the next waiter. Without it the queue a 3 x 300 connections x P64
+        overload left behind took seconds to drain after the clients stopped, every check
+        of it forwarded for nobody."""
         assert self._loop is not None, "runtime not started"
-        started_ns = time.monotonic_ns()
-        room: asyncio.Future[None] = self._loop.create_future()
-        self._waiting.append((room, checks))
+        room: asyncio.Future[bool] = self._loop.create_future()
+        self._waiting.append((room, checks, time.monotonic_ns()))
         self._waiting_checks += checks
         self.node.stats["checks_waited"] += checks
         if not self.busy and self._waiting_checks >= self.max_inflight:
             self.busy = True
             self.node.stats["busy_periods"] += 1
         self._schedule_flush()
-        await room
-        return time.monotonic_ns() - started_ns <= self.max_wait_ns
+        return await room
 
     def _let_waiters_go(self) -> None:
         free = self.max_inflight - len(self.node.forwarding.pending)
         waiting = self._waiting
+        too_old_ns = time.monotonic_ns() - self.max_wait_ns
         while waiting and free > 0:
-            room, checks = waiting.popleft()
+            room, checks, since_ns = waiting.popleft()
             self._waiting_checks -= checks
-            if not room.done():  # a cancelled caller's place goes to the next
-                room.set_result(None)
-                free -= checks
+            if room.done():  # a cancelled caller's place goes to the next
+                continue
+            if since_ns < too_old_ns:  # waited too long: answered at once, taking no room
+                room.set_result(False)
+                continue
+            room.set_result(True)
+            free -= checks
         if self.busy and self._waiting_checks <= self.max_inflight // 4:
             self.busy = False
             for callback in list(self.on_not_busy):
