@@ -2,7 +2,8 @@
 """Benchmark: three ``meshlimit node`` daemons end to end under redis-benchmark, beside redis-server.
 
     .venv/bin/python scripts/bench_cluster.py [--quick] [--presets lan,local] [--seconds T]
-        [--phases saturation,half,overload] [--json FILE] [--log-dir DIR]
+        [--phases saturation,half,overload] [--overload C,P] [--keys N] [--json FILE]
+        [--log-dir DIR]
 
 Needs ``redis-benchmark`` (Debian: ``apt-get install -y redis-tools``); ``redis-server``
 (``redis-server``) for the peer, which is skipped with a message without it.
@@ -27,7 +28,8 @@ Method (the output header says it again):
     half        no rate option in redis-benchmark: the -c/-P setting whose rate is nearest
                 half the saturation rate (short tries of rising concurrency), then a
                 counted run of about T s there: p50/p99 (closed loop: half the throughput)
-    overload    -c 100 -P 16 per node (twice saturation's requests in flight), timed, O s
+    overload    -c 100 -P 16 per node (twice saturation's requests in flight; --overload
+                C,P sets another), timed, O s
     recovery    from the overload's end, a probe every 0.5 s: `-c 1 -n 200` against one
                 node, then every node's member list; the seconds until one is normal ("not
                 recovered" after R s), and whether every probe in the H s after it was
@@ -53,6 +55,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cluster_bench import redis_load
 from cluster_bench.daemons import Cluster
 from cluster_bench.daemons_report import (
     code_version,
@@ -64,6 +67,7 @@ from cluster_bench.daemons_report import (
     ratios,
 )
 from cluster_bench.phases import Phases, Plan, redis_server_phases
+from cluster_bench.redis_load import KEYSPACE
 from harness.processes import Cleanup, free_port, interrupt_on_signals, start_redis
 from harness.report import command_line, doc_section, write_json
 
@@ -80,7 +84,9 @@ def method_text(plan: Plan) -> str:
     text = doc_section(__doc__, "Method (the output header says it again):\n")
     return text.rstrip() + (
         f"\n  Here: T = {plan.seconds:g} s, O = {plan.overload_s:g} s, "
-        f"W = {plan.warm_s:g} s, R = {plan.recovery_limit_s:g} s, H = {plan.hold_s:g} s."
+        f"W = {plan.warm_s:g} s, R = {plan.recovery_limit_s:g} s, H = {plan.hold_s:g} s;"
+        f" overload -c {plan.overload_clients} -P {plan.overload_pipeline};"
+        f" keys -r {redis_load.KEYSPACE}."
     )
 
 
@@ -119,6 +125,14 @@ def main() -> int:
         help="comma-separated, besides moderate (always run): saturation, half (needs "
         "saturation), overload (and its recovery); the redis-server peer runs with saturation",
     )
+    parser.add_argument(
+        "--overload",
+        metavar="C,P",
+        help="the overload phase's -c and -P per process (default 100,16); e.g. 300,64",
+    )
+    parser.add_argument(
+        "--keys", type=int, help=f"-r: random keys drawn from this many (default {KEYSPACE:,})"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     parser.add_argument("--log-dir", metavar="DIR", help="the daemons' logs (default: a temp dir)")
     args = parser.parse_args()
@@ -126,6 +140,13 @@ def main() -> int:
     plan = QUICK if args.quick else FULL
     if args.seconds:
         plan = dataclasses.replace(plan, seconds=args.seconds)
+    if args.overload:
+        clients, _, pipeline = args.overload.partition(",")
+        plan = dataclasses.replace(
+            plan, overload_clients=int(clients), overload_pipeline=int(pipeline or 1)
+        )
+    if args.keys:
+        redis_load.KEYSPACE = args.keys
     if not shutil.which("redis-benchmark"):
         print("redis-benchmark is not installed (Debian: apt-get install -y redis-tools)")
         return 2

@@ -68,6 +68,9 @@ class Plan:
     probe_every_s: float = 0.5
     probe_requests: int = 200
     recovered_p50_factor: float = 2.0
+    overload_clients: int = OVERLOAD.clients
+    """The overload phase's ``-c`` and ``-P`` per process (``--overload``)."""
+    overload_pipeline: int = OVERLOAD.pipeline
 
 
 class Phases:
@@ -173,7 +176,8 @@ class Phases:
         return phase
 
     def overload(self) -> dict[str, Any]:
-        return self.measured("overload", lambda: self.timed(OVERLOAD, self.plan.overload_s))
+        load = Load(self.plan.overload_clients, self.plan.overload_pipeline)
+        return self.measured("overload", lambda: self.timed(load, self.plan.overload_s))
 
     def recovery(self, overload: dict[str, Any]) -> dict[str, Any]:
         """Probe until the cluster is normal again (as :meth:`settle` judges), or the limit
