@@ -11,16 +11,18 @@ nearly its deadline order (``expire`` stops at the first not yet due).
 
 A timed-out check is answered once. If its owner is *slow* (``owner_slow``) -- one of
 its replies took at least half the forward timeout, or came after it, within the last
-``SLOW_MEMORY_MULT`` timeouts -- or *stalled* (``owner_stalled``) -- it answered until
-this check left and has been silent since, for less than a probe interval -- the owner
-is reachable but busy, and the node answers ``overloaded``: refused, counted nowhere,
-so the late reply (which the owner counted) is the only count. The timeout itself adapts as TCP's does (``timeout_ns``: the smoothed
-round trip plus four deviations, from the configured timeout up to ``MAX_TIMEOUT_MULT``
-times it), so a loaded cluster whose answers are slow but coming is waited for. Degraded mode is for owners that are really unreachable: a check
-whose owner is neither (a lost datagram: the owner answered later checks; an owner
-silent for a probe interval, crashed but not yet detected) is decided from the degraded
-quota and counted in this node's slot; the owner may have
-counted it too. A late reply resolves nothing: no second answer, no count here; it is
+``SLOW_MEMORY_MULT`` timeouts -- or *stalled* (``owner_stalled``) -- it has answered
+nothing since this check left, but a datagram of its (a reply, an ack, gossip) came less
+than a probe interval before the deadline -- the owner is reachable but busy, and the
+node answers ``overloaded``: refused, counted nowhere, so the late reply (which the
+owner counted) is the only count. The timeout itself adapts as TCP's does
+(``timeout_ns``: the smoothed round trip plus four deviations, from the configured
+timeout up to ``MAX_TIMEOUT_MULT`` times it), so a loaded cluster whose answers are slow
+but coming is waited for. Degraded mode is for owners that are really unreachable: a
+check whose owner is neither (a datagram lost twice: the owner answered later checks,
+and the check sent again; an owner silent for a probe interval, crashed but not yet
+detected) is decided from the degraded quota and counted in this node's slot; the owner
+may have counted it too. A late reply resolves nothing: no second answer, no count here; it is
 counted (``late_replies``, and ``late_replies_counted_twice`` when both admitted). That
 double count errs on the strict side and is bounded by the degraded quota this node may
 use per window. Timeouts never touch membership: only SWIM probes suspect a member.
@@ -203,29 +205,26 @@ class Forwarding:
         return False
 
     def owner_stalled(self, owner: str, sent_ns: int, deadline_ns: int) -> bool:
-        """Whether ``owner`` stalled after a check left at ``sent_ns``: it answered until
-        then and nothing since, and its silence at the check's deadline was shorter than a
-        probe interval. A descheduled process on a loaded host looks so (before any of its
-        replies is late: the first timeouts of an overload); so does a crash, which SWIM
-        then detects. Beyond a probe interval of silence it is taken for a crash, and its
-        checks are decided degraded. An owner that never answered a forward is judged by
-        the last datagram heard from it instead (a cold start's first checks under load
-        timed out with nothing to go by, and were decided degraded on a healthy cluster:
-        259 per asker under 3 x 300 connections x P64). Judged at the deadline, not when this node got round
-        to it: a node that itself stalled past the deadline has the replies of that time
-        unread, and must not take its own stall for the owner's silence."""
-        probe_interval_ns = self._config.membership.probe_interval_ns
-        replied = self._replied_at.get(owner, -1)
-        if replied < 0:
-            # It never answered a forward (the first checks after a cold start, under
-            # load): any datagram of its -- acks, gossip -- is the sign of life instead.
-            heard = self._heard_at.get(owner, -1)
-            return heard >= 0 and deadline_ns - heard < probe_interval_ns
-        return replied < sent_ns and deadline_ns - replied < probe_interval_ns
+        """Whether ``owner`` is busy rather than gone when a check sent at ``sent_ns`` timed
+        out: it has answered no forward since (had it, the check was lost on the way:
+        ``lost_in_transit``), yet something of it -- a reply, an ack, gossip -- was heard
+        less than a probe interval before the check's deadline. A descheduled or swamped
+        process on a loaded host looks so: its acks go out ahead of its data, so it is
+        heard while its replies queue (3 x 300 connections x P64: owners more than a probe
+        interval behind on their replies, yet acking, had 138-359 checks a run decided
+        degraded on a healthy cluster, as did a cold start's first checks before any
+        reply). Beyond a probe interval of silence it is taken for a crash, which SWIM
+        then detects, and its checks are decided degraded. Judged at the deadline, not
+        when this node got round to it: a node that itself stalled past the deadline has
+        the datagrams of that time unread, and must not take its own stall for the
+        owner's silence."""
+        if self._replied_at.get(owner, -1) >= sent_ns:
+            return False
+        heard = self._heard_at.get(owner, -1)
+        return heard >= 0 and deadline_ns - heard < self._config.membership.probe_interval_ns
 
     def heard(self, peer: str, now_ns: int) -> None:
-        """A datagram came from ``peer`` (``owner_stalled``'s sign of life of an owner that
-        has not answered a forward yet)."""
+        """A datagram came from ``peer``: a sign of life (``owner_stalled``)."""
         heard_at = self._heard_at
         if peer not in heard_at and len(heard_at) >= self._config.membership.max_members:
             heard_at.clear()  # bounded; forgetting errs towards degraded answers
