@@ -36,6 +36,7 @@ from mutation.adversary2 import SECOND_ADVERSARY_MUTANTS
 from mutation.answers import ANSWERS_MUTANTS
 from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
 from mutation.catalogue import MUTANTS as FIRST_MUTANTS
+from mutation.lifeguard import LIFEGUARD_MUTANTS
 from mutation.more import MORE_MUTANTS
 from mutation.stale_state import STALE_STATE_MUTANTS
 
@@ -44,8 +45,9 @@ from meshlimit.sim.scenario import Scenario, load_scenario
 
 #: Every planted bug: the first catalogue, the ones added with the stricter verdicts, then
 #: those written as an adversary would (``mutation/adversary.py``), then those that keep state
-#: stale (``mutation/stale_state.py``), a second adversary's (``mutation/adversary2.py``) and
-#: those in what the client is told (``mutation/answers.py``).
+#: stale (``mutation/stale_state.py``), a second adversary's (``mutation/adversary2.py``),
+#: those in what the client is told (``mutation/answers.py``) and Lifeguard's and the
+#: majority rule's around it (``mutation/lifeguard.py``).
 MUTANTS: tuple[Mutant, ...] = (
     FIRST_MUTANTS
     + MORE_MUTANTS
@@ -53,6 +55,7 @@ MUTANTS: tuple[Mutant, ...] = (
     + STALE_STATE_MUTANTS
     + SECOND_ADVERSARY_MUTANTS
     + ANSWERS_MUTANTS
+    + LIFEGUARD_MUTANTS
 )
 
 # --- running -----------------------------------------------------------------------------

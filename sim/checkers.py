@@ -17,7 +17,8 @@ Each of these is a verdict that fails the run:
   more than the capacity; ``counts_lost``: more than the bound with the counts a later
   decider must have received by hand-over or gossip (:mod:`~meshlimit.sim.knowledge`);
   ``over_share``: a degraded decider more than its share;
-- ``degraded_without_cause``: a degraded decision in a run without faults, by a node whose
+- ``degraded_without_cause``: a degraded decision in a run without faults (graceful leaves
+  and joins are none), by a node whose
   view has held every member alive for longer than a forward takes to time out;
 - ``not_owner``: a strict-mode decision at full capacity by a node that did not own the
   client in its own view (its own checks) nor in any live node's when the check was sent
@@ -41,8 +42,12 @@ Each of these is a verdict that fails the run:
 - ``slow_detection``: a crashed node not declared dead by a live observer within the
   detection bound; ``false_suspicion``: a running node suspected in a run without faults;
   ``dead_too_soon``: a death no suspicion of the base timeout justifies
-  (:mod:`~meshlimit.sim.suspicions`); ``stale_member_state``: a node that kept a member's
-  record older than the news a datagram just brought it (:mod:`~meshlimit.sim.news`);
+  (:mod:`~meshlimit.sim.suspicions`), or one its own timer declared before Lifeguard's
+  timeout for its suspicion; ``health_not_recovered``, ``health_not_raised``: a local
+  health score not back to 0 after a quiet span, or not up after a refutation
+  (:mod:`~meshlimit.sim.lifeguard`); ``stale_member_state``: a node that
+  kept a member's record older than the news a datagram just brought it
+  (:mod:`~meshlimit.sim.news`), or whose record went back, reaping or not;
 - at the end (:mod:`~meshlimit.sim.endstate`): rules, membership, replicated counts and
   clock-offset estimates each within their stated bound; ``stale_rule``, a decision under
   a rule its registry no longer held (:mod:`~meshlimit.sim.rules_in_force`);
@@ -77,19 +82,20 @@ from .deciders import Deciders
 from .events import NS_PER_S
 from .history import History, Life
 from .knowledge import Knowledge, counter_bytes
+from .lifeguard import Lifeguard
 from .liveness import Liveness
 from .news import News
 from .refusals import Refusals
 from .rules_in_force import RulesInForce
 from .scenario import Action, Scenario
 from .sliding import judge_sliding
-from .suspicions import Suspicions
+from .suspicions import Suspicions, slow_detections
 from .verdicts import Findings, Violation
 from .views import Rings, View
 from .windows import AT_MOST_CAPACITY, EXACT, LifeKey, WindowKey, WindowTally, judge
 
 if TYPE_CHECKING:  # pragma: no cover
-    from meshlimit.cluster.membership import MemberEvent
+    from meshlimit.cluster.membership import MemberEvent, Membership
     from meshlimit.cluster.node import Node
 
     from .network import Delivery
@@ -154,6 +160,8 @@ class Checkers:
         self.rules_used = RulesInForce()
         self.suspicions = Suspicions(self.history, self.config.membership)
         self.news = News(sealed=scenario.authenticated)
+        self.lifeguard = Lifeguard(self.history, self.config.membership, sealed=self.news.sealed)
+        self.news.heard = self.lifeguard.on_news
         self.answers = Answers(self._findings.add, self.history.life)
         self._event_times: list[int] = []  # every membership event, in time order
 
@@ -182,7 +190,7 @@ class Checkers:
             decisions[path] += 1
             decided(node, client, path, cost, allowed)
             full = path != "degraded"
-            if not full and not self.history.faults_seen:
+            if not full and not self.history.faults_but_graceful:
                 deciders.judge_degraded(life, view, client, now)
             single = not rule.also  # each limit tallied apart; such a refusal not judged
             for limit in rule.limits:
@@ -361,15 +369,21 @@ class Checkers:
                 self._expect_dead.append((name, now, life.key, by))
 
     def on_membership(
-        self, observer: str, event: MemberEvent, now: int, *, subject_liveness: Liveness
-    ) -> None:
+        self, observer: str, event: MemberEvent, now: int, *, subject_liveness: Liveness,
+        membership: Membership | None = None, by_datagram: bool = True,
+    ) -> None:  # fmt: skip
         """A membership change at ``observer``; ``subject_liveness`` is the state of the node
-        the event is about, as the world knows it now (``observer`` can only guess it)."""
+        the event is about, as the world knows it now (``observer`` can only guess it);
+        ``membership``: the observer's, read only, after the input (``by_datagram``) that
+        caused the change."""
         self.history.advance(now)
         self._event_times.append(now)
         life = self._life(observer)
         view = self._view(life)
         self.suspicions.on_event(life, view, event.node, event.new_state, now)
+        if membership is not None:
+            self.lifeguard.on_event(life, view, event.node, event.new_state, now, membership,
+                                    by_datagram=by_datagram)  # fmt: skip
         view.apply(event.node, event.new_state, now)
         self.news.wanted = any(
             state in (MemberState.SUSPECT, MemberState.DEAD)
@@ -416,9 +430,12 @@ class Checkers:
         return self.news.wanted
 
     def on_datagram(
-        self, node: str, payload: bytes, members: list[tuple[str, Any, str, int]], now: int
-    ) -> None:
-        """``node`` took ``payload``; ``members`` is its member list right after."""
+        self, node: str, payload: bytes, members: list[tuple[str, Any, str, int]], now: int,
+        health: int | None = None,
+    ) -> None:  # fmt: skip
+        """``node`` took ``payload``; ``members`` is its member list right after, ``health``
+        its local health score."""
+        self.lifeguard.health_after = health
         self.news.on_datagram(node, payload, members, now, self.history.life(node))
 
     def on_exception(self, message: str) -> None:
@@ -471,9 +488,13 @@ class Checkers:
             self.violations += sustained(self.windows, self._labels, quiet, self.own.stepped_back,
                                          self.window_ns, self.refusals.resets)  # fmt: skip
         self._check_under_admission()
-        self._check_detection(end_ns)
+        self.violations += slow_detections(self.history, self._expect_dead, end_ns)
         self.violations.extend(self.suspicions.findings)
         self.violations.extend(self.news.findings)
+        if self._final is not None:  # after the last fault and membership change, health is 0
+            since = max(self.history.last_disturbance, *self._event_times[-1:])
+            self.lifeguard.judge_health(self._final, self.views, since, end_ns)
+        self.violations.extend(self.lifeguard.findings)
         self.deciders.check_forwarded()
         self.violations.extend(self._findings.violations())
         if self._final is not None:
@@ -549,24 +570,6 @@ class Checkers:
     def window_ns(self, series: str) -> int:
         """The window length of a counting series seen in the run."""
         return self._window_ns.get(series) or int(series.split(":")[1])
-
-    def _check_detection(self, end_ns: int) -> None:
-        """Crashed nodes declared dead by every observer that kept running, in time."""
-        history = self.history
-        for subject, at, observer, by in self._expect_dead:
-            lives = history.lives.get(observer[0], [])
-            life = lives[observer[1] - 1] if observer[1] <= len(lives) else None
-            if by > end_ns or life is None or not life.running_through(at, by):
-                continue
-            subject_lives = history.lives.get(subject, [])
-            if any(at < s.started_at <= by for s in subject_lives):
-                continue
-            self.violations.append(Violation(
-                "slow_detection",
-                f"{observer[0]} had not declared {subject} dead {(by - at) / NS_PER_S:.1f} s"
-                f" after its crash at {at / NS_PER_S:.3f} s (the detection bound)",
-                nodes=(observer[0], subject),
-            ))  # fmt: skip
 
     # --- measures for reports -----------------------------------------------------------
 

@@ -13,9 +13,10 @@ happened (:mod:`~meshlimit.sim.history`):
   the check could have been sent (``not_owner``: the views of sender and receiver may
   differ for a gossip round or two, but never with no view behind them).
 
-A degraded decision needs a cause: in a run without faults, a node whose view has held
-every member alive for longer than a forward takes to time out has none
-(``degraded_without_cause``). It spends a share: :meth:`Deciders.share` is the exact deal of
+A degraded decision needs a cause: in a run without faults (a graceful leave or join is
+none: a member that left is out of the quorum, so the rest are a majority of it), a node
+whose view has held every member alive for longer than a forward takes to time out has
+none (``degraded_without_cause``). It spends a share: :meth:`Deciders.share` is the exact deal of
 ``docs/design.md`` once the decider's view holds exactly the cluster, else the largest
 share a node knowing that many members could take.
 """
@@ -89,8 +90,9 @@ class Deciders:
             self._forwarded_elsewhere.append((life, client, now))
 
     def judge_degraded(self, life: Life, view: View, client: str, now: int) -> None:
-        """A degraded decision in a run without faults (no fault verb, no loss so far): once
-        every running node has held every member of the cluster alive for longer than a
+        """A degraded decision in a run without faults (no fault verb but graceful leaves
+        and joins, which leave the true quorum a majority; no loss so far): once every
+        running node has held every member of the cluster alive for longer than a
         forward takes to time out, no node has a cause to decide without the owner (nor to
         be asked for a client it does not own)."""
         history = self._history

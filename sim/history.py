@@ -129,6 +129,8 @@ class History:
         #: counts it), nor one that left until it is heard of again.
         self.members: set[str] = set()
         self.faults_seen = scenario.network.loss > 0 or scenario.network.bandwidth_bytes_per_s > 0
+        self.faults_but_graceful = self.faults_seen
+        """Like ``faults_seen``, but graceful leaves and joins are not faults."""
         self.last_disturbance = 0
         """The last instant a fault started or ended (or a node started or stopped)."""
         self.disturbances: list[int] = []
@@ -163,6 +165,7 @@ class History:
         verb, args = action.verb, action.args
         if verb not in QUIET_VERBS:
             self.faults_seen = self.faults_seen or verb != "heal"
+            self.faults_but_graceful |= verb not in ("heal", "leave", "join")
             self._disturbed(now)
         if verb in ("partition", "partition_oneway", "isolate", "flap"):
             self._open_cut(verb, args, now)

@@ -24,6 +24,8 @@ read).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.messages import JoinReply, MemberState, MemberUpdate
 
@@ -41,11 +43,13 @@ class News:
     """The verdict (see the module docstring)."""
 
     def __init__(self, *, sealed: bool) -> None:
-        self._sealed = sealed
+        self.sealed = sealed
         self.wanted = False
         """Whether some running node holds some member down (set by the checkers)."""
         self.datagrams = 0
         """Datagrams judged."""
+        self.heard: Callable[[Life, str, tuple[object, ...], int], None] | None = None
+        """Told the messages of every datagram judged, with its sender (``sim/lifeguard.py``)."""
         self.findings: list[Violation] = []
         #: Each life's records after the last datagram judged: ``{member: (inc, state)}``.
         self._records: dict[LifeKey, dict[str, tuple[int, int]]] = {}
@@ -60,7 +64,7 @@ class News:
     ) -> None:
         """``node`` took ``payload``; ``members`` is its member list right after; ``life`` is
         the node's life (its records are compared with those it held before)."""
-        if self._sealed or len(self.findings) >= MAX_FINDINGS:
+        if self.sealed or len(self.findings) >= MAX_FINDINGS:
             return
         try:
             envelope = codec.decode(payload)
@@ -74,6 +78,8 @@ class News:
                 updates.append(message)
             elif isinstance(message, JoinReply):
                 updates.extend(message.members)
+        if life is not None and self.heard is not None:
+            self.heard(life, envelope.sender, tuple(envelope.messages), now)
         if not updates:
             return
         self.datagrams += 1

@@ -126,3 +126,25 @@ class Suspicions:
             f" suspicion runs with {n} live members (no confirmations expected) at a healthy"
             f" observer", nodes=(life.node, subject),
         ))  # fmt: skip
+
+
+def slow_detections(
+    history: History, expect_dead: list[tuple[str, int, tuple[str, int], int]], end_ns: int
+) -> list[Violation]:
+    """``slow_detection``: crashed nodes declared dead by every observer that kept running,
+    in time. ``expect_dead``: ``(subject, crashed at, observer life, by)`` not yet met."""
+    found = []
+    for subject, at, observer, by in expect_dead:
+        lives = history.lives.get(observer[0], [])
+        life = lives[observer[1] - 1] if observer[1] <= len(lives) else None
+        if by > end_ns or life is None or not life.running_through(at, by):
+            continue
+        if any(at < s.started_at <= by for s in history.lives.get(subject, [])):
+            continue
+        found.append(Violation(
+            "slow_detection",
+            f"{observer[0]} had not declared {subject} dead {(by - at) / NS_PER_S:.1f} s"
+            f" after its crash at {at / NS_PER_S:.3f} s (the detection bound)",
+            nodes=(observer[0], subject),
+        ))  # fmt: skip
+    return found

@@ -370,13 +370,11 @@ class World:
                     )  # fmt: skip
                 else:  # answered twice, never asked, or asked of an earlier life
                     checkers.on_stray_answer(sim.name, event.ticket, now)
-            elif isinstance(event, MembershipChanged):
-                checkers.on_membership(
-                    sim.name,
-                    event.event,
-                    now,
-                    subject_liveness=self.liveness(event.event.node),
-                )
+            elif isinstance(event, MembershipChanged) and sim.node is not None:
+                checkers.on_membership(  # the membership read only: health, incarnations
+                    sim.name, event.event, now, subject_liveness=self.liveness(event.event.node),
+                    membership=sim.node.membership, by_datagram=received is not None,
+                )  # fmt: skip
 
     def _tick(self, sim: SimNode) -> None:
         """A node's timer fired (``run`` checked that it is this life's, and due now)."""
@@ -422,7 +420,8 @@ class World:
         except Exception as error:  # noqa: BLE001 - any escape is a finding
             raise self._escaped(sim, error) from error
         if judged:  # the membership news it carried, against the node's table after it
-            self.checkers.on_datagram(sim.name, delivery.payload, node.members(), self.now)
+            health = node.membership.local_health
+            self.checkers.on_datagram(sim.name, delivery.payload, node.members(), self.now, health)
         self._drain(sim, delivery, mono)
 
     def _resume(self, name: str) -> None:

@@ -548,7 +548,7 @@ def fake_node(
         members=lambda: states,
         counters=CounterStore(name),
         ring=HashRing(members),
-        membership=SimpleNamespace(clock_offsets=lambda: dict(offsets or {})),
+        membership=SimpleNamespace(clock_offsets=lambda: dict(offsets or {}), local_health=0),
     )
 
 
