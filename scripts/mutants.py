@@ -36,6 +36,7 @@ from mutation.adversary2 import SECOND_ADVERSARY_MUTANTS
 from mutation.answers import ANSWERS_MUTANTS
 from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
 from mutation.catalogue import MUTANTS as FIRST_MUTANTS
+from mutation.dataside import DATASIDE_MUTANTS
 from mutation.more import MORE_MUTANTS
 from mutation.stale_state import STALE_STATE_MUTANTS
 
@@ -53,6 +54,7 @@ MUTANTS: tuple[Mutant, ...] = (
     + STALE_STATE_MUTANTS
     + SECOND_ADVERSARY_MUTANTS
     + ANSWERS_MUTANTS
+    + DATASIDE_MUTANTS
 )
 
 # --- running -----------------------------------------------------------------------------
