@@ -36,6 +36,7 @@ from mutation.adversary2 import SECOND_ADVERSARY_MUTANTS
 from mutation.answers import ANSWERS_MUTANTS
 from mutation.catalogue import DEFAULT_FUZZ_RUNS, MUTANT_FUZZ_BASE, Mutant, _patched
 from mutation.catalogue import MUTANTS as FIRST_MUTANTS
+from mutation.dataside import DATASIDE_MUTANTS
 from mutation.lifeguard import LIFEGUARD_MUTANTS
 from mutation.more import MORE_MUTANTS
 from mutation.stale_state import STALE_STATE_MUTANTS
@@ -46,8 +47,9 @@ from meshlimit.sim.scenario import Scenario, load_scenario
 #: Every planted bug: the first catalogue, the ones added with the stricter verdicts, then
 #: those written as an adversary would (``mutation/adversary.py``), then those that keep state
 #: stale (``mutation/stale_state.py``), a second adversary's (``mutation/adversary2.py``),
-#: those in what the client is told (``mutation/answers.py``) and Lifeguard's and the
-#: majority rule's around it (``mutation/lifeguard.py``).
+#: those in what the client is told (``mutation/answers.py``), Lifeguard's and the
+#: majority rule's around it (``mutation/lifeguard.py``) and the data side's
+#: (``mutation/dataside.py``: burst carry, stranded checks, hand-over, resync, reports).
 MUTANTS: tuple[Mutant, ...] = (
     FIRST_MUTANTS
     + MORE_MUTANTS
@@ -56,6 +58,7 @@ MUTANTS: tuple[Mutant, ...] = (
     + SECOND_ADVERSARY_MUTANTS
     + ANSWERS_MUTANTS
     + LIFEGUARD_MUTANTS
+    + DATASIDE_MUTANTS
 )
 
 # --- running -----------------------------------------------------------------------------

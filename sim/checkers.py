@@ -54,10 +54,10 @@ Each of these is a verdict that fails the run:
 - what a client is told (:mod:`~meshlimit.sim.answers`): ``remaining_overstated``, more
   ``remaining`` than the decider's own admissions leave; ``retry_now``, a refusal saying
   ``retry_after`` 0 (or "never" for a cost that fits);
-- ``exception``: an exception escaped a node.
-
-Measured, not judged: detection times, false suspicions in faulty runs, under-admission
-outside exact windows, and how many windows were judged at which bound (``judged``).
+- ``stranded_wait`` (:mod:`~meshlimit.sim.stranded`), ``own_write_lost``
+  (:mod:`~meshlimit.sim.own_writes`), ``holder_behind`` (:mod:`~meshlimit.sim.promoted`);
+  ``exception``: an exception escaped a node. Measured, not judged: detection times, false
+suspicions in faulty runs, under-admission outside exact windows, windows by bound.
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ from .knowledge import Knowledge, counter_bytes
 from .lifeguard import Lifeguard
 from .liveness import Liveness
 from .news import News
+from .own_writes import own_write_kept
 from .refusals import Refusals
 from .rules_in_force import RulesInForce
 from .scenario import Action, Scenario
 from .sliding import judge_sliding
+from .stranded import judge_stranded
 from .suspicions import Suspicions, slow_detections
 from .verdicts import Findings, Violation
 from .views import Rings, View
@@ -237,6 +239,7 @@ class Checkers:
         if window is None:
             window = self.windows[wkey] = WindowTally()
             self._window_ns[series] = window_ns
+            self.refusals.carry.counted(client, series, index)
         capacity, limit = rule.capacity, rule.limit
         if window.capacity and (window.capacity != capacity or window.limit != limit):
             window.changed = True
@@ -296,6 +299,8 @@ class Checkers:
             node, client, path, decision.allowed, started, now, asked=asked, replied_by=replied_by
         )
         self.answers.answered(node, client, decision, started, now, replied_by)
+        if asked is not None and (life := self.history.life(node)) is not None:
+            judge_stranded(self._findings.add, life, self._view(life), client, asked, started, now)
         (self.allowed if decision.allowed else self.refused)[path] += 1
         if decision.allowed:
             self.admitted_series[now // NS_PER_S] += 1
@@ -325,10 +330,14 @@ class Checkers:
 
     # --- observations: rules, actions, membership -------------------------------------
 
-    def on_rule_change(self, key: str, value: Any, now: int, stamp: Any = None) -> None:
-        """A registry entry written at a node; ``stamp`` is its HLC stamp, when given."""
+    def on_rule_change(
+        self, key: str, value: Any, now: int, stamp: Any = None, by: str = ""
+    ) -> None:
+        """A registry entry written at ``by``; ``stamp``: of the entry it holds right after."""
         self.rule_changes += 1
         self.last_rule_at = now
+        if by and stamp is not None:
+            own_write_kept(self._findings.add, self.history.life(by), key, stamp, now)
         if stamp is not None:
             writer = self.history.life(str(stamp[2]))
             write = endstate.RuleWrite(tuple(stamp), value, now, writer.key if writer else None)
@@ -489,22 +498,18 @@ class Checkers:
                                          self.window_ns, self.refusals.resets)  # fmt: skip
         self._check_under_admission()
         self.violations += slow_detections(self.history, self._expect_dead, end_ns)
-        self.violations.extend(self.suspicions.findings)
-        self.violations.extend(self.news.findings)
         if self._final is not None:  # after the last fault and membership change, health is 0
             since = max(self.history.last_disturbance, *self._event_times[-1:])
             self.lifeguard.judge_health(self._final, self.views, since, end_ns)
-        self.violations.extend(self.lifeguard.findings)
+        self.violations += self.suspicions.findings + self.news.findings + self.lifeguard.findings
         self.deciders.check_forwarded()
         self.violations.extend(self._findings.violations())
         if self._final is not None:
-            self.violations.extend(
-                endstate.judge(self, self._final, self._final_at, self._rule_writes)
-            )
+            self.violations += endstate.judge(self, self._final, self._final_at, self._rule_writes)
 
     def _judge_windows(self) -> None:
         firsts = sorted(self._first_seen.values())
-        knowledge = Knowledge(
+        self.knowledge = knowledge = Knowledge(
             self.history, self.views, self.rings, local=self.local,
             gossip_interval_ns=self.config.gossip_interval_ns, membership=self.config.membership,
             counters=lambda at: bisect_right(firsts, at),
@@ -557,15 +562,11 @@ class Checkers:
         allowance = max(UNDER_ADMISSION_FLOOR, UNDER_ADMISSION_RATE * judged)
         if not self.local and len(healthy) > allowance:
             client, _, window = healthy[0]
-            self.violations.append(
-                Violation(
-                    "under_admission",
-                    f"{len(healthy)} refusals in exact windows that the cluster-wide count"
-                    f" would have admitted (allowance {allowance:.0f} of {judged} judged)",
-                    client,
-                    window,
-                )
-            )
+            self.violations.append(Violation(
+                "under_admission", f"{len(healthy)} refusals in exact windows that the"
+                f" cluster-wide count would have admitted (allowance {allowance:.0f} of {judged}"
+                " judged)", client, window,
+            ))  # fmt: skip
 
     def window_ns(self, series: str) -> int:
         """The window length of a counting series seen in the run."""

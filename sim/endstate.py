@@ -18,6 +18,9 @@ a node starting or stopping: ``History.last_disturbance``) over links that staye
   gossip interval plus a delay before the end, when both ran and the link was clean since
   the window's first admission; so do the owner and its replicas of a node's degraded
   admissions (re-sent to them until they have them), if that node's ring held still;
+- ``holder_behind`` (:mod:`~meshlimit.sim.promoted`): a crashed owner's slot at every
+  holder of the ring that replaced it; ``report_behind`` (:mod:`~meshlimit.sim.reports`): a
+  degraded slot at the replicas while its owner stays unreachable;
 - ``clock_offset_wrong``: a node's estimate of a peer's clock offset is within
   ``(7/8)^m (spread + d/2) + d/2`` of the truth, ``m`` the probe rounds since the pair's
   last skew or step over a clean link, for pairs that never drifted or paused (see
@@ -33,6 +36,8 @@ from meshlimit.core.registry import RESET_PREFIX
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED, detection_bound_ns
 from .events import NS_PER_S, SIM_EPOCH_NS
+from .promoted import promoted_behind
+from .reports import reports_behind
 from .reset_state import stale_after_reset
 from .resync_wait import skipped_resyncs
 from .rules_in_force import unordered_stamps
@@ -83,6 +88,8 @@ def judge(
     if clean and end >= members_due:
         out += [Violation("membership_diverged", d) for d in apart]
     out += [Violation("replica_behind", d) for d in _replicas(checkers, nodes, end)]
+    out += [Violation("holder_behind", d) for d in promoted_behind(checkers, nodes, end)]
+    out += [Violation("report_behind", d) for d in reports_behind(checkers, nodes, end)]
     out += [Violation("clock_offset_wrong", d) for d in _offsets(checkers, final, end)]
     out += [Violation("resync_stalled", d) for d in _resyncs(checkers, nodes)]
     out += [Violation("reset_not_kept", d) for d in stale_after_reset(checkers, nodes, end)]

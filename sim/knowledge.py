@@ -204,6 +204,10 @@ class Knowledge:
                 return instant
         return NOTHING_KNOWN
 
+    def pace(self, at: int) -> int:
+        """How long a hand-over that starts at ``at`` may take (see ``_pace``)."""
+        return self._pace(at)
+
     def _pace(self, at: int) -> int:
         """How long a hand-over that starts at ``at`` may take to send its last counter:
         ``rounds x G``, ``rounds`` = the node's counters over what one round sends (at most

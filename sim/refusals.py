@@ -9,9 +9,11 @@ against the tally of every admission reported before it:
 
 - **under-admission** (measured; a verdict in windows judged exact): the cluster-wide count
   of the window (and, for a sliding window, the previous one weighted by its overlap)
-  plus the cost fits the capacity. Judged for window rules without a burst (the carry
-  needs the whole history), and not in windows a stepped-back clock made uncertain (for
-  a sliding window, nor in the window after one: it weighs that one's count in);
+  plus the cost fits the capacity; with a burst, less the carry replayed over every
+  admission of the series (an upper bound of any node's, :mod:`~meshlimit.sim.carry`;
+  such refusals are not counted in ``judged``, the allowance's base). Judged for window
+  rules, not in windows a stepped-back clock made uncertain (for a
+  sliding window, nor in the window after one: it weighs that one's count in);
 - **reset kept** (``reset_not_kept``): once an operator reset of the client surely
   reached the refusing node (the node it was written at; or one its writer held alive, so
   sent it at once, up since before the write and running, over a link that stayed clean
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from meshlimit.core.rules import Rule
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED
+from .carry import CarryBounds
 from .events import NS_PER_S
 from .history import History, Life
 from .windows import WindowKey, WindowTally
@@ -71,6 +74,8 @@ class Refusals:
         self.judged = 0
         self.under: list[WindowKey] = []
         """The window of each refusal the cluster-wide count would have admitted."""
+        self.carry = CarryBounds(windows, self.uncertain)
+        """The burst carry replayed over every admission (burst rules, ``sim/carry.py``)."""
 
     def on_reset(self, client: str, now: int, *, views_agreed: bool) -> None:
         history = self._history  # paused ones included: they take it once they resume
@@ -115,7 +120,7 @@ class Refusals:
 
     def judge(self, life: Life, wall: int, client: str, rule: Rule, cost: int, now: int) -> None:
         """One refusal at full capacity by ``life`` (see the module docstring)."""
-        if rule.burst or rule.algo == "token_bucket":
+        if rule.algo == "token_bucket":
             return
         window_ns = rule.window_ns
         index, elapsed = divmod(wall, window_ns)
@@ -125,6 +130,10 @@ class Refusals:
             rule.algo == "sliding_window" and (client, rule.series, index - 1) in uncertain
         ):
             return  # a sliding window weighs the previous window's count in too
+        if rule.burst:  # not counted in ``judged``: the allowance stays the burst-free one's
+            if self.carry.fits(key, rule, cost, elapsed):
+                self.under.append(key)
+            return  # the reset verdict would need the carry since the reset: not judged
         self.judged += 1
         if self._fits(rule, key, cost, elapsed, since=None):
             self.under.append(key)

@@ -589,5 +589,5 @@ class World:
         self._guard(sim, lambda: node.set_rule(key, value, now_ns=mono, wall_ns=wall))
         entry = node.registry.entry(key)
         stamp = None if entry is None else entry.stamp
-        self.checkers.on_rule_change(key, value, self.now, stamp)
+        self.checkers.on_rule_change(key, value, self.now, stamp, sim.name)
         self._drain(sim)
