@@ -2,7 +2,9 @@
 
 ``build_ext`` compiles the modules of ``meshlimit/_native.py``'s ``COMPILED`` (the
 table, the series, the fused path and the engine: the in-process ``Limiter.check``)
-with mypyc, from the same source, and writes the guard's manifest (the sha256 of
+with mypyc, from the same source, and the hand-written C of the window check's common
+case (``core/_hotpath.c``, the guard's ``HOTPATH``; optional: if it alone fails to
+compile, the mypyc modules still ship), and writes the guard's manifest (the sha256 of
 every source the compiler read) beside ``meshlimit/_native.py``. The pure-Python
 modules always ship too and are the fallback: the guard loads them when a source
 no longer matches the manifest, when ``MESHLIMIT_PURE`` is set, and when there is
@@ -37,6 +39,9 @@ ROOT = Path(__file__).resolve().parent
 STAGE = Path("build") / "native" / "src"
 C_DIR = Path("build") / "native" / "c"
 CACHE = Path("build") / "native" / "mypy_cache"
+#: The C hot path's source, and its staged copy: the file compiled and hashed.
+HOTPATH_SOURCE = ROOT / "core" / "_hotpath.c"
+HOTPATH_STAGED = STAGE / "meshlimit" / "core" / "_hotpath.c"
 
 
 def load_guard() -> ModuleType:
@@ -141,8 +146,10 @@ SKIP = skip_reason()
 #: mypyc's extensions, or by none when mypyc fails.
 PLACEHOLDER = Extension(f"{GUARD.GROUP}__mypyc", sources=[])
 #: The sha256 of each source mypyc read, taken when it generated the C (setuptools may
-#: finalize build_ext more than once; the C is generated, and these taken, once).
+#: finalize build_ext more than once; the C is generated, and these taken, once); and of
+#: the C hot path's staged source, taken when it was staged.
 SOURCES: dict[str, str] = {}
+HOTPATH_SHA256: list[str] = []
 
 
 class NativeBuildExt(build_ext):
@@ -178,6 +185,10 @@ class NativeBuildExt(build_ext):
         except (Exception, SystemExit) as error:  # mypy reports type errors by exiting
             note(f"failed ({type(error).__name__}: {error}); the pure-Python modules are installed")
             return []
+        # Optional: a compile error skips it (with a warning), not the mypyc modules.
+        shutil.copyfile(HOTPATH_SOURCE, HOTPATH_STAGED)
+        HOTPATH_SHA256.append(GUARD.source_sha256(HOTPATH_STAGED))
+        extensions.append(Extension(GUARD.HOTPATH, [str(HOTPATH_STAGED)], optional=True))
         # The staged copies: the very bytes mypyc read.
         staged = STAGE / "meshlimit" / "core"
         SOURCES.update(
@@ -193,6 +204,8 @@ class NativeBuildExt(build_ext):
         self.manifest().unlink(missing_ok=True)  # a stale one must not bless new extensions
         if not self.extensions:
             return
+        # An earlier in-place build's C hot path must not pass for this build's.
+        Path(self.get_ext_fullpath(GUARD.HOTPATH)).unlink(missing_ok=True)
         try:
             super().run()
         except Exception as error:  # CompileError, LinkError, ...
@@ -200,9 +213,16 @@ class NativeBuildExt(build_ext):
             return
         self.manifest().parent.mkdir(parents=True, exist_ok=True)
         assert set(GUARD.COMPILED) <= set(SOURCES), "the sources were hashed with the C made"
-        built = {"compiled": list(GUARD.COMPILED), "sources": dict(sorted(SOURCES.items()))}
+        built: dict[str, object] = {
+            "compiled": list(GUARD.COMPILED),
+            "sources": dict(sorted(SOURCES.items())),
+        }
+        what = ", ".join(GUARD.COMPILED)
+        if Path(self.get_ext_fullpath(GUARD.HOTPATH)).is_file():  # optional: it may have failed
+            built["hotpath"] = HOTPATH_SHA256[0]
+            what += " and the C hot path"
         self.manifest().write_text(json.dumps(built, indent=1) + "\n", encoding="utf-8")
-        note(f"compiled {', '.join(GUARD.COMPILED)}")
+        note(f"compiled {what}")
 
     def get_outputs(self) -> list[str]:
         outputs: list[str] = super().get_outputs()

@@ -36,12 +36,17 @@ counters have their own fused check, ``counter_fastpath``.
 
 This module, ``engine``, ``series`` and ``table`` may be compiled with mypyc
 (``docs/design.md``, "The native build"): names declared ``Final`` become C
-constants there; ``SWEEP_EVERY`` stays a module global (tests patch it).
+constants there; ``SWEEP_EVERY`` stays a module global (tests patch it). With
+them the build may compile ``_hotpath.c``: the window check's known-client
+admission in one C call (the same arithmetic on the same bytes), which
+``check_window`` tries first when the guard (``meshlimit/_native.py``) lets it
+load; everything it declines comes here as before.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from .algorithms import WINDOW_MASK
@@ -64,6 +69,27 @@ _TOKEN_SIZE: Final = TOKEN_RECORD.size
 _new: Final = tuple.__new__
 #: The class, as a constant (compiled: no lookup by name per check).
 _DECISION: Final = Decision
+#: Times (ns) up to this convert to a double exactly, so ``ns / NS_PER_S`` is correctly
+#: rounded compiled too (mypyc divides two doubles; Python rounds the exact quotient):
+#: the fused checks leave longer times (windows over 104 days) to the full path.
+_EXACT_NS: Final = 1 << 53
+
+#: ``_hotpath.check_window``: ``(buckets, key, rule, sliding, cost, now_ns, path)``.
+HotWindow = Callable[[list[bytearray | None], int, Rule, bool, int, int, str], Decision | None]
+
+
+def load_hotpath() -> HotWindow | None:
+    """The C hot path's window check, or None: not built, or refused by the guard
+    (``meshlimit/_native.py``: only with the compiled modules, for unedited sources)."""
+    try:
+        from ._hotpath import check_window as hot_window
+    except ImportError:
+        return None
+    return hot_window
+
+
+#: Tried first by ``check_window`` (a C constant when compiled).
+_HOT_WINDOW: Final = load_hotpath()
 
 
 def check_window(
@@ -71,11 +97,20 @@ def check_window(
 ) -> Decision | None:
     """Sliding or fixed window; see the module for the cases and the arithmetic."""
     table = series.table
+    if _HOT_WINDOW is not None:
+        decision = _HOT_WINDOW(table._buckets, key, rule, series.sliding, cost, now_ns, path)
+        if decision is not None:  # admitted and counted; None: nothing changed
+            series._ops += 1
+            if series._ops >= SWEEP_EVERY:
+                series._maintain(now_ns)
+            return decision
     address = key & table._low_mask
     if address < table._split:
         address = key & table._high_mask
     bucket = table._buckets[address]
     window_ns = series.window_ns
+    if window_ns > _EXACT_NS:
+        return None
     # Not ``divmod`` (a call and a tuple) nor ``now_idx * window_ns`` (over 2**31: a slow
     # multiplication compiled): two C divisions when compiled, 25 ns more in Python.
     now_idx = now_ns // window_ns
@@ -146,6 +181,8 @@ def check_token(
     wait = tat + cost * interval - now_ns
     if wait > tolerance:
         return None  # refused: the full path works out the retry time
+    if wait > _EXACT_NS:
+        return None
     if cost:
         if pos >= 0:
             assert bucket is not None

@@ -18,6 +18,13 @@ once per process, at the first import of one of those modules:
   others of the group directly, so one edited source turns the whole group off.
 
 :func:`state` says which, and why (``meshlimit._native.state()``).
+
+The build may also compile :data:`HOTPATH`, the hand-written C of the window check's
+common case (``core/_hotpath.c``), which ``fastpath`` calls when it can import it. The
+finder lets that import succeed only alongside the compiled modules, and only when the
+build recorded it, its C source (where present, as in a source tree) is unedited, and
+:data:`NO_HOTPATH_ENV` is unset: :func:`hotpath_state`. Otherwise the import fails and
+``fastpath`` runs without it.
 """
 
 from __future__ import annotations
@@ -45,9 +52,15 @@ GROUP = "meshlimit.core.native"
 MANIFEST = "_native_build.json"
 #: Set (to anything but ``""`` or ``0``) to load the pure-Python modules everywhere.
 PURE_ENV = "MESHLIMIT_PURE"
+#: The C hot path: an extension of its own, built from ``core/_hotpath.c``.
+HOTPATH = "meshlimit.core._hotpath"
+#: Set (as :data:`PURE_ENV`) to run the compiled modules without the C hot path.
+NO_HOTPATH_ENV = "MESHLIMIT_NO_HOTPATH"
 
 #: ``"native"`` or ``"pure: <why>"`` once decided (:func:`state`).
 STATE = "not decided"
+#: ``"native"`` or ``"off: <why>"`` once decided (:func:`hotpath_state`).
+HOTPATH_STATE = "not decided"
 
 
 def source_sha256(path: Path) -> str:
@@ -55,14 +68,16 @@ def source_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def pure_forced(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
-    """True when ``MESHLIMIT_PURE`` asks for the pure-Python modules."""
-    return environ.get(PURE_ENV, "") not in ("", "0")
+def pure_forced(
+    environ: dict[str, str] | os._Environ[str] = os.environ, variable: str = PURE_ENV
+) -> bool:
+    """True when ``MESHLIMIT_PURE`` (or another switch ``variable``) is set."""
+    return environ.get(variable, "") not in ("", "0")
 
 
-def module_source(name: str) -> Path | None:
-    """The ``.py`` file of a meshlimit module, found as the import system would (through
-    the editable install's folder mapping too), without importing it."""
+def module_source(name: str, suffix: str = ".py") -> Path | None:
+    """The ``.py`` file (or the ``suffix`` one) of a meshlimit module, found as the import
+    system would (through the editable install's folder mapping too), without importing it."""
     package, _, leaf = name.rpartition(".")
     if package == __package__:
         folders: Sequence[str] = sys.modules[__package__].__path__
@@ -72,7 +87,7 @@ def module_source(name: str) -> Path | None:
             return None
         folders = list(spec.submodule_search_locations)
     for folder in folders:
-        path = Path(folder) / f"{leaf}.py"
+        path = Path(folder) / f"{leaf}{suffix}"
         if path.is_file():
             return path
     return None
@@ -102,10 +117,31 @@ def decide(manifest: Path, environ: dict[str, str] | os._Environ[str] = os.envir
     return "native"
 
 
+def decide_hotpath(
+    manifest: Path, state_of_group: str, environ: dict[str, str] | os._Environ[str] = os.environ
+) -> str:
+    """``"native"`` or ``"off: <why>"``: may :data:`HOTPATH` be imported (see the module)."""
+    if state_of_group != "native":
+        return f"off: the compiled modules are not in use ({state_of_group})"
+    if pure_forced(environ, NO_HOTPATH_ENV):
+        return f"off: {NO_HOTPATH_ENV} is set"
+    try:
+        digest = json.loads(manifest.read_text(encoding="utf-8")).get("hotpath")
+    except (OSError, ValueError, AttributeError) as error:
+        return f"off: unreadable build manifest ({error})"
+    if not isinstance(digest, str):
+        return "off: not built (no C hot path in this build)"
+    source = module_source(HOTPATH, ".c")  # a source tree's; an installed wheel has none
+    if source is not None and source_sha256(source) != digest:
+        return f"off: {source.name} changed since the build"
+    return "native"
+
+
 class PureSourceFinder:
     """First on ``sys.meta_path``: at the first import of a module of :data:`COMPILED`,
     decides (:func:`state`); when pure, loads those modules from their ``.py`` files, never
-    the extension (the ``importlib.abc`` base class would add nothing but import time)."""
+    the extension (the ``importlib.abc`` base class would add nothing but import time).
+    Refuses :data:`HOTPATH` unless :func:`hotpath_state` allows it."""
 
     def find_spec(
         self,
@@ -113,6 +149,8 @@ class PureSourceFinder:
         path: Sequence[str] | None = None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == HOTPATH and hotpath_state() != "native":
+            raise ModuleNotFoundError(f"{HOTPATH} not used: {hotpath_state()}", name=fullname)
         if fullname not in COMPILED or path is None or state() == "native":
             return None  # Python's own finders: the extension comes before the .py
         leaf = fullname.rpartition(".")[2]
@@ -132,6 +170,14 @@ def state() -> str:
     return STATE
 
 
+def hotpath_state() -> str:
+    """:data:`HOTPATH_STATE`, decided on first use."""
+    global HOTPATH_STATE
+    if HOTPATH_STATE == "not decided":
+        HOTPATH_STATE = decide_hotpath(Path(__file__).with_name(MANIFEST), state())
+    return HOTPATH_STATE
+
+
 def install() -> None:
     """Put the finder first on ``sys.meta_path`` (once); run before any core module loads."""
     if not any(isinstance(finder, PureSourceFinder) for finder in sys.meta_path):
@@ -148,3 +194,8 @@ def compiled_modules() -> list[str]:
         if (module := sys.modules.get(name)) is not None
         and str(getattr(module, "__file__", "")).endswith(suffixes)
     ]
+
+
+def hotpath_loaded() -> bool:
+    """Whether the C hot path is loaded (what ran, as :func:`compiled_modules`)."""
+    return sys.modules.get(HOTPATH) is not None

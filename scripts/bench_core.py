@@ -127,6 +127,7 @@ def child_time(spec: str, n: int, reps: int, hot: int) -> Result:
 
     if "native" in out:
         out["compiled"] = _native.compiled_modules()
+        out["hotpath"], out["hotpath_loaded"] = _native.hotpath_state(), _native.hotpath_loaded()
 
     # Distinct keys: one fresh instance, pass 1 (inserts) then pass 2 (hits),
     # each timed in `reps` slices.

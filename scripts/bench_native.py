@@ -5,16 +5,18 @@
 
 The goal (issue 14): ``Limiter.check`` (real clock, sliding window) at 1,000,000
 clients in <= 1 us and >= 10x ``limits``' sliding window (``MemoryStorage``),
-measured in the same run. Three subjects:
+measured in the same run. Four subjects:
 
-- ``compiled``: meshlimit as installed (the native build, ``docs/design.md``); the
-  child checks that its core modules did load compiled, and stops the run otherwise;
+- ``compiled+C``: meshlimit as installed (the native build, ``docs/design.md``: the
+  mypyc modules and the C hot path); the child checks that both did load, and stops the
+  run otherwise;
+- ``compiled``: the same with ``MESHLIMIT_NO_HOTPATH=1`` (the mypyc modules, no C);
 - ``pure``: the same with ``MESHLIMIT_PURE=1`` (every module from its ``.py`` file);
 - ``limits``: ``SlidingWindowCounterRateLimiter`` over ``MemoryStorage``, its expiry
   thread running, as shipped.
 
 Method: R rounds (5); each round runs each subject once, in a fresh subprocess, one
-after another, the order rotating from round to round (A B C, B C A, C A B, ...) so
+after another, the order rotating from round to round (A B C D, B C D A, ...) so
 that each meets the machine's load alike; the child is ``bench_core.py``'s own timing
 child (warm-up, then N ids checked once (inserts) and once more (hits), each pass timed
 as S slices (5) of process CPU time, and a hot key on S fresh instances; the child's
@@ -39,10 +41,15 @@ from harness.stats import median
 MESHLIMIT = "limiter-real:sliding_window"
 #: name -> (bench_core child spec, environment overrides)
 SUBJECTS: dict[str, tuple[str, dict[str, str]]] = {
-    "compiled": (MESHLIMIT, {}),
+    "compiled+C": (MESHLIMIT, {}),
+    "compiled": (MESHLIMIT, {"MESHLIMIT_NO_HOTPATH": "1"}),
     "pure": (MESHLIMIT, {"MESHLIMIT_PURE": "1"}),
     "limits": ("limits:sliding", {}),
 }
+#: The meshlimit subjects (each compared with ``limits``).
+OURS = ("compiled+C", "compiled", "pure")
+#: The environment switches of the subjects, cleared before a subject's own are set.
+SWITCHES = ("MESHLIMIT_PURE", "MESHLIMIT_NO_HOTPATH")
 PHASES = ("hit", "insert", "hot")
 GOAL_NS = 1000
 GOAL_RATIO = 10.0
@@ -54,15 +61,21 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_core.py")
     cmd = [sys.executable, script, "--child", f"time:{spec}"]
     cmd += ["--keys", str(args.keys), "--reps", str(args.reps), "--hot", str(args.hot)]
-    env = {k: v for k, v in os.environ.items() if k != "MESHLIMIT_PURE"} | overrides
+    env = {k: v for k, v in os.environ.items() if k not in SWITCHES} | overrides
     t0 = time.monotonic()
     result = run_json_child(cmd, name, capture_stderr=True, env=env)
-    if name == "compiled" and result.get("native") != "native":
+    if name.startswith("compiled") and result.get("native") != "native":
         raise SystemExit(f"no native build in use ({result.get('native')}): pip install -e .")
+    if name == "compiled+C" and not result.get("hotpath_loaded"):
+        raise SystemExit(f"the C hot path did not load ({result.get('hotpath')})")
+    if name != "compiled+C" and result.get("hotpath_loaded"):
+        raise SystemExit(f"{name} loaded the C hot path")
     if name == "pure" and result.get("compiled"):
         raise SystemExit(f"MESHLIMIT_PURE=1 still loaded {result['compiled']}")
     print(f"  {name:9} {time.monotonic() - t0:6.1f} s", file=sys.stderr, flush=True)
-    return {phase: median(result[phase]) for phase in PHASES} | {"native": result.get("native")}
+    return {phase: median(result[phase]) for phase in PHASES} | {
+        key: result.get(key) for key in ("native", "hotpath")
+    }
 
 
 def main() -> None:
@@ -107,7 +120,7 @@ def main() -> None:
     print()
     print(f"{'limits / meshlimit':22}" + "".join(f"{p:>22}" for p in PHASES))
     ratios: dict[str, dict[str, float]] = {}
-    for name in ("compiled", "pure"):
+    for name in OURS:
         cells = ""
         ratios[name] = {}
         for phase in PHASES:
@@ -116,10 +129,10 @@ def main() -> None:
             cells += f"{median(values):>10.1f}x {min(values):4.1f}-{max(values):<4.1f}"
         print(f"{name:22}{cells}")
     print()
-    for name in ("compiled", "pure"):
+    for name in OURS:
         hit, ratio = figures[name]["hit"], ratios[name]["hit"]
         print(
-            f"goal, {name:8}: hit {hit / 1000:.2f} us (<= {GOAL_NS / 1000:.0f} us:"
+            f"goal, {name:10}: hit {hit / 1000:.2f} us (<= {GOAL_NS / 1000:.0f} us:"
             f" {'met' if hit <= GOAL_NS else 'NOT met'}), {ratio:.1f}x limits"
             f" (>= {GOAL_RATIO:.0f}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'})"
         )
@@ -131,6 +144,7 @@ def main() -> None:
         "rounds": args.rounds,
         "reps": args.reps,
         "loadavg": [round(load_start, 2), round(load_end, 2)],
+        "hotpath": rounds[0]["compiled+C"].get("hotpath"),
         "ns_cpu_median": figures,
         "ratio_median": ratios,
         "per_round": rounds,

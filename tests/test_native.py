@@ -25,6 +25,8 @@ from meshlimit import _native
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "meshlimit" / _native.MANIFEST
 BUILT = MANIFEST.is_file()
+#: The build compiled the C hot path (``core/_hotpath.c``) too.
+HOT_BUILT = BUILT and "hotpath" in json.loads(MANIFEST.read_text(encoding="utf-8"))
 
 _PROBE = """
 import json, sys
@@ -34,6 +36,7 @@ decision = Limiter("5/second", clock=lambda: 1_700_000_000 * 10**9).check("acme"
 import meshlimit.core.engine as engine
 print(json.dumps({
     "state": native.state(), "compiled": native.compiled_modules(),
+    "hotpath": native.hotpath_state(), "hot_loaded": native.hotpath_loaded(),
     "package": meshlimit.__file__, "engine": engine.__file__, "limit": decision.limit,
 }))
 """
@@ -70,12 +73,32 @@ def test_the_build_is_used_when_present_and_the_sources_unedited():
     assert seen["state"] == "native", seen["state"]
     assert seen["compiled"] == list(_native.COMPILED)
     assert seen["limit"] == 5
+    assert seen["hot_loaded"] is HOT_BUILT
+    assert seen["hotpath"] == (
+        "native" if HOT_BUILT else "off: not built (no C hot path in this build)"
+    )
+
+
+def test_meshlimit_no_hotpath_keeps_the_compiled_modules_without_the_c():
+    seen = probe(**{_native.NO_HOTPATH_ENV: "1"})
+    assert seen["hotpath"] == (
+        f"off: {_native.NO_HOTPATH_ENV} is set"
+        if BUILT
+        else "off: the compiled modules are not in use (pure: not compiled (no native build))"
+    )
+    assert seen["hot_loaded"] is False
+    assert seen["compiled"] == (list(_native.COMPILED) if BUILT else [])
+    assert seen["limit"] == 5
 
 
 def test_meshlimit_pure_loads_every_module_from_its_source():
     seen = probe(**{_native.PURE_ENV: "1"})
     assert seen["state"] == "pure: MESHLIMIT_PURE is set"
     assert seen["compiled"] == []
+    assert seen["hot_loaded"] is False
+    assert (
+        seen["hotpath"] == "off: the compiled modules are not in use (pure: MESHLIMIT_PURE is set)"
+    )
     assert str(seen["engine"]).endswith("engine.py")
     assert seen["limit"] == 5
     # "0" and "" leave the choice to the build.
@@ -97,7 +120,7 @@ def test_an_edited_source_takes_effect_without_a_rebuild(tmp_path):
     )
     seen = probe(root)
     assert seen["limit"] == 1005
-    assert seen["compiled"] == []
+    assert seen["compiled"] == [] and seen["hot_loaded"] is False
     assert str(seen["engine"]).endswith("engine.py")
     if BUILT:
         assert (
@@ -110,12 +133,48 @@ def test_an_edited_source_takes_effect_without_a_rebuild(tmp_path):
     algorithms = root / "meshlimit" / "core" / "algorithms.py"
     algorithms.write_text(algorithms.read_text(encoding="utf-8") + "\n# edited\n")
     seen = probe(root)
-    assert seen["compiled"] == [] and seen["limit"] == 5
+    assert seen["compiled"] == [] and seen["limit"] == 5 and seen["hot_loaded"] is False
     if BUILT:
         assert (
             seen["state"]
             == "pure: algorithms.py (meshlimit.core.algorithms) changed since the build"
         )
+
+
+@pytest.mark.skipif(not HOT_BUILT, reason="no C hot path in this build")
+def test_an_edited_c_source_turns_the_c_path_off_and_keeps_the_compiled_modules(tmp_path):
+    root = installed_copy(tmp_path)
+    source = root / "meshlimit" / "core" / "_hotpath.c"
+    source.write_text(source.read_text(encoding="utf-8") + "\n/* edited */\n")
+    seen = probe(root)
+    assert seen["hotpath"] == "off: _hotpath.c changed since the build"
+    assert seen["hot_loaded"] is False
+    assert seen["compiled"] == list(_native.COMPILED) and seen["limit"] == 5
+    source.unlink()  # an installed wheel ships no C source: the build is trusted
+    seen = probe(root)
+    assert seen["hotpath"] == "native" and seen["hot_loaded"] is True
+
+
+def test_the_decision_on_the_c_hot_path(tmp_path):
+    manifest = tmp_path / _native.MANIFEST
+    assert _native.decide_hotpath(manifest, "pure: x", {}) == (
+        "off: the compiled modules are not in use (pure: x)"
+    )
+    assert _native.decide_hotpath(manifest, "native", {}).startswith("off: unreadable")
+    manifest.write_text(json.dumps({"compiled": [], "sources": {}}))
+    assert _native.decide_hotpath(manifest, "native", {}) == (
+        "off: not built (no C hot path in this build)"
+    )
+    source = _native.module_source(_native.HOTPATH, ".c")
+    assert source is not None and source.name == "_hotpath.c"
+    manifest.write_text(json.dumps({"hotpath": _native.source_sha256(source)}))
+    assert _native.decide_hotpath(manifest, "native", {}) == "native"
+    off = {_native.NO_HOTPATH_ENV: "1"}
+    assert _native.decide_hotpath(manifest, "native", off) == "off: MESHLIMIT_NO_HOTPATH is set"
+    manifest.write_text(json.dumps({"hotpath": "0" * 64}))
+    assert _native.decide_hotpath(manifest, "native", {}) == (
+        "off: _hotpath.c changed since the build"
+    )
 
 
 def test_the_decision_on_a_manifest(tmp_path):
