@@ -1,12 +1,10 @@
 """Checkers: they observe a simulated run and state its invariants in the mission's terms.
 
-They never change what they observe, and they never reach into the world: the world hands
-them every fact they judge by -- every decision a node made (with the deciding node's wall
-clock, so windows are the ones the decider enforced), every answer a client got, every
-membership change (with the :class:`Liveness` of the node it is about), every timeline
-action, every exception that escaped a node, the datagrams a node took while membership
-news matters (``wants_datagrams``), the checks left unanswered, and at the end the running
-nodes themselves.
+They never change what they observe, nor reach into the world: the world hands them every
+fact they judge by -- each decision (with the decider's wall clock: its windows), answer,
+membership change (with the :class:`Liveness` of its subject), join, timeline action and
+escaped exception, the datagrams taken while membership news matters
+(``wants_datagrams``), the checks left unanswered, and at the end the running nodes.
 From the timeline they rebuild what truly happened (:mod:`~meshlimit.sim.history`), from
 each life's events what it believed (:mod:`~meshlimit.sim.views`), and hold the run to the
 design (``docs/design.md``; ``docs/simulator.md`` states every bound with its formula).
@@ -18,8 +16,8 @@ Each of these is a verdict that fails the run:
   decider must have received by hand-over or gossip (:mod:`~meshlimit.sim.knowledge`);
   ``over_share``: a degraded decider more than its share;
 - ``degraded_without_cause``: a degraded decision in a run without faults (graceful leaves
-  and joins are none), by a node whose
-  view has held every member alive for longer than a forward takes to time out;
+  and joins are none), by a node whose view has held every member alive for longer than a
+  forward takes to time out;
 - ``not_owner``: a strict-mode decision at full capacity by a node that did not own the
   client in its own view (its own checks) nor in any live node's when the check was sent
   (forwarded ones); ``minority_decided_at_full``: one by a node whose own view held a
@@ -45,19 +43,18 @@ Each of these is a verdict that fails the run:
   (:mod:`~meshlimit.sim.suspicions`), or one its own timer declared before Lifeguard's
   timeout for its suspicion; ``health_not_recovered``, ``health_not_raised``: a local
   health score not back to 0 after a quiet span, or not up after a refutation
-  (:mod:`~meshlimit.sim.lifeguard`); ``stale_member_state``: a node that
-  kept a member's record older than the news a datagram just brought it
-  (:mod:`~meshlimit.sim.news`), or whose record went back, reaping or not;
+  (:mod:`~meshlimit.sim.lifeguard`); ``stale_member_state``: a node that kept a member's
+  record older than the news a datagram just brought it (:mod:`~meshlimit.sim.news`), or
+  whose record went back, reaping or not;
 - at the end (:mod:`~meshlimit.sim.endstate`): rules, membership, replicated counts and
   clock-offset estimates each within their stated bound; ``stale_rule``, a decision under
   a rule its registry no longer held (:mod:`~meshlimit.sim.rules_in_force`);
 - what a client is told (:mod:`~meshlimit.sim.answers`): ``remaining_overstated``, more
   ``remaining`` than the decider's own admissions leave; ``retry_now``, a refusal saying
   ``retry_after`` 0 (or "never" for a cost that fits);
-- ``stranded_wait`` (:mod:`~meshlimit.sim.stranded`), ``own_write_lost``
-  (:mod:`~meshlimit.sim.own_writes`), ``holder_behind`` (:mod:`~meshlimit.sim.promoted`);
-  ``exception``: an exception escaped a node. Measured, not judged: detection times, false
-suspicions in faulty runs, under-admission outside exact windows, windows by bound.
+- ``stranded_wait``, ``own_write_lost``, ``holder_behind`` (:mod:`~meshlimit.sim.stranded`,
+  ``own_writes``, ``promoted``); ``exception``: an exception escaped a node. Measured, not judged: detection times,
+  false suspicions in faulty runs, under-admission outside exact windows, windows by bound.
 """
 
 from __future__ import annotations
@@ -469,6 +466,10 @@ class Checkers:
         if not lives:  # a node the timeline never started: take it as started now
             lives.append(Life(node, 1, self.history.now, seeded=True))
         return lives[-1]
+
+    def on_joined(self, node: str, now: int) -> None:
+        """``node``'s life knows the ring from ``now`` (a seed's join reply, or no seed)."""
+        self._view(self._life(node)).joined(now)
 
     def _view(self, life: Life) -> View:
         view = self.views.get(life.key)

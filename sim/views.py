@@ -159,6 +159,19 @@ class View:
         gone += [before_changed[m] for m, s in before_states.items() if s in _GONE]
         self._next_reap = min(gone) + self._reap_early_ns if gone else UNREAPED
 
+    def joined(self, now: int) -> None:
+        """The node learnt the ring at ``now``: only a seed's join reply teaches it (news of
+        members before that leaves it joining: fuzz seed 4712014151, where a view that took
+        any event for a join judged a joining node's degraded share as a joined one's)."""
+        if self.knows_ring:
+            return
+        self.advance(now)
+        if now != self.last_event_at:
+            self._before = self._snapshot()
+            self.last_event_at = now
+        self.knows_ring = True
+        self._changed()
+
     def apply(self, member: str, new_state: int, now: int) -> None:
         """One membership event of this life at ``now``."""
         self.advance(now)
@@ -166,7 +179,6 @@ class View:
             self._before = self._snapshot()
             self.last_event_at = now
         self.events += 1
-        self.knows_ring = True
         self.log.append((now, member, new_state))
         self.reaped.pop(member, None)
         if self.states.get(member) != new_state:

@@ -72,9 +72,11 @@ class SimNode:
     """False while a node booted ``serve_before_join`` has no cluster runtime yet: it
     decides checks, but neither sends, receives nor ticks (its socket is not open)."""
     resync_seen: int = 0
+    """The last life whose resync the checkers were told of (``History.resync_begun``)."""
+    joined_seen: int = 0
+    """The last life the checkers were told knows the ring (``Checkers.on_joined``)."""
     rules_digest: int = 0
     """The node's registry digest when its output was last collected (before its next input)."""
-    """The last life whose resync the checkers were told of (``History.resync_begun``)."""
 
 
 class NodeCrashed(Exception):
@@ -339,6 +341,9 @@ class World:
         events = node.events()
         if events:
             self._report(sim, events, received)
+        if sim.joined_seen != sim.generation and node.joining.knows_ring:
+            sim.joined_seen = sim.generation  # the instant this life learnt the ring
+            self.checkers.on_joined(sim.name, now)
         if sim.resync_seen != sim.generation and node.resync.begun:
             sim.resync_seen = sim.generation  # the instant a restarted life began waiting
             self.checkers.history.resync_began(sim.name, now)
