@@ -178,8 +178,7 @@ class Checkers:
         the datagram that made them, if one did; ``rules_digest``: its registry's before."""
         self.history.advance(now)
         life = self._life(node)
-        if delivery is not None:
-            self.accounting.from_datagram(life, delivery, log, now)
+        self.accounting.from_datagram(life, delivery, log, now)
         view = self._view(life)
         decisions, decided, tally = self.decisions, self.accounting.decided, self._tally
         deciders = self.deciders
