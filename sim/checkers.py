@@ -298,10 +298,10 @@ class Checkers:
         if asked is not None and (life := self.history.life(node)) is not None:
             judge_stranded(self._findings.add, life, self._view(life), client, asked, started, now)
         (self.allowed if decision.allowed else self.refused)[path] += 1
-        if decision.allowed:
-            self.admitted_series[now // NS_PER_S] += 1
-        else:
-            self.refused_series[now // NS_PER_S] += 1
+        (self.admitted_series if decision.allowed else self.refused_series)[now // NS_PER_S] += 1
+        if path == "overloaded" and not self.history.faults_but_graceful:
+            life = self._life(node)
+            self.deciders.judge_degraded(life, self._view(life), client, now, "overloaded")
         if path == "forwarded":
             self.forward_latencies_ns.append(now - started)
 

@@ -89,12 +89,17 @@ class Deciders:
             # The sender's view may be ahead of or behind ours: judged at the end.
             self._forwarded_elsewhere.append((life, client, now))
 
-    def judge_degraded(self, life: Life, view: View, client: str, now: int) -> None:
+    def judge_degraded(
+        self, life: Life, view: View, client: str, now: int, path: str = "degraded"
+    ) -> None:
         """A degraded decision in a run without faults (no fault verb but graceful leaves
         and joins, which leave the true quorum a majority; no loss so far): once every
         running node has held every member of the cluster alive for longer than a
         forward takes to time out, no node has a cause to decide without the owner (nor to
-        be asked for a client it does not own)."""
+        be asked for a client it does not own). Nor to answer ``overloaded`` (``path``):
+        the simulator runs no node short of CPU, so an owner that every view holds alive
+        answers within a forward timeout (a forwarder that dropped every reply was
+        answering nothing but ``overloaded``, unjudged)."""
         history = self._history
         members = history.members
         timeout = MAX_TIMEOUT_MULT * self._config.forward_timeout_ns  # the adaptive one's most
@@ -112,9 +117,8 @@ class Deciders:
                 return
         if view.knows_ring:
             self._finding(
-                "degraded_without_cause", life, client, now,
-                "decided in degraded mode in a run without faults, every member alive in"
-                " its view",
+                f"{path}_without_cause", life, client, now,
+                f"answered {path} in a run without faults, every member alive in its view",
             )  # fmt: skip
 
     def share(self, view: View, client: str, rule: Rule, index: int, now: int) -> int:

@@ -39,6 +39,16 @@ _STATES = {name: state for state, name in MemberState.NAMES.items()}
 MAX_FINDINGS = 20
 
 
+def carries_join_reply(payload: bytes) -> bool:
+    """Whether a datagram (unsealed) holds a join reply: what joins a node, by the design,
+    told from the bytes rather than from the node's word (a node that takes itself for
+    joined too early is a bug the checkers must see)."""
+    try:
+        return any(isinstance(m, JoinReply) for m in codec.decode(payload).messages)
+    except codec.DecodeError:
+        return False
+
+
 class News:
     """The verdict (see the module docstring)."""
 

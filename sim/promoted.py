@@ -64,7 +64,7 @@ def promoted_behind(checkers: Checkers, nodes: dict[str, Node], end: int) -> lis
                 continue
             ring = view.ring_history[-1][1] | {name}
             prefs = rings.preference(ring, client, width)
-            if prefs[0] != name:
+            if len(prefs) < 2 or prefs[0] != name:  # a ring of one: nobody to take over
                 continue
             o = prefs[1]
             o_life = history.life(o)
@@ -93,15 +93,8 @@ def promoted_behind(checkers: Checkers, nodes: dict[str, Node], end: int) -> lis
                     or not history.link_clean(o, r, changed, end)
                 ):
                     continue
-                counter = nodes[r].counters.get(series, client)
-                held = 0
-                if counter is not None and counter.window == index:
-                    held = counter.cur.get(name)
-                elif counter is not None and counter.window == index + 1:
-                    held = counter.prev.get(name)
-                elif counter is not None and counter.window > index + 1:
-                    continue
-                if held < expected:
+                held = held_in_window(nodes[r], series, client, name, index)
+                if held is not None and held < expected:
                     out.append(
                         f"{r} holds {held} of crashed {name}'s {expected} admissions of"
                         f" {client} ({series}, window {index}) made before"
@@ -109,3 +102,19 @@ def promoted_behind(checkers: Checkers, nodes: dict[str, Node], end: int) -> lis
                         f" {o} took the client over"
                     )
     return out
+
+
+def held_in_window(
+    node: Node, series: str, client: str, name: str, index: int, *, earlier: int | None = 0
+) -> int | None:
+    """What ``node`` holds of slot ``name`` of ``client``'s window ``index`` (0: no
+    counter); None once its counter has rolled past the window after it (the count is
+    gone); ``earlier`` while its counter is still in an earlier window."""
+    counter = node.counters.get(series, client)
+    if counter is None:
+        return 0
+    if counter.window == index:
+        return int(counter.cur.get(name))
+    if counter.window == index + 1:
+        return int(counter.prev.get(name))
+    return None if counter.window > index + 1 else earlier

@@ -31,6 +31,7 @@ from meshlimit.cluster.wire.messages import MemberState
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED
 from .events import NS_PER_S, SIM_EPOCH_NS
+from .promoted import held_in_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from meshlimit.cluster.node import Node
@@ -102,15 +103,8 @@ def reports_behind(checkers: Checkers, nodes: dict[str, Node], end: int) -> list
                     or not history.link_clean(name, target, start, end)
                 ):
                     continue
-                counter = nodes[target].counters.get(series, client)
-                held = 0
-                if counter is not None and counter.window == index:
-                    held = counter.cur.get(name)
-                elif counter is not None and counter.window == index + 1:
-                    held = counter.prev.get(name)
-                elif counter is not None:
-                    continue
-                if held < tally.total:
+                held = held_in_window(nodes[target], series, client, name, index, earlier=None)
+                if held is not None and held < tally.total:
                     out.append(
                         f"{target} holds {held} of {name}'s {tally.total} degraded admissions"
                         f" of {client} ({series}, window {index}), the last at"

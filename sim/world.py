@@ -40,6 +40,7 @@ from .checkers import Checkers, Liveness
 from .events import NS_PER_MS, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
 from .guard import LAST_EVENTS, STALL_EVENTS, STALL_SPAN_NS, RunStalled, event_budget
 from .network import Delivery, Network
+from .news import carries_join_reply
 from .scenario import Action, Scenario
 from .workload import Request, Workload
 
@@ -133,12 +134,8 @@ class World:
         next_progress = 0 if progress is not None else end + 1
         pop_due, digest, last_events = self.queue.pop_due, self._digest, self.last_events
         hash_text, remember, nodes = digest.update, last_events.append, self.nodes
-        deliver, tick, next_request, handle = (
-            self._deliver,
-            self._tick,
-            self._next_request,
-            self._handle,
-        )
+        deliver, tick, next_request = self._deliver, self._tick, self._next_request
+        handle = self._handle
         budget = self.event_budget
         stall_from, stall_events = -STALL_SPAN_NS, 0
         while True:
@@ -257,6 +254,7 @@ class World:
         daemon whose front-ends open before its cluster runtime starts)."""
         sim = self.nodes[name]
         sim.generation += 1
+        sim.joined_seen = -1 if seeds else sim.generation  # a node with no seed knows the ring
         if not same_seed or sim.rng_generation == 0:
             sim.rng_generation = sim.generation
         rng = derive_rng(self.seed, "node", name, str(sim.rng_generation))
@@ -341,7 +339,10 @@ class World:
         events = node.events()
         if events:
             self._report(sim, events, received)
-        if sim.joined_seen != sim.generation and node.joining.knows_ring:
+        if sim.joined_seen != sim.generation and (  # a sealed cluster's bytes are not read
+            node.joining.knows_ring if self.scenario.authenticated
+            else received is not None and carries_join_reply(received.payload)
+        ):  # fmt: skip
             sim.joined_seen = sim.generation  # the instant this life learnt the ring
             self.checkers.on_joined(sim.name, now)
         if sim.resync_seen != sim.generation and node.resync.begun:

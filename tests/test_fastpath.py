@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import struct
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -126,20 +128,28 @@ def small_engines(default: str, max_clients: int) -> tuple[Engine, Engine]:
 def test_the_fused_path_decides_and_stores_exactly_as_the_full_path(default, max_clients, ops):
     with small_tables():
         fast, full = small_engines(default, max_clients)
-        now, stamp = T0, 0
-        for kind, arg, value in ops:
-            if kind == "check":
-                assert fast.check(arg, value, now_ns=now) == full.check(arg, value, now_ns=now)
-            elif kind == "step":
-                now += arg
-            elif kind == "rule":
-                stamp += 1
-                key = "default" if arg is None else f"client:{arg}"
-                for engine in (fast, full):
-                    engine.apply_rule(key, value, Stamp(stamp, 0, "n1"))
-            else:
-                assert fast.reset(arg) == full.reset(arg)
-            assert state(fast) == state(full)
+        replay(fast, full, ops, state)
+
+
+def replay(
+    fast: Engine, full: Engine, ops: list[tuple[str, Any, Any]], snapshot: Callable[[Engine], Any]
+) -> None:
+    """Run ``ops`` (checks, clock steps, rule changes, resets) through both engines: every
+    answer the same, and ``snapshot`` of both the same after each step."""
+    now, stamp = T0, 0
+    for kind, arg, value in ops:
+        if kind == "check":
+            assert fast.check(arg, value, now_ns=now) == full.check(arg, value, now_ns=now)
+        elif kind == "step":
+            now += arg
+        elif kind == "rule":
+            stamp += 1
+            key = "default" if arg is None else f"client:{arg}"
+            for engine in (fast, full):
+                engine.apply_rule(key, value, Stamp(stamp, 0, "n1"))
+        else:
+            assert fast.reset(arg) == full.reset(arg)
+        assert snapshot(fast) == snapshot(full)
 
 
 def test_the_fused_path_takes_the_common_cases_and_leaves_the_rest():

@@ -23,12 +23,12 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_fastpath import replay
 
 from meshlimit.core import fastpath as fastpath_module
 from meshlimit.core import series as series_module
 from meshlimit.core.decision import NS_PER_S, allowed_decision
 from meshlimit.core.engine import Engine
-from meshlimit.core.hlc import Stamp
 from meshlimit.core.rules import MAX_COUNT, Rule, parse_rule
 from meshlimit.core.series import WINDOW_RECORD, WindowSeries, new_series
 from meshlimit.core.table import ClientTable
@@ -201,20 +201,7 @@ def sweeping_often() -> contextlib.ExitStack:
 
 
 def run(fast: Engine, full: Engine, ops: list[tuple[str, Any, Any]]) -> None:
-    now, stamp = T0, 0
-    for kind, arg, value in ops:
-        if kind == "check":
-            assert fast.check(arg, value, now_ns=now) == full.check(arg, value, now_ns=now)
-        elif kind == "step":
-            now += arg
-        elif kind == "rule":
-            stamp += 1
-            key = "default" if arg is None else f"client:{arg}"
-            for engine in (fast, full):
-                engine.apply_rule(key, value, Stamp(stamp, 0, "n1"))
-        else:
-            assert fast.reset(arg) == full.reset(arg)
-        assert engine_bytes(fast) == engine_bytes(full)
+    replay(fast, full, ops, engine_bytes)
 
 
 def hot_check(series: WindowSeries, rule: Any, now: int, cost: int = 1) -> object:

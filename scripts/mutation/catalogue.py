@@ -85,10 +85,10 @@ def _plant_refusal_read_as_admission(node: Node) -> None:
     """The forwarder takes the owner's refusals for admissions."""
 
     def make(resolve: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapped(sender: str, message: Any) -> Any:
+        def wrapped(sender: str, message: Any, *args: Any) -> Any:
             return [
                 replace(event, decision=event.decision._replace(allowed=True))
-                for event in resolve(sender, message)
+                for event in resolve(sender, message, *args)
             ]
 
         return wrapped
@@ -124,12 +124,12 @@ def _plant_stale_reply_used(node: Node) -> None:
     forwarding = node.forwarding
 
     def make(resolve: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapped(sender: str, message: Any) -> Any:
+        def wrapped(sender: str, message: Any, *args: Any) -> Any:
             for result in message.results:
                 pending = forwarding.pending.get(result.request_id)
                 if pending is not None and pending.owner != sender:
                     forwarding.pending[result.request_id] = replace(pending, owner=sender)
-            return resolve(sender, message)
+            return resolve(sender, message, *args)
 
         return wrapped
 

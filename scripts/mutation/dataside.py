@@ -210,11 +210,4 @@ DATASIDE_MUTANTS: tuple[Mutant, ...] = (
            "degraded admissions are re-sent to the owner only, not with its replicas",
            ("degraded_report_after_cut", "owner_crash", "minority_partition"),
            plant=_plant_degraded_reports_owner_only),
-    Mutant("stranded_only_dead", "forwarding",
-           "checks at an owner are released when it is declared dead, not when suspected",
-           ("owner_crash", "minority_partition"), plant=_plant_stranded_only_dead),
-    Mutant("degraded_reports_owner_only", "degraded quota",
-           "degraded admissions are re-sent to the owner only, not with its replicas",
-           ("degraded_report_after_cut", "owner_crash", "minority_partition"),
-           plant=_plant_degraded_reports_owner_only),
 )  # fmt: skip
