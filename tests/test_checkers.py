@@ -81,7 +81,9 @@ def dies(checkers: Checkers, observer: str, member: str, at: int) -> None:
 
 
 def everyone_knows(checkers: Checkers, names: list[str], at: int = 0) -> None:
+    """Every node joined (a join reply reached it) and holds every other alive."""
     for observer in names:
+        checkers.on_joined(observer, at)
         for member in names:
             if member != observer:
                 tell(checkers, observer, member, ALIVE, at)
@@ -251,6 +253,7 @@ def test_a_restarted_owner_continues_from_its_earlier_lifes_counts() -> None:
         everyone_knows(checkers, names)
         decide(checkers, "n1", 100 * MS, client, SLOW, n=8)
         until(checkers, 2 * S)
+        checkers.on_joined("n1", 2 * S + MS)  # the new life's join reply
         tell(checkers, "n1", "n2", ALIVE, 2 * S + MS)
         tell(checkers, "n1", "n3", ALIVE, 2 * S + MS)
         decide(checkers, "n1", 3 * S, client, SLOW, n=second_life_admits)
@@ -272,6 +275,7 @@ def test_a_window_restarted_from_zero_after_a_hand_over_is_counts_lost() -> None
         everyone_knows(checkers, members)
         decide(checkers, "n1", 100 * MS, client, SLOW, n=6)
         until(checkers, S)
+        checkers.on_joined("n3", S + MS)  # its join reply
         tell(checkers, "n3", "n1", ALIVE, S + MS)
         tell(checkers, "n3", "n2", ALIVE, S + MS)
         tell(checkers, "n1", "n3", ALIVE, S + 2 * MS)  # n1 hands its counts to n3 now
