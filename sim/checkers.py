@@ -291,8 +291,9 @@ class Checkers:
         forwarded one names the owner it was ``asked`` of and the node whose reply gave it
         (``replied_by``): the two must be one (``foreign_answer``)."""
         path = decision.path
+        admitted = decision.allowed and not decision.shadowed  # a shadow refusal counts not
         self.accounting.answered(
-            node, client, path, decision.allowed, started, now, asked=asked, replied_by=replied_by
+            node, client, path, admitted, started, now, asked=asked, replied_by=replied_by
         )
         self.answers.answered(node, client, decision, started, now, replied_by)
         if asked is not None and (life := self.history.life(node)) is not None:
@@ -499,7 +500,7 @@ class Checkers:
         self._check_under_admission()
         self.violations += slow_detections(self.history, self._expect_dead, end_ns)
         if self._final is not None:  # after the last fault and membership change, health is 0
-            since = max(self.history.last_disturbance, *self._event_times[-1:])
+            since = max([self.history.last_disturbance, *self._event_times[-1:]])
             self.lifeguard.judge_health(self._final, self.views, since, end_ns)
         self.violations += self.suspicions.findings + self.news.findings + self.lifeguard.findings
         self.deciders.check_forwarded()

@@ -103,7 +103,10 @@ class Deciders:
         history = self._history
         members = history.members
         timeout = MAX_TIMEOUT_MULT * self._config.forward_timeout_ns  # the adaptive one's most
-        wait = timeout + history.delay_bound(0, now) + TICK_SLACK_NS
+        delay = history.delay_bound(0, now)
+        if path == "overloaded" and 4 * delay >= self._config.forward_timeout_ns:
+            return  # a round trip of half the timeout marks an owner slow: by design
+        wait = timeout + delay + TICK_SLACK_NS
         for name in history.running_nodes():
             other = history.life(name)
             seen = self._views.get(other.key) if other is not None else None
