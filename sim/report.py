@@ -46,7 +46,7 @@ def format_report(result: RunResult, *, seed_line: bool = True) -> str:
 def format_phases(phases: list[Phase]) -> list[str]:
     """The per-phase table: one fixed-width row per phase."""
     paths = list(PATHS) + sorted({p for ph in phases for p in ph.answers} - set(PATHS))
-    head = f"{'phase':<{_LABEL_WIDTH + 16}}" + "".join(f"{p:>10}" for p in paths)
+    head = f"{'phase':<{_LABEL_WIDTH + 16}}" + "".join(f"{p:>11}" for p in paths)
     head += f"{'admitted':>10}{'refused':>9}{'unavail':>8}{'peak':>7}"
     rows = [head, "-" * len(head)]
     for phase in phases:
@@ -55,7 +55,7 @@ def format_phases(phases: list[Phase]) -> list[str]:
         if len(label) > _LABEL_WIDTH:
             label = label[: _LABEL_WIDTH - 3] + "..."
         row = f"{span:<15} {label:<{_LABEL_WIDTH}}"
-        row += "".join(f"{phase.answers.get(p, 0):>10}" for p in paths)
+        row += "".join(f"{phase.answers.get(p, 0):>11}" for p in paths)
         row += f"{phase.admitted:>10}{phase.refused:>9}{phase.unavailable:>8}"
         row += f"{phase.peak_ratio:>7.2f}"
         rows.append(row)
