@@ -111,10 +111,13 @@ def test_forward_timeout_decides_degraded() -> None:
     for datagram, _ in b.datagrams_to_send():
         a.receive(datagram, ("b", 1), now_ns=1)
     client = next(c for c in (f"c{i}" for i in range(100)) if a.owner(c) == "b")
-    ticket = a.check(client, 1, now_ns=10)
+    # Silent for a probe interval by the check's deadline (nothing heard since its join):
+    # taken for crashed. Heard from within it, it would be busy (``overloaded``).
+    sent = a.config.membership.probe_interval_ns
+    ticket = a.check(client, 1, now_ns=sent)
     assert isinstance(ticket, int)
     a.tick(now_ns=a.next_deadline())
-    a.tick(now_ns=10 + a.config.forward_timeout_ns)
+    a.tick(now_ns=sent + a.config.forward_timeout_ns)
     decided = [e for e in a.events() if isinstance(e, Decided)]
     assert decided and decided[0].ticket == ticket and decided[0].decision.path == "degraded"
 
