@@ -31,7 +31,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -217,12 +217,6 @@ def _rule_or_tier(text: str, tiers: Mapping[str, str]) -> str:
         hint = f" (nor a tier: {names})" if names else " (and no tiers are defined)"
         raise ValueError(f"{exc}{hint}") from None
     return text
-
-
-def registry_value(text: str, tier_names: Collection[str]) -> str:
-    """A client's rule as its registry entry takes it: ``@NAME`` for a tier of the
-    scenario's, the notation as written otherwise (``10/minute``, ``10 per minute``)."""
-    return f"@{text}" if text in tier_names else text
 
 
 def _tiers(earlier: Mapping[str, object]) -> dict[str, str]:

@@ -41,7 +41,7 @@ from .events import NS_PER_MS, SIM_EPOCH_NS, EventQueue, NodeClock, derive_rng
 from .guard import LAST_EVENTS, STALL_EVENTS, STALL_SPAN_NS, RunStalled, event_budget
 from .network import Delivery, Network
 from .news import carries_join_reply
-from .scenario import Action, Scenario, registry_value
+from .scenario import Action, Scenario
 from .workload import Request, Workload
 
 __all__ = ["STALL_EVENTS", "NodeCrashed", "RunStalled", "World", "event_budget"]
@@ -212,7 +212,8 @@ class World:
         for tier, rule in limits.tiers:
             self._set_rule(starter, f"tier:{tier}", rule)
         for client, value in limits.clients:
-            self._set_rule(starter, f"client:{client}", registry_value(value, self._tier_names))
+            named = value in self._tier_names  # else rule notation (``10/s``, ``10 per second``)
+            self._set_rule(starter, f"client:{client}", f"@{value}" if named else value)
         for action in self.scenario.timeline:
             self.queue.push(action.at_ns, ("action", action))
         self._schedule_request()
@@ -549,7 +550,9 @@ class World:
                 if verb == "reset":  # an operator reset: the node's ``reset:ID`` entry
                     self._set_rule(sim, f"reset:{args[0]}", None)
                     return
-                value = None if verb == "remove_rule" else registry_value(args[1], self._tier_names)
+                value = None if verb == "remove_rule" else args[1]
+                if value in self._tier_names:
+                    value = f"@{value}"
                 self._set_rule(sim, f"client:{args[0]}", value)
         elif verb == "hot":
             self.workload.set_hot(args[0], args[1], now_ns=self.now)
