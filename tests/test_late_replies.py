@@ -13,7 +13,7 @@ link) is decided degraded, and its late reply counted as counted twice.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from test_node_links import NS_PER_MS, Link, client_owned_by, log_of
 
@@ -23,6 +23,7 @@ from meshlimit.cluster.wire.messages import Ack, Envelope, Ping, ReplyBatch
 from meshlimit.core.decision import Decision
 
 CHECKS = 5
+SlowRepliesLinkT = TypeVar("SlowRepliesLinkT", bound="SlowRepliesLink")
 
 
 class SlowRepliesLink(Link):
@@ -50,12 +51,17 @@ class SlowRepliesLink(Link):
         self.settle()
 
 
-def test_a_late_reply_is_counted_and_never_answers_or_counts_again() -> None:
-    link = SlowRepliesLink()
+def three_nodes(link: SlowRepliesLinkT) -> SlowRepliesLinkT:
+    """``a``, then ``b`` and ``c`` joined through it, settled for two seconds."""
     link.add("a")
     for name in "bc":
         link.add(name, seeds=["a"])
     link.advance(2_000 * NS_PER_MS)
+    return link
+
+
+def test_a_late_reply_is_counted_and_never_answers_or_counts_again() -> None:
+    link = three_nodes(SlowRepliesLink())
     client = client_owned_by(link, "a")
     asker = link.nodes["b"]
     link.slow = "a"
@@ -104,11 +110,7 @@ class LossyRepliesLink(SlowRepliesLink):
 
 
 def test_a_check_lost_twice_to_an_answering_owner_is_degraded_and_counted_twice() -> None:
-    link = LossyRepliesLink()
-    link.add("a")
-    for name in "bc":
-        link.add(name, seeds=["a"])
-    link.advance(2_000 * NS_PER_MS)
+    link = three_nodes(LossyRepliesLink())
     client = client_owned_by(link, "a")
     asker = link.nodes["b"]
 
@@ -137,11 +139,7 @@ def test_a_check_lost_twice_to_an_answering_owner_is_degraded_and_counted_twice(
 
 
 def test_probes_and_acks_leave_ahead_of_data() -> None:
-    link = SlowRepliesLink()
-    link.add("a")
-    for name in "bc":
-        link.add(name, seeds=["a"])
-    link.advance(2_000 * NS_PER_MS)
+    link = three_nodes(SlowRepliesLink())
     asker = link.nodes["b"]
     owned = [f"user-{i}" for i in range(2000) if asker.owner(f"user-{i}") == "a"][:400]
     for client in owned:  # full batches queue for a as they fill

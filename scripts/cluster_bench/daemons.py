@@ -36,6 +36,8 @@ from typing import Any
 from harness.proc import schedstat
 from harness.processes import HOST, Cleanup, NodeProcess, free_port, wait_for
 
+from meshlimit.cluster.daemon.metrics import OVERLOAD_REASONS
+
 #: Default rule of every daemon: nothing is ever refused by a limit.
 HUGE_RULE = "1000000000/minute"
 NODES = 3
@@ -52,13 +54,6 @@ SWIM_EVENTS = (
     "failed_probes",
     "probes_inconclusive",
     "stalls",
-)
-OVERLOAD_REASONS = (
-    "owner_backlog",
-    "slow_owner",
-    "stalled_owner",
-    "waiting_full",
-    "waited_too_long",
 )
 
 Metrics = list[tuple[str, dict[str, str], float]]
