@@ -13,11 +13,12 @@ the wall clock's seconds and 32 random bits from the OS), never drawn from the
 seeded RNG, which ``--seed-rng`` makes repeat across restarts.
 
 Load: at most ``max_inflight`` forwarded checks await their owners at once; further
-checks wait for room in arrival order (``Runtime.check``), untimed, so that a busy
-cluster answers later rather than wrongly: a check's forward timeout starts only when it
-is sent, and the queue in front of the owners stays short enough to be answered well
+checks wait for room in arrival order (``Runtime.check``), so that a busy cluster
+answers later rather than wrongly: a check's forward timeout starts only when it is
+sent, and the queue in front of the owners stays short enough to be answered well
 within it. At most ``max_waiting`` checks wait; beyond that a check is answered
-``overloaded`` at once (``Node.overloaded``). While as many checks wait as may be in
+``overloaded`` at once (``Node.overloaded``), and so is one that waited longer than
+``max_wait_ns`` when its room comes (``waited_too_long``: its client gave up). While as many checks wait as may be in
 flight the runtime is ``busy``: RESP stops reading new commands until the queue is down
 to a quarter (TCP then pushes back on the clients), so a loop turn never holds more work
 than a few hundred checks and the answers that free room are read promptly. The
@@ -344,7 +345,7 @@ class Runtime:
     def _let_waiters_go(self) -> None:
         free = self.max_inflight - len(self.node.forwarding.pending)
         waiting = self._waiting
-        too_old_ns = time.monotonic_ns() - self.max_wait_ns
+        too_old_ns = time.monotonic_ns() - self.max_wait_ns if waiting else 0
         while waiting and free > 0:
             room, checks, since_ns = waiting.popleft()
             self._waiting_checks -= checks
