@@ -36,7 +36,7 @@ from meshlimit.core.registry import RESET_PREFIX
 
 from .bounds import TICK_SLACK_NS, UNBOUNDED, detection_bound_ns
 from .events import NS_PER_S, SIM_EPOCH_NS
-from .promoted import promoted_behind
+from .promoted import held_in_window, promoted_behind
 from .reports import reports_behind
 from .reset_state import stale_after_reset
 from .resync_wait import skipped_resyncs
@@ -272,7 +272,7 @@ def _replicas(checkers: Checkers, nodes: dict[str, Node], end: int) -> list[str]
                     # others have the slot as of the last full admission gossiped.
                     last = max((t for t in tally.full_at if t <= cutoff), default=None)
                     want = 0 if last is None else tally.total - tally.since(last + 1)
-                held = _held(nodes[target], series, client, index, name)
+                held = held_in_window(nodes[target], series, client, name, index)
                 peer = history.lives[target][-1]
                 if (
                     held is None
@@ -290,18 +290,6 @@ def _replicas(checkers: Checkers, nodes: dict[str, Node], end: int) -> list[str]
                     f" ({kind})"
                 )
     return out
-
-
-def _held(node: Node, series: str, client: str, index: int, owner: str) -> int | None:
-    """``owner``'s slot for the window at ``node`` (None when the window is gone there)."""
-    counter = node.counters.get(series, client)
-    if counter is None:
-        return 0
-    if counter.window == index:
-        return counter.cur.get(owner)
-    if counter.window == index + 1:
-        return counter.prev.get(owner)
-    return 0 if counter.window < index else None
 
 
 def _offsets(checkers: Checkers, final: dict[str, tuple[Node, int]], end: int) -> list[str]:

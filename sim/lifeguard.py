@@ -29,7 +29,7 @@ accuser is taken as confirmed.
 ``O``'s answered in time and rises only when ``O`` refutes news of itself or stalls. After a
 quiet span -- no fault, pause or start, every member of the cluster running and held alive
 by every view, no membership event anywhere (a refutation is one at every peer), no loss,
-and round trips within a probe interval -- of ``(awareness_max + 1)`` probe intervals (a
+and round trips within half a probe interval -- of ``(awareness_max + 1)`` probe intervals (a
 probe in flight, then one answered per interval down from the highest score), every running
 node's score is 0 at the end.
 
@@ -66,7 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Findings kept.
 MAX_FINDINGS = 20
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
-_STATES = {name: state for state, name in MemberState.NAMES.items()}
 
 
 # --- the design's formulas, restated (a bug planted in the node's copy is judged) -------

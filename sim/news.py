@@ -25,6 +25,7 @@ read).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from meshlimit.cluster.wire import codec
 from meshlimit.cluster.wire.messages import JoinReply, MemberState, MemberUpdate
@@ -34,17 +35,22 @@ from .history import Life
 from .verdicts import Violation
 from .windows import LifeKey
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Delivery
+
 _STATES = {name: state for state, name in MemberState.NAMES.items()}
 #: Findings kept.
 MAX_FINDINGS = 20
 
 
-def carries_join_reply(payload: bytes) -> bool:
+def carries_join_reply(delivery: Delivery | None) -> bool:
     """Whether a datagram (unsealed) holds a join reply: what joins a node, by the design,
-    told from the bytes rather than from the node's word (a node that takes itself for
+    told from the bytes as well as from the node's word (a node that takes itself for
     joined too early is a bug the checkers must see)."""
+    if delivery is None:
+        return False
     try:
-        return any(isinstance(m, JoinReply) for m in codec.decode(payload).messages)
+        return any(isinstance(m, JoinReply) for m in codec.decode(delivery.payload).messages)
     except codec.DecodeError:
         return False
 
@@ -74,11 +80,15 @@ class News:
     ) -> None:
         """``node`` took ``payload``; ``members`` is its member list right after; ``life`` is
         the node's life (its records are compared with those it held before)."""
-        if self.sealed or len(self.findings) >= MAX_FINDINGS:
+        if self.sealed:
             return
         try:
             envelope = codec.decode(payload)
         except codec.DecodeError:
+            return
+        if life is not None and self.heard is not None:  # told even past the findings kept
+            self.heard(life, envelope.sender, tuple(envelope.messages), now)
+        if len(self.findings) >= MAX_FINDINGS:
             return
         if life is not None:
             self._no_regression(node, life.key, envelope.sender, members, now)
@@ -88,8 +98,6 @@ class News:
                 updates.append(message)
             elif isinstance(message, JoinReply):
                 updates.extend(message.members)
-        if life is not None and self.heard is not None:
-            self.heard(life, envelope.sender, tuple(envelope.messages), now)
         if not updates:
             return
         self.datagrams += 1

@@ -340,10 +340,8 @@ class World:
         events = node.events()
         if events:
             self._report(sim, events, received)
-        if sim.joined_seen != sim.generation and (  # a sealed cluster's bytes are not read
-            node.joining.knows_ring if self.scenario.authenticated
-            else received is not None and carries_join_reply(received.payload)
-        ):  # fmt: skip
+        joined = sim.joined_seen != sim.generation and node.joining.knows_ring  # its word, and
+        if joined and (self.scenario.authenticated or carries_join_reply(received)):  # the bytes
             sim.joined_seen = sim.generation  # the instant this life learnt the ring
             self.checkers.on_joined(sim.name, now)
         if sim.resync_seen != sim.generation and node.resync.begun:
